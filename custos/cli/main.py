@@ -1,0 +1,628 @@
+"""`custos`: the one entry point. The only module that prints and exits.
+
+Human output by default, `--output json` on every command. Errors are one line
+on stderr and a non-zero exit: 2 bad input, 3 not found, 4 permission denied,
+5 unavailable, 6 conflict, 7 verification failed, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+
+from custos.errors import (
+    BackendUnavailable,
+    Conflict,
+    CustosError,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
+
+EXIT_BY_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 2,
+    grpc.StatusCode.NOT_FOUND: 3,
+    grpc.StatusCode.PERMISSION_DENIED: 4,
+    grpc.StatusCode.UNAUTHENTICATED: 4,
+    grpc.StatusCode.UNAVAILABLE: 5,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 5,
+    grpc.StatusCode.ALREADY_EXISTS: 6,
+    grpc.StatusCode.FAILED_PRECONDITION: 6,
+}
+EXIT_BY_ERROR: list[tuple[type[CustosError], int]] = [
+    (IntegrityError, 7), (InvalidInput, 2), (NotFound, 3), (Unauthorized, 4),
+    (BackendUnavailable, 5), (Conflict, 6), (FailedPrecondition, 6),
+]
+RELATIONS = ("copy", "fine-tune", "quantize", "distill", "merge", "adapter", "combination")
+
+
+class VerificationFailed(IntegrityError):
+    pass
+
+
+# -- output ------------------------------------------------------------------
+
+
+class Out:
+    def __init__(self, fmt: str) -> None:
+        self.json = fmt == "json"
+
+    def emit(self, data: Any, text: str | Callable[[], str]) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        else:
+            print(text() if callable(text) else text)
+
+
+def _ts(ns: int) -> str:
+    if not ns:
+        return "-"
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+# -- connection ----------------------------------------------------------------
+
+
+class Conn:
+    def __init__(self, ns: argparse.Namespace) -> None:
+        from custos.client import ClientConfig
+
+        self.cfg = ClientConfig.from_env(addr=ns.addr, ca=ns.ca, cert=ns.cert, key=ns.key,
+                                         role=ns.role)
+        self.channel = self.cfg.channel()
+        self.timeout = ns.timeout
+
+    def call(self, stub_method: Any, request: Any) -> Any:
+        return stub_method(request, timeout=self.timeout,
+                           metadata=(("x-request-id", uuid.uuid4().hex),))
+
+    def registry(self) -> Any:
+        from custos.v1 import registry_pb2_grpc
+
+        return registry_pb2_grpc.RegistryStub(self.channel)
+
+    def audit(self) -> Any:
+        from custos.v1 import audit_pb2_grpc
+
+        return audit_pb2_grpc.AuditStub(self.channel)
+
+
+# -- commands: server and demo -----------------------------------------------------
+
+
+def cmd_server(ns: argparse.Namespace, out: Out) -> int:
+    import asyncio
+
+    from custos import logs
+    from custos.controlplane.config import load_config
+    from custos.controlplane.server import run
+
+    cfg = load_config(Path(ns.config) if ns.config else None)
+    if ns.listen:
+        cfg.listen = ns.listen
+    if ns.data_dir:
+        cfg.data_dir = Path(ns.data_dir)
+    if ns.store:
+        cfg.store_url = ns.store
+    cfg.dev = ns.dev
+    if ns.log_level:
+        cfg.log_level = ns.log_level
+    if ns.checkpoint_interval is not None:
+        if ns.checkpoint_interval <= 0:
+            raise InvalidInput("--checkpoint-interval must be > 0")
+        cfg.checkpoint_interval = ns.checkpoint_interval
+    if not cfg.dev and cfg.data_dir is not None and cfg.audit_key is None:
+        cfg.audit_key = cfg.data_dir / "audit-signing.key"
+    try:
+        logs.setup(cfg.log_level, json_format=cfg.log_format == "json")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    asyncio.run(run(cfg))
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace, out: Out) -> int:
+    from custos.demo import run_demo
+
+    return run_demo(data_dir=Path(ns.data_dir) if ns.data_dir else None, keep=ns.keep, out=out)
+
+
+# -- commands: models ------------------------------------------------------------
+
+
+def _model_json(m: Any) -> dict[str, Any]:
+    from custos.v1 import registry_pb2
+
+    d = {
+        "name": m.name, "owner": m.owner, "training_flops": m.training_flops,
+        "benchmark_equivalence": m.benchmark_equivalence, "covered": m.covered,
+        "state": registry_pb2.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
+        "transit_key": m.transit_key, "created_at": _ts(m.created_at_unix_ns),
+        "created_by": m.created_by, "drill": m.drill, "artifacts": list(m.artifact_ids),
+        "exemption": None,
+    }
+    if m.HasField("exemption"):
+        d["exemption"] = {"basis": m.exemption.basis, "date": m.exemption.date,
+                          "certifier": m.exemption.certifier}
+    return d
+
+
+def _parse_flops(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise InvalidInput(f"bad --training-flops {text!r}: want a number such as 3.1e26") from None
+    if v != v or v in (float("inf"), float("-inf")) or v < 0:
+        raise InvalidInput("--training-flops must be a finite number >= 0")
+    return v
+
+
+def cmd_model_register(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import registry_pb2
+
+    ex = None
+    if ns.exemption_basis or ns.exemption_date or ns.exemption_certifier:
+        ex = registry_pb2.LimitedDutyExemption(basis=ns.exemption_basis or "",
+                                               date=ns.exemption_date or "",
+                                               certifier=ns.exemption_certifier or "")
+    if ns.training_flops is None and not ns.benchmark_equivalence:
+        raise InvalidInput("give --training-flops N and/or --benchmark-equivalence BASIS")
+    c = Conn(ns)
+    resp = c.call(c.registry().RegisterModel, registry_pb2.RegisterModelRequest(
+        name=ns.name, owner=ns.owner or "", training_flops=_parse_flops(ns.training_flops or "0"),
+        benchmark_equivalence=ns.benchmark_equivalence or "", exemption=ex, drill=ns.drill))
+    m = _model_json(resp.model)
+    out.emit(m, f"registered model {m['name']} (covered: {'yes' if m['covered'] else 'no'}, "
+                f"key {m['transit_key']})")
+    return 0
+
+
+def _model_text(m: dict[str, Any]) -> str:
+    lines = [
+        f"name:        {m['name']}",
+        f"owner:       {m['owner']}",
+        f"state:       {m['state']}",
+        f"covered:     {'yes' if m['covered'] else 'no'}",
+        f"training:    {m['training_flops']:.3g} FLOP",
+    ]
+    if m["benchmark_equivalence"]:
+        lines.append(f"equivalence: {m['benchmark_equivalence']}")
+    if m["exemption"]:
+        e = m["exemption"]
+        lines.append(f"exemption:   {e['basis']} (certified {e['date']} by {e['certifier']})")
+    lines += [f"transit key: {m['transit_key']}", f"created:     {m['created_at']} by {m['created_by']}"]
+    if m["drill"]:
+        lines.append("drill model: yes")
+    if m["artifacts"]:
+        lines.append("artifacts:")
+        lines += [f"  {a}" for a in m["artifacts"]]
+    return "\n".join(lines)
+
+
+def cmd_model_show(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import registry_pb2
+
+    c = Conn(ns)
+    m = _model_json(c.call(c.registry().GetModel, registry_pb2.GetModelRequest(name=ns.name)).model)
+    out.emit(m, lambda: _model_text(m))
+    return 0
+
+
+def cmd_model_list(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import registry_pb2
+
+    c = Conn(ns)
+    models = [_model_json(m) for m in
+              c.call(c.registry().ListModels, registry_pb2.ListModelsRequest()).models]
+    out.emit(models, lambda: _table(
+        [[m["name"], m["state"], "yes" if m["covered"] else "no", f"{m['training_flops']:.3g}",
+          m["owner"]] for m in models],
+        ["NAME", "STATE", "COVERED", "FLOP", "OWNER"]))
+    return 0
+
+
+# -- commands: artifacts -----------------------------------------------------------
+
+
+def _artifact_json(a: Any) -> dict[str, Any]:
+    from custos.controlplane.api import RELATION_FROM_PB
+
+    return {
+        "id": a.id, "model": a.model, "total_size": a.total_size,
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in a.files],
+        "parents": [{"artifact_id": p.artifact_id, "relation": RELATION_FROM_PB.get(p.relation, "?")}
+                    for p in a.parents],
+        "created_at": _ts(a.created_at_unix_ns), "created_by": a.created_by,
+    }
+
+
+def _parents(ns: argparse.Namespace) -> list[tuple[str, str]]:
+    parents = ns.parent or []
+    relations = ns.relation or []
+    if len(relations) == 1 and len(parents) > 1:
+        relations = relations * len(parents)
+    if parents and len(relations) != len(parents):
+        raise InvalidInput("give one --relation per --parent (or one for all)")
+    if relations and not parents:
+        raise InvalidInput("--relation needs --parent")
+    for r in relations:
+        if r not in RELATIONS:
+            raise InvalidInput(f"unknown relation {r!r}; want one of {', '.join(RELATIONS)}")
+    return list(zip(parents, relations, strict=True))
+
+
+def cmd_artifact_register(ns: argparse.Namespace, out: Out) -> int:
+    from custos.controlplane.api import RELATION_TO_PB
+    from custos.hashing import build_manifest
+    from custos.v1 import registry_pb2
+
+    parents = _parents(ns)
+    c = Conn(ns)
+    # Resolve short parent ids before hashing, so a typo fails fast.
+    resolved = []
+    for pid, rel in parents:
+        a = c.call(c.registry().GetArtifact, registry_pb2.GetArtifactRequest(id=pid)).artifact
+        resolved.append(registry_pb2.ParentRef(artifact_id=a.id, relation=RELATION_TO_PB[rel]))
+    t0 = time.monotonic()
+    manifest = build_manifest(ns.dir)
+    elapsed = time.monotonic() - t0
+    req = registry_pb2.RegisterArtifactRequest(
+        model=ns.model, manifest=manifest.encode(), parents=resolved,
+        source_host="" if ns.no_record_copy else socket.gethostname(),
+        source_path="" if ns.no_record_copy else str(Path(ns.dir).resolve()))
+    resp = c.call(c.registry().RegisterArtifact, req)
+    a = _artifact_json(resp.artifact)
+    a["created"] = resp.created
+    a["hash_seconds"] = round(elapsed, 3)
+    verb = "registered" if resp.created else "already registered"
+    out.emit(a, f"{verb} artifact {a['id']}\n  model {a['model']}, {len(a['files'])} files, "
+                f"{_size(a['total_size'])}, hashed in {elapsed:.2f}s")
+    return 0
+
+
+def cmd_artifact_show(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import registry_pb2
+
+    c = Conn(ns)
+    a = _artifact_json(c.call(c.registry().GetArtifact, registry_pb2.GetArtifactRequest(id=ns.id)).artifact)
+
+    def text() -> str:
+        lines = [f"artifact {a['id']}", f"model:   {a['model']}",
+                 f"size:    {_size(a['total_size'])} in {len(a['files'])} files",
+                 f"created: {a['created_at']} by {a['created_by']}"]
+        for p in a["parents"]:
+            lines.append(f"parent:  {p['artifact_id']} ({p['relation']})")
+        lines.append(_table([[f["path"], str(f["size"]), f["sha256"]] for f in a["files"]],
+                            ["PATH", "SIZE", "SHA256"]))
+        return "\n".join(lines)
+
+    out.emit(a, text)
+    return 0
+
+
+# -- commands: lineage and copies --------------------------------------------------
+
+
+def cmd_lineage(ns: argparse.Namespace, out: Out) -> int:
+    import re
+
+    from custos.controlplane.api import RELATION_FROM_PB
+    from custos.core.lineage import render_tree
+    from custos.v1 import registry_pb2
+
+    c = Conn(ns)
+    direction = registry_pb2.LINEAGE_DIRECTION_BOTH
+    if ns.ancestors and not ns.descendants:
+        direction = registry_pb2.LINEAGE_DIRECTION_ANCESTORS
+    elif ns.descendants and not ns.ancestors:
+        direction = registry_pb2.LINEAGE_DIRECTION_DESCENDANTS
+    subject = ns.subject
+    resp = None
+    if re.fullmatch(r"[0-9a-f]{8,64}", subject):
+        try:
+            resp = c.call(c.registry().GetLineage,
+                          registry_pb2.GetLineageRequest(artifact_id=subject, direction=direction))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                raise
+    if resp is None:
+        resp = c.call(c.registry().GetLineage,
+                      registry_pb2.GetLineageRequest(model=subject, direction=direction))
+    nodes = {n.artifact_id: n for n in resp.nodes}
+    edges = [{"parent": e.parent, "child": e.child, "relation": RELATION_FROM_PB.get(e.relation, "?")}
+             for e in resp.edges]
+    data = {"subject": subject, "models": list(resp.models),
+            "nodes": [{"artifact_id": n.artifact_id, "model": n.model, "subject": n.subject}
+                      for n in resp.nodes], "edges": edges}
+
+    def label(aid: str) -> str:
+        n = nodes.get(aid)
+        return f"{aid[:12]}  {n.model if n else '?'}"
+
+    def text() -> str:
+        subjects = [n.artifact_id for n in resp.nodes if n.subject]
+        parts = []
+        if direction != registry_pb2.LINEAGE_DIRECTION_DESCENDANTS:
+            ups = {a: [(e["relation"], e["parent"]) for e in edges if e["child"] == a] for a in nodes}
+            parts.append("ancestors (child <- parent):\n" + render_tree(subjects, lambda a: ups.get(a, []), label))
+        if direction != registry_pb2.LINEAGE_DIRECTION_ANCESTORS:
+            downs = {a: [(e["relation"], e["child"]) for e in edges if e["parent"] == a] for a in nodes}
+            parts.append("descendants (parent -> child):\n" + render_tree(subjects, lambda a: downs.get(a, []), label))
+        parts.append("models: " + ", ".join(resp.models))
+        return "\n\n".join(parts)
+
+    out.emit(data, text)
+    return 0
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower().replace("_", "-")
+
+
+def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import registry_pb2
+
+    c = Conn(ns)
+    resp = c.call(c.registry().ListCopies, registry_pb2.ListCopiesRequest(
+        model=ns.model, exclude_derivatives=ns.no_derivatives))
+    copies = [{
+        "id": x.id, "artifact_id": x.artifact_id, "model": x.model,
+        "location_kind": _enum_name(registry_pb2.LocationKind, x.location_kind, "LOCATION_KIND_"),
+        "location": x.location, "host": x.host,
+        "form": _enum_name(registry_pb2.CopyForm, x.form, "COPY_FORM_"),
+        "authorized": x.authorized, "state": x.state,
+        "first_seen": _ts(x.first_seen_unix_ns), "last_seen": _ts(x.last_seen_unix_ns),
+    } for x in resp.copies]
+    data = {"model": ns.model, "models": list(resp.models), "artifacts": list(resp.artifact_ids),
+            "copies": copies}
+
+    def text() -> str:
+        head = (f"model {ns.model} and derivatives: {', '.join(resp.models)}\n"
+                f"{len(resp.artifact_ids)} artifacts, {len(copies)} known copies\n")
+        return head + _table(
+            [[x["model"], x["artifact_id"][:12], x["form"], x["location_kind"], x["location"],
+              "yes" if x["authorized"] else "NO", x["state"], x["last_seen"]] for x in copies],
+            ["MODEL", "ARTIFACT", "FORM", "KIND", "LOCATION", "AUTH", "STATE", "LAST SEEN"])
+
+    out.emit(data, text)
+    return 0
+
+
+# -- commands: audit ---------------------------------------------------------------
+
+
+def _all_events(c: Conn) -> list[Any]:
+    from custos.v1 import audit_pb2
+
+    events: list[Any] = []
+    after = 0
+    while True:
+        resp = c.call(c.audit().ListEvents, audit_pb2.ListEventsRequest(after_seq=after, limit=5000))
+        events += list(resp.events)
+        if not resp.next_after_seq:
+            return events
+        after = resp.next_after_seq
+
+
+def cmd_audit_list(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    events = _all_events(c)
+    if ns.limit:
+        events = events[-ns.limit:]
+    data = [{"seq": e.seq, "time": _ts(e.time_unix_ns), "principal": e.principal, "role": e.role,
+             "host": e.host, "action": e.action, "object": e.object, "result": e.result,
+             "request_id": e.request_id, "hash": e.hash} for e in events]
+    out.emit(data, lambda: _table(
+        [[str(d["seq"]), d["time"], f"{d['principal']} ({d['role']})", d["host"], d["action"],
+          d["object"][:60], d["result"][:60]] for d in data],
+        ["SEQ", "TIME", "PRINCIPAL", "HOST", "ACTION", "OBJECT", "RESULT"]))
+    return 0
+
+
+def _pinned_key() -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    path = os.environ.get("CUSTOS_AUDIT_PUBKEY")
+    if not path:
+        return None
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read CUSTOS_AUDIT_PUBKEY {path}: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidInput(f"CUSTOS_AUDIT_PUBKEY {path}: not an Ed25519 public key")
+    return key
+
+
+def cmd_audit_verify(ns: argparse.Namespace, out: Out) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from custos.core.audit_chain import verify_log
+    from custos.v1 import audit_pb2
+
+    c = Conn(ns)
+    events = _all_events(c)
+    cps = c.call(c.audit().GetCheckpoints, audit_pb2.GetCheckpointsRequest())
+    pinned = _pinned_key()
+    warnings = []
+    served = Ed25519PublicKey.from_public_bytes(cps.public_key) if cps.public_key else None
+    if pinned is None:
+        key = served
+        warnings.append("audit key not pinned (set CUSTOS_AUDIT_PUBKEY): trusting the key the "
+                        "server presents")
+    else:
+        key = pinned
+        raw = pinned.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if raw != cps.public_key:
+            warnings.append("the server presents a different audit key than the pinned one")
+    result = verify_log([e.stored for e in events],
+                        [(cp.body, cp.signature) for cp in cps.checkpoints], key)
+    last_cp = max((cp.seq for cp in cps.checkpoints), default=0)
+    uncovered = max(0, result.head_seq - last_cp)
+    data = {"ok": bool(result), "events": result.events_checked,
+            "checkpoints": result.checkpoints_checked, "head_seq": result.head_seq,
+            "head_hash": result.head_hash, "first_bad_seq": result.first_bad_seq,
+            "problems": result.problems, "events_after_last_checkpoint": uncovered,
+            "warnings": warnings}
+    if result:
+        text = (f"audit log OK: {result.events_checked} events, {result.checkpoints_checked} signed "
+                f"checkpoints, head {result.head_seq} {result.head_hash[:16]}")
+        if uncovered:
+            text += f"\n  {uncovered} newest events are chained but not yet covered by a checkpoint"
+        for w in warnings:
+            text += f"\n  warning: {w}"
+        out.emit(data, text)
+        return 0
+    out.emit(data, f"audit log FAILED verification at event {result.first_bad_seq}:\n  "
+             + "\n  ".join(result.problems))
+    return 7
+
+
+# -- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="custos", description="Model-weight custody and full-shutdown control plane.")
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("connection and output")
+    g.add_argument("--output", "-o", choices=["text", "json"], default=os.environ.get("CUSTOS_OUTPUT", "text"))
+    g.add_argument("--addr", help="control plane host:port (env CUSTOS_ADDR)")
+    g.add_argument("--ca", help="CA certificate (env CUSTOS_CA)")
+    g.add_argument("--cert", help="client certificate (env CUSTOS_CERT)")
+    g.add_argument("--key", help="client key (env CUSTOS_KEY)")
+    g.add_argument("--role", help="pick ROLE.pem/ROLE.key from CUSTOS_CERT_DIR (env CUSTOS_ROLE)")
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("server", parents=[common], help="run the control plane")
+    s.add_argument("--dev", action="store_true", help="development mode: dev CA, SQLite, local files")
+    s.add_argument("--data-dir", help="state directory (dev: CA, certificates, SQLite, dev.env)")
+    s.add_argument("--listen", help="address to listen on (default 127.0.0.1:7070; :0 picks a port)")
+    s.add_argument("--config", help="TOML config file")
+    s.add_argument("--store", help="store URL: sqlite:///PATH or etcd://HOST:PORT[/PREFIX]")
+    s.add_argument("--log-level", help="debug, info, warning, error")
+    s.add_argument("--checkpoint-interval", type=float, help="seconds between signed audit checkpoints")
+    s.set_defaults(fn=cmd_server)
+
+    d = sub.add_parser("demo", parents=[common], help="five-minute demo on embedded defaults")
+    d.add_argument("--data-dir", help="where to keep the demo's state (default: a temp dir)")
+    d.add_argument("--keep", action="store_true", help="leave the dev server running")
+    d.set_defaults(fn=cmd_demo)
+
+    m = sub.add_parser("model", help="models and their covered status").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    mr = m.add_parser("register", parents=[common], help="register a model")
+    mr.add_argument("name")
+    mr.add_argument("--training-flops", help="declared training compute, e.g. 3.1e26")
+    mr.add_argument("--benchmark-equivalence", help="declared benchmark-equivalence basis")
+    mr.add_argument("--owner", help="owner (default: your principal)")
+    mr.add_argument("--exemption-basis")
+    mr.add_argument("--exemption-date", help="YYYY-MM-DD")
+    mr.add_argument("--exemption-certifier")
+    mr.add_argument("--drill", action="store_true", help="designate as the shutdown-drill model")
+    mr.set_defaults(fn=cmd_model_register)
+    ml = m.add_parser("list", parents=[common], help="list models")
+    ml.set_defaults(fn=cmd_model_list)
+    ms = m.add_parser("show", parents=[common], help="show a model")
+    ms.add_argument("name")
+    ms.set_defaults(fn=cmd_model_show)
+
+    a = sub.add_parser("artifact", help="weight artifacts (manifests)").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    ar = a.add_parser("register", parents=[common], help="hash DIR and register it as an artifact of MODEL")
+    ar.add_argument("model")
+    ar.add_argument("dir")
+    ar.add_argument("--parent", action="append", help="parent artifact id (repeat for merges)")
+    ar.add_argument("--relation", action="append", help=f"relation to the parent: {', '.join(RELATIONS)}")
+    ar.add_argument("--no-record-copy", action="store_true",
+                    help="do not record DIR on this host as a plaintext copy")
+    ar.set_defaults(fn=cmd_artifact_register)
+    ash = a.add_parser("show", parents=[common], help="show an artifact and its manifest")
+    ash.add_argument("id")
+    ash.set_defaults(fn=cmd_artifact_show)
+
+    lg = sub.add_parser("lineage", parents=[common], help="ancestors and descendants of a model or artifact")
+    lg.add_argument("subject", metavar="MODEL|ARTIFACT")
+    lg.add_argument("--ancestors", action="store_true")
+    lg.add_argument("--descendants", action="store_true")
+    lg.set_defaults(fn=cmd_lineage)
+
+    cp = sub.add_parser("copies", parents=[common], help="every known copy of a model and its derivatives")
+    cp.add_argument("model")
+    cp.add_argument("--no-derivatives", action="store_true", help="only the model's own artifacts")
+    cp.set_defaults(fn=cmd_copies)
+
+    au = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    al = au.add_parser("list", parents=[common], help="list audit events")
+    al.add_argument("--limit", type=int, default=0, help="only the newest N")
+    al.set_defaults(fn=cmd_audit_list)
+    av = au.add_parser("verify", parents=[common], help="verify the hash chain and signed checkpoints")
+    av.set_defaults(fn=cmd_audit_verify)
+    return p
+
+
+def _fail(msg: str, code: int) -> NoReturn:
+    print(f"custos: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    out = Out(getattr(ns, "output", "text"))
+    try:
+        return int(ns.fn(ns, out))
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        details = exc.details() or code.name  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            addr = getattr(ns, "addr", None) or os.environ.get("CUSTOS_ADDR", "?")
+            details = f"cannot reach the control plane at {addr}: {details.splitlines()[0]}"
+        _fail(details, EXIT_BY_STATUS.get(code, 1))
+    except CustosError as exc:
+        for cls, rc in EXIT_BY_ERROR:
+            if isinstance(exc, cls):
+                _fail(str(exc), rc)
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""gRPC servicers and the one interceptor that authenticates, authorizes,
+attributes and maps errors for every call.
+
+Every RPC goes through ``GuardInterceptor``: identity from the verified client
+certificate, a row of ``authz.POLICY`` or PERMISSION_DENIED, a ``Caller`` in a
+context variable for the audit log, and CustosError subclasses mapped to
+status codes here and nowhere else. Unexpected exceptions become INTERNAL with
+a request id; the traceback goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from custos.controlplane import authz
+from custos.controlplane.audit import AuditLog, Caller, current_caller
+from custos.controlplane.registry import ArtifactRecord, Registry
+from custos.core.audit_chain import parse_stored
+from custos.errors import (
+    BackendUnavailable,
+    Conflict,
+    CustosError,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
+from custos.pki import identity_from_pem
+from custos.v1 import audit_pb2, audit_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger("custos.api")
+
+STATUS_BY_ERROR: list[tuple[type[CustosError], grpc.StatusCode]] = [
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (IntegrityError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthorized, grpc.StatusCode.PERMISSION_DENIED),
+    (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def status_for(exc: CustosError) -> grpc.StatusCode:
+    for cls, code in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _peer_host(peer: str) -> str:
+    # "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path"
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:rest.index("]")]
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    return rest or peer
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None  # type: ignore[return-value]
+        method = details.method
+        guard = self._guard
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await guard(method, context, lambda: inner_uu(request, context))
+
+            return grpc.unary_unary_rpc_method_handler(
+                uu, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def us(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for item in guard_stream(method, context, lambda: inner_us(request, context)):
+                    yield item
+
+            guard_stream = self._guard_stream
+            return grpc.unary_stream_rpc_method_handler(
+                us, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def ss(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for item in self._guard_stream(method, context,
+                                                     lambda: inner_ss(request_iter, context)):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                ss, handler.request_deserializer, handler.response_serializer)
+        inner_su = handler.stream_unary
+
+        async def su(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await guard(method, context, lambda: inner_su(request_iter, context))
+
+        return grpc.stream_unary_rpc_method_handler(
+            su, handler.request_deserializer, handler.response_serializer)
+
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
+        md = dict(context.invocation_metadata() or ())
+        rid = str(md.get("x-request-id", ""))
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        if not pems:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        try:
+            ident = identity_from_pem(pems[0])
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        caller = Caller(principal=ident.principal, role=ident.role,
+                        host=_peer_host(context.peer() or ""), request_id=rid)
+        if not authz.is_allowed(method, ident.role):
+            if authz.is_mutating(method):
+                try:
+                    await self.audit.record(caller, method.rsplit("/", 1)[-1], "-", "denied")
+                except CustosError:
+                    pass  # denied either way; the store being down must not turn this into a 503
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"role {ident.role!r} may not call {method.rsplit('/', 1)[-1]}",
+            )
+        return caller
+
+    async def _guard(self, method: str, context: grpc.aio.ServicerContext,
+                     call: Callable[[], Awaitable[Any]]) -> Any:
+        caller = await self._authenticate(method, context)
+        token = current_caller.set(caller)
+        try:
+            return await call()
+        except CustosError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s (request %s)", method, caller.request_id)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error (request id {caller.request_id})")
+        finally:
+            current_caller.reset(token)
+
+    async def _guard_stream(self, method: str, context: grpc.aio.ServicerContext,
+                            call: Callable[[], Any]) -> Any:
+        caller = await self._authenticate(method, context)
+        token = current_caller.set(caller)
+        try:
+            async for item in call():
+                yield item
+        except CustosError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s (request %s)", method, caller.request_id)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error (request id {caller.request_id})")
+        finally:
+            current_caller.reset(token)
+
+
+# -- conversions -------------------------------------------------------------
+
+_STATE = {"active": registry_pb2.MODEL_STATE_ACTIVE, "halted": registry_pb2.MODEL_STATE_HALTED,
+          "destroyed": registry_pb2.MODEL_STATE_DESTROYED}
+RELATION_TO_PB: dict[str, Any] = {
+    "copy": registry_pb2.RELATION_COPY, "fine-tune": registry_pb2.RELATION_FINE_TUNE,
+    "quantize": registry_pb2.RELATION_QUANTIZE, "distill": registry_pb2.RELATION_DISTILL,
+    "merge": registry_pb2.RELATION_MERGE, "adapter": registry_pb2.RELATION_ADAPTER,
+    "combination": registry_pb2.RELATION_COMBINATION,
+}
+RELATION_FROM_PB: dict[Any, str] = {v: k for k, v in RELATION_TO_PB.items()}
+_KIND = {"object-store": registry_pb2.LOCATION_KIND_OBJECT_STORE,
+         "host-path": registry_pb2.LOCATION_KIND_HOST_PATH,
+         "process": registry_pb2.LOCATION_KIND_PROCESS}
+_FORM = {"ciphertext": registry_pb2.COPY_FORM_CIPHERTEXT,
+         "plaintext": registry_pb2.COPY_FORM_PLAINTEXT, "loaded": registry_pb2.COPY_FORM_LOADED}
+
+
+def relation_from_pb(value: int) -> str:
+    if value not in RELATION_FROM_PB:
+        raise InvalidInput("relation is required (copy, fine-tune, quantize, distill, merge, "
+                           "adapter, combination)")
+    return RELATION_FROM_PB[value]
+
+
+def model_pb(m: dict[str, Any], artifact_ids: list[str] | None = None) -> registry_pb2.Model:
+    ex = m.get("exemption")
+    return registry_pb2.Model(
+        name=m["name"], owner=m["owner"], training_flops=float(m["training_flops"]),
+        benchmark_equivalence=m["benchmark_equivalence"], covered=m["covered"],
+        exemption=registry_pb2.LimitedDutyExemption(**ex) if ex else None,
+        state=_STATE[m["state"]], transit_key=m["transit_key"],
+        created_at_unix_ns=m["created_at_ns"], created_by=m["created_by"], drill=m["drill"],
+        artifact_ids=artifact_ids or [],
+    )
+
+
+def artifact_pb(a: ArtifactRecord) -> registry_pb2.Artifact:
+    return registry_pb2.Artifact(
+        id=a.id, model=a.model, manifest=a.manifest_bytes,
+        files=[registry_pb2.FileEntry(path=f.path, size=f.size, sha256=f.sha256)
+               for f in a.manifest.files],
+        total_size=a.manifest.total_size, created_at_unix_ns=a.created_at_ns,
+        created_by=a.created_by,
+        parents=[registry_pb2.ParentRef(artifact_id=p, relation=RELATION_TO_PB[r])
+                 for p, r in sorted(a.parents.items())],
+    )
+
+
+def copy_pb(c: dict[str, Any]) -> registry_pb2.Copy:
+    return registry_pb2.Copy(
+        id=c["id"], artifact_id=c["artifact_id"], model=c["model"],
+        location_kind=_KIND[c["location_kind"]], location=c["location"], host=c["host"],
+        form=_FORM[c["form"]], authorized=c["authorized"], state=c["state"],
+        first_seen_unix_ns=c["first_seen_ns"], last_seen_unix_ns=c["last_seen_ns"],
+        evidence=c.get("evidence", ""),
+    )
+
+
+# -- servicers ---------------------------------------------------------------
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.r = registry
+
+    async def RegisterModel(self, req: registry_pb2.RegisterModelRequest, ctx: Any) -> Any:
+        ex = None
+        if req.HasField("exemption"):
+            ex = {"basis": req.exemption.basis, "date": req.exemption.date,
+                  "certifier": req.exemption.certifier}
+        m = await self.r.register_model(
+            current_caller.get(), name=req.name, owner=req.owner,
+            training_flops=req.training_flops, benchmark_equivalence=req.benchmark_equivalence,
+            exemption=ex, drill=req.drill)
+        return registry_pb2.RegisterModelResponse(model=model_pb(m))
+
+    async def GetModel(self, req: registry_pb2.GetModelRequest, ctx: Any) -> Any:
+        m = await self.r.get_model(req.name)
+        return registry_pb2.GetModelResponse(
+            model=model_pb(m, await self.r.model_artifact_ids(req.name)))
+
+    async def ListModels(self, req: registry_pb2.ListModelsRequest, ctx: Any) -> Any:
+        return registry_pb2.ListModelsResponse(models=[model_pb(m) for m in await self.r.list_models()])
+
+    async def RegisterArtifact(self, req: registry_pb2.RegisterArtifactRequest, ctx: Any) -> Any:
+        parents = [(p.artifact_id, relation_from_pb(p.relation)) for p in req.parents]
+        rec, created = await self.r.register_artifact(
+            current_caller.get(), model=req.model, manifest_bytes=req.manifest, parents=parents,
+            source_host=req.source_host, source_path=req.source_path)
+        return registry_pb2.RegisterArtifactResponse(artifact=artifact_pb(rec), created=created)
+
+    async def GetArtifact(self, req: registry_pb2.GetArtifactRequest, ctx: Any) -> Any:
+        return registry_pb2.GetArtifactResponse(artifact=artifact_pb(await self.r.get_artifact(req.id)))
+
+    async def ListArtifacts(self, req: registry_pb2.ListArtifactsRequest, ctx: Any) -> Any:
+        return registry_pb2.ListArtifactsResponse(
+            artifacts=[artifact_pb(a) for a in await self.r.list_artifacts(req.model)])
+
+    async def RecordDerivation(self, req: registry_pb2.RecordDerivationRequest, ctx: Any) -> Any:
+        await self.r.record_derivation(current_caller.get(), child=req.child, parent=req.parent,
+                                       relation=relation_from_pb(req.relation))
+        return registry_pb2.RecordDerivationResponse()
+
+    async def GetLineage(self, req: registry_pb2.GetLineageRequest, ctx: Any) -> Any:
+        d = req.direction
+        lin = await self.r.lineage(
+            model=req.model if req.WhichOneof("subject") == "model" else None,
+            artifact=req.artifact_id if req.WhichOneof("subject") == "artifact_id" else None,
+            ancestors=d in (registry_pb2.LINEAGE_DIRECTION_BOTH, registry_pb2.LINEAGE_DIRECTION_ANCESTORS),
+            descendants=d in (registry_pb2.LINEAGE_DIRECTION_BOTH,
+                              registry_pb2.LINEAGE_DIRECTION_DESCENDANTS),
+        )
+        return registry_pb2.GetLineageResponse(
+            nodes=[registry_pb2.LineageNode(**n) for n in lin["nodes"]],
+            edges=[registry_pb2.LineageEdge(parent=e["parent"], child=e["child"],
+                                            relation=RELATION_TO_PB[e["relation"]])
+                   for e in lin["edges"]],
+            models=lin["models"],
+        )
+
+    async def ListCopies(self, req: registry_pb2.ListCopiesRequest, ctx: Any) -> Any:
+        models, artifacts, copies = await self.r.list_copies(
+            req.model, include_derivatives=not req.exclude_derivatives)
+        return registry_pb2.ListCopiesResponse(
+            copies=[copy_pb(c) for c in copies], models=models, artifact_ids=artifacts)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServicer):
+    def __init__(self, audit: AuditLog) -> None:
+        self.a = audit
+
+    async def ListEvents(self, req: audit_pb2.ListEventsRequest, ctx: Any) -> Any:
+        limit = req.limit or 1000
+        if limit > 5000:
+            raise InvalidInput("limit must be at most 5000")
+        rows = await self.a.list_events(req.after_seq, limit)
+        events = []
+        for seq, stored in rows:
+            ev = audit_pb2.AuditEvent(seq=seq, stored=stored)
+            try:
+                rec, h = parse_stored(stored)
+                ev.time_unix_ns = rec["time_ns"]
+                ev.principal, ev.role, ev.host = rec["principal"], rec["role"], rec["host"]
+                ev.action, ev.object, ev.result = rec["action"], rec["object"], rec["result"]
+                ev.request_id, ev.hash = rec["request_id"], h
+            except (InvalidInput, KeyError, TypeError):
+                pass  # serve what is stored; verification will name it
+            events.append(ev)
+        next_after = rows[-1][0] if len(rows) == limit else 0
+        return audit_pb2.ListEventsResponse(events=events, next_after_seq=next_after)
+
+    async def GetCheckpoints(self, req: audit_pb2.GetCheckpointsRequest, ctx: Any) -> Any:
+        cps = await self.a.checkpoints()
+        return audit_pb2.GetCheckpointsResponse(
+            checkpoints=[audit_pb2.Checkpoint(seq=s, body=b, signature=sig) for s, b, sig in cps],
+            public_key=self.a.public_key_raw,
+        )

@@ -1,0 +1,53 @@
+"""Who may call what: the one table. Anything not in it is denied.
+
+Roles come from the caller's client certificate (custos.pki). Adding an RPC to
+the API without a row here makes it uncallable; tests/controlplane/
+test_authz_matrix.py calls every RPC with every role and checks this table.
+"""
+
+from __future__ import annotations
+
+from custos.pki import ROLES
+
+SECURITY = "security-team"
+AGENT = "agent"
+EXECUTIVE = "executive"
+AUDITOR = "auditor"
+ADMIN = "admin"
+
+_READERS = frozenset({SECURITY, EXECUTIVE, AUDITOR, ADMIN})
+
+POLICY: dict[str, frozenset[str]] = {
+    # Registry: the security team writes; executives, auditors and admins read.
+    "/custos.v1.Registry/RegisterModel": frozenset({SECURITY}),
+    "/custos.v1.Registry/RegisterArtifact": frozenset({SECURITY}),
+    "/custos.v1.Registry/RecordDerivation": frozenset({SECURITY}),
+    "/custos.v1.Registry/GetModel": _READERS,
+    "/custos.v1.Registry/ListModels": _READERS,
+    "/custos.v1.Registry/GetArtifact": _READERS,
+    "/custos.v1.Registry/ListArtifacts": _READERS,
+    "/custos.v1.Registry/GetLineage": _READERS,
+    "/custos.v1.Registry/ListCopies": _READERS,
+    # Audit: the log is for auditors and the security team (and admins).
+    "/custos.v1.Audit/ListEvents": frozenset({AUDITOR, SECURITY, ADMIN}),
+    "/custos.v1.Audit/GetCheckpoints": frozenset({AUDITOR, SECURITY, ADMIN}),
+    # Infrastructure: any authenticated caller may ask whether the server is up
+    # and what it serves.
+    "/grpc.health.v1.Health/Check": frozenset(ROLES),
+    "/grpc.health.v1.Health/Watch": frozenset(ROLES),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset(ROLES),
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": frozenset(ROLES),
+}
+
+assert all(r in ROLES for roles in POLICY.values() for r in roles)
+
+
+def is_allowed(method: str, role: str) -> bool:
+    """True only if ``method`` is in the table and lists ``role``."""
+    return role in POLICY.get(method, frozenset())
+
+
+def is_mutating(method: str) -> bool:
+    """Calls that change state; denials of these are audited."""
+    name = method.rsplit("/", 1)[-1]
+    return not name.startswith(("Get", "List", "Check", "Watch", "ServerReflection"))

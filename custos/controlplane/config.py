@@ -1,0 +1,92 @@
+"""Control-plane configuration: a TOML file, overridden by flags.
+
+Example (deploy/controlplane.example.toml):
+
+    listen = "0.0.0.0:7443"
+    [tls]   ca_file = ..., cert_file = ..., key_file = ...
+    [store] url = "etcd://10.0.0.5:2379/custos"   # or sqlite:///var/lib/custos/custos.db
+            ca_file / cert_file / key_file        # optional mTLS to etcd
+    [audit] signing_key_file = ..., checkpoint_interval = 10
+    [log]   level = "info"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from custos.errors import InvalidInput
+
+_KNOWN = {
+    "": {"listen", "data_dir", "tls", "store", "audit", "log"},
+    "tls": {"ca_file", "cert_file", "key_file"},
+    "store": {"url", "ca_file", "cert_file", "key_file"},
+    "audit": {"signing_key_file", "checkpoint_interval"},
+    "log": {"level", "format"},
+}
+
+
+@dataclass
+class ServerConfig:
+    listen: str = "127.0.0.1:7070"
+    data_dir: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    store_url: str = ""
+    store_tls: dict[str, str] = field(default_factory=dict)
+    audit_key: Path | None = None
+    checkpoint_interval: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+    dev: bool = False
+
+
+def load_config(path: Path | None) -> ServerConfig:
+    """Parse a TOML config file; unknown keys are errors, not silently ignored.
+
+    Raises InvalidInput.
+    """
+    cfg = ServerConfig()
+    if path is None:
+        return cfg
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"config {path}: {exc}") from None
+    for section, keys in _KNOWN.items():
+        table = raw if section == "" else raw.get(section, {})
+        if not isinstance(table, dict):
+            raise InvalidInput(f"config {path}: [{section}] must be a table")
+        unknown = set(table) - keys
+        if unknown:
+            where = f"[{section}]" if section else "top level"
+            raise InvalidInput(f"config {path}: unknown key(s) {sorted(unknown)} at {where}")
+    base = path.parent
+
+    def p(v: str | None) -> Path | None:
+        return None if not v else (base / v if not Path(v).is_absolute() else Path(v))
+
+    cfg.listen = str(raw.get("listen", cfg.listen))
+    cfg.data_dir = p(raw.get("data_dir"))
+    tls = raw.get("tls", {})
+    cfg.tls_ca, cfg.tls_cert, cfg.tls_key = p(tls.get("ca_file")), p(tls.get("cert_file")), p(tls.get("key_file"))
+    store = raw.get("store", {})
+    cfg.store_url = str(store.get("url", ""))
+    cfg.store_tls = {k: str(p(store[k])) for k in ("ca_file", "cert_file", "key_file") if k in store}
+    audit = raw.get("audit", {})
+    cfg.audit_key = p(audit.get("signing_key_file"))
+    try:
+        cfg.checkpoint_interval = float(audit.get("checkpoint_interval", cfg.checkpoint_interval))
+    except (TypeError, ValueError):
+        raise InvalidInput(f"config {path}: audit.checkpoint_interval must be a number") from None
+    if cfg.checkpoint_interval <= 0:
+        raise InvalidInput(f"config {path}: audit.checkpoint_interval must be > 0")
+    lg = raw.get("log", {})
+    cfg.log_level = str(lg.get("level", cfg.log_level))
+    cfg.log_format = str(lg.get("format", cfg.log_format))
+    return cfg

@@ -1,0 +1,182 @@
+"""`custos server`: the control plane process.
+
+Starts the gRPC (grpc.aio) server with mTLS, health checking and reflection,
+runs audit checkpoints, and shuts down gracefully on SIGTERM/SIGINT: health
+turns NOT_SERVING, in-flight calls get a grace period, a last checkpoint is
+signed, the store is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from custos.controlplane.api import AuditServicer, GuardInterceptor, RegistryServicer
+from custos.controlplane.audit import AuditLog, load_or_create_signing_key
+from custos.controlplane.config import ServerConfig
+from custos.controlplane.registry import Registry
+from custos.errors import InvalidInput
+from custos.pki import ensure_dev_pki
+from custos.store import Store, open_store
+from custos.v1 import audit_pb2, audit_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger("custos.server")
+
+SERVICE_NAMES = (
+    registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+)
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def prepare_dev(cfg: ServerConfig) -> None:
+    """Fill a config for `--dev`: dev PKI, SQLite store and audit key under data_dir."""
+    if cfg.data_dir is None:
+        raise InvalidInput("--dev needs --data-dir")
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pki = ensure_dev_pki(cfg.data_dir)
+    cfg.tls_ca, cfg.tls_cert, cfg.tls_key = pki.ca_cert, pki.server_cert, pki.server_key
+    cfg.store_url = cfg.store_url or f"sqlite://{cfg.data_dir / 'custos.db'}"
+    cfg.audit_key = cfg.audit_key or cfg.data_dir / "audit-signing.key"
+
+
+def dev_env_lines(cfg: ServerConfig, port: int) -> list[str]:
+    assert cfg.data_dir is not None
+    d = cfg.data_dir.resolve()
+    host = cfg.listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - only to pick a client address
+        host = "127.0.0.1"
+    env = {
+        "CUSTOS_ADDR": f"{host}:{port}",
+        "CUSTOS_CA": str(d / "tls" / "ca.pem"),
+        "CUSTOS_CERT_DIR": str(d / "tls" / "clients"),
+        "CUSTOS_ROLE": "security-team",
+        "CUSTOS_AUDIT_PUBKEY": str(d / "audit-signing.pub"),
+        "CUSTOS_DATA_DIR": str(d),
+    }
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+
+
+def _read(path: Path | None, what: str) -> bytes:
+    if path is None:
+        raise InvalidInput(f"{what} is not configured (use --dev or a config file)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+class ControlPlane:
+    """The assembled server; ``start`` then ``wait``/``stop``. Used by the CLI and tests."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.store: Store | None = None
+
+    async def start(self) -> int:
+        cfg = self.cfg
+        ca, cert, key = _read(cfg.tls_ca, "CA certificate"), _read(cfg.tls_cert, "server certificate"), \
+            _read(cfg.tls_key, "server key")
+        if not cfg.store_url:
+            raise InvalidInput("no store configured: set [store] url or use --dev")
+        if cfg.store_url.startswith("etcd://") and cfg.store_tls:
+            from custos.store.etcd import EtcdStore
+
+            rest = cfg.store_url[len("etcd://"):]
+            endpoint, _, prefix = rest.partition("/")
+            self.store = EtcdStore(endpoint, prefix="/" + (prefix or "custos") + "/",
+                                   **cfg.store_tls)  # type: ignore[arg-type]
+        else:
+            self.store = open_store(cfg.store_url)
+        # Fail fast and clearly if the store is down, rather than at the first call.
+        await self.store.revision()
+        if cfg.audit_key is None:
+            raise InvalidInput("no audit signing key configured ([audit] signing_key_file)")
+        self.audit = AuditLog(self.store, load_or_create_signing_key(cfg.audit_key))
+        self.registry = Registry(self.store, self.audit)
+
+        self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit)], options=GRPC_OPTIONS)
+        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(self.registry), self.server)
+        audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
+                                             health.SERVICE_NAME), self.server)
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                            require_client_auth=True)
+        try:
+            self.port = self.server.add_secure_port(cfg.listen, creds)
+        except RuntimeError as exc:
+            raise InvalidInput(f"cannot listen on {cfg.listen}: {exc}") from None
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(
+            self.audit.run_checkpoints(cfg.checkpoint_interval, self._stop)))
+        log.info("control plane listening", extra={"fields": {
+            "listen": cfg.listen, "port": self.port, "store": self.store.kind}})
+        return self.port
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        log.info("control plane stopping")
+        try:
+            await self.health.enter_graceful_shutdown()
+        except Exception:  # noqa: S110 - shutting down regardless
+            pass
+        await self.server.stop(grace)
+        for t in self._tasks:
+            t.cancel()
+        try:
+            await self.audit.checkpoint()
+        except Exception as exc:
+            log.warning("final audit checkpoint failed: %s", exc)
+        if self.store is not None:
+            await self.store.close()
+
+
+async def run(cfg: ServerConfig, *, announce: bool = True) -> None:
+    if cfg.dev:
+        prepare_dev(cfg)
+    cp = ControlPlane(cfg)
+    port = await cp.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, cp.request_stop)
+    if cfg.dev and cfg.data_dir is not None:
+        lines = dev_env_lines(cfg, port)
+        env_path = cfg.data_dir / "dev.env"
+        tmp = env_path.with_suffix(".tmp")
+        tmp.write_text("# Custos dev server: source this file to point the CLI at it.\n"
+                       + "\n".join(lines) + "\n")
+        os.replace(tmp, env_path)
+        if announce:
+            print("Custos dev server (DEVELOPMENT ONLY: generated CA, local files).", flush=True)
+            print(f"In another shell:  source {env_path}", flush=True)
+            print("\n".join(lines), flush=True)
+    await cp.wait()

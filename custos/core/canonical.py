@@ -1,0 +1,64 @@
+"""Canonical JSON: the one byte encoding Custos hashes and signs.
+
+Rules (see docs/encodings.md): UTF-8, object keys sorted by code point, no
+insignificant whitespace, only strings, integers, booleans, null, lists and
+objects — no floats, because their text form is not canonical across
+implementations. ``decode_canonical`` rejects any input that does not
+re-encode to the same bytes, so two different byte strings can never stand
+for the same value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from custos.errors import InvalidInput
+
+_MAX_INT = 2**63 - 1
+
+
+def _check(value: Any, depth: int = 0) -> None:
+    if depth > 32:
+        raise InvalidInput("canonical JSON: nesting too deep")
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if not -_MAX_INT <= value <= _MAX_INT:
+            raise InvalidInput("canonical JSON: integer out of range")
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput("canonical JSON: object keys must be strings")
+            _check(item, depth + 1)
+        return
+    raise InvalidInput(f"canonical JSON: unsupported type {type(value).__name__}")
+
+
+def encode_canonical(value: Any) -> bytes:
+    """Encode ``value`` canonically. Raises InvalidInput for floats and other types."""
+    _check(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_canonical(data: bytes) -> Any:
+    """Decode canonical JSON, rejecting anything that is not in canonical form.
+
+    Raises InvalidInput.
+    """
+    try:
+        value = json.loads(data.decode("utf-8"), parse_float=_reject_float)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise InvalidInput(f"not canonical JSON: {exc}") from None
+    if encode_canonical(value) != data:
+        raise InvalidInput("not canonical JSON: bytes are not in canonical form")
+    return value
+
+
+def _reject_float(text: str) -> Any:
+    raise ValueError("floats are not allowed")

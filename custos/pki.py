@@ -1,0 +1,212 @@
+"""Certificates: the dev CA, server and per-role client certificates.
+
+A caller's identity is its client certificate: the subject CN is the principal
+(a person, a service or a host), the subject OU is its role. Only certificates
+signed by the deployment's CA are accepted (mTLS on every connection). In
+production an operator's CA or Vault PKI issues the same shape of certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from custos.errors import InvalidInput
+
+ROLES = ("security-team", "agent", "executive", "auditor", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    principal: str
+    role: str
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class CertificateAuthority:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def create(cls, name: str = "Custos dev CA", days: int = 3650) -> CertificateAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "custos")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - dt.timedelta(minutes=5))
+            .not_valid_after(_now() + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    @classmethod
+    def load(cls, cert_path: Path, key_path: Path) -> CertificateAuthority:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise InvalidInput("CA key must be an EC key")
+        return cls(cert, key)
+
+    def save(self, cert_path: Path, key_path: Path) -> None:
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(key_path, _key_pem(self.key))
+
+    def issue(
+        self,
+        *,
+        common_name: str,
+        role: str | None,
+        server_names: list[str] | None = None,
+        days: int = 365,
+    ) -> tuple[bytes, bytes]:
+        """Issue a leaf certificate; returns (cert PEM, key PEM).
+
+        Client certificates carry the role in the subject OU. Raises InvalidInput.
+        """
+        if role is not None and role not in ROLES:
+            raise InvalidInput(f"unknown role {role!r}; want one of {', '.join(ROLES)}")
+        key = ec.generate_private_key(ec.SECP256R1())
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "custos")]
+        if role is not None:
+            attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attrs))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - dt.timedelta(minutes=5))
+            .not_valid_after(_now() + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if server_names:
+            sans: list[x509.GeneralName] = []
+            for n in server_names:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+                except ValueError:
+                    sans.append(x509.DNSName(n))
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+        else:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def identity_from_pem(pem: bytes) -> Identity:
+    """Read (principal, role) from a verified client certificate. Raises InvalidInput."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise InvalidInput("unreadable client certificate") from None
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ous = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if len(cns) != 1 or len(ous) != 1:
+        raise InvalidInput("client certificate must carry exactly one CN and one OU (role)")
+    role = str(ous[0].value)
+    if role not in ROLES:
+        raise InvalidInput(f"client certificate has unknown role {role!r}")
+    return Identity(principal=str(cns[0].value), role=role)
+
+
+@dataclass(frozen=True)
+class DevPKI:
+    """Paths of the dev PKI under a data dir."""
+
+    root: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "tls" / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "tls" / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "tls" / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "tls" / "server.key"
+
+    @property
+    def client_dir(self) -> Path:
+        return self.root / "tls" / "clients"
+
+    def client_cert(self, role: str) -> Path:
+        return self.client_dir / f"{role}.pem"
+
+    def client_key(self, role: str) -> Path:
+        return self.client_dir / f"{role}.key"
+
+
+def ensure_dev_pki(data_dir: Path) -> DevPKI:
+    """Create (once) a dev CA, a loopback server certificate and one client per role."""
+    pki = DevPKI(data_dir)
+    (data_dir / "tls").mkdir(parents=True, exist_ok=True, mode=0o700)
+    if pki.ca_cert.exists() and pki.ca_key.exists():
+        ca = CertificateAuthority.load(pki.ca_cert, pki.ca_key)
+    else:
+        ca = CertificateAuthority.create()
+        ca.save(pki.ca_cert, pki.ca_key)
+    if not pki.server_cert.exists():
+        cert, key = ca.issue(common_name="custos-server", role=None,
+                             server_names=["localhost", "127.0.0.1", "::1"])
+        pki.server_cert.write_bytes(cert)
+        _write_private(pki.server_key, key)
+    for role in ROLES:
+        if not pki.client_cert(role).exists():
+            cert, key = ca.issue(common_name=f"dev-{role}", role=role)
+            _write_private(pki.client_key(role), key)
+            pki.client_cert(role).write_bytes(cert)
+    return pki
