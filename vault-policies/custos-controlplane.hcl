@@ -1,0 +1,53 @@
+# custos-controlplane: the token the Custos control plane uses for envelope keys.
+#
+# Scope: the Transit mount "transit", keys named "custos-*" only. Nothing on other
+# mounts, nothing under sys/, no export, no backup, no listing.
+#
+# Vault matches "custos-*" as a prefix, so each rule below also covers the key's
+# sub-paths (keys/custos-x/trim, /import, ...). allowed_parameters is what keeps those
+# closed: a request carrying any parameter not listed is denied.
+
+# Create a KEK (aes256-gcm96 only; not derived, not exportable, no imported material),
+# read its state, rotate it (keys/custos-x/rotate takes no parameters), change the
+# version floors for suspend/resume, allow deletion, delete it (crypto-shredding).
+# Denied by the parameter list: trim (min_available_version), import (ciphertext),
+# exportable / allow_plaintext_backup / auto_rotate_period, other key types.
+path "transit/keys/custos-*" {
+  capabilities = ["create", "read", "update", "delete"]
+  allowed_parameters = {
+    "type"                   = ["aes256-gcm96"]
+    "min_decryption_version" = []
+    "min_encryption_version" = []
+    "deletion_allowed"       = []
+  }
+}
+
+# New data key for an artifact, returned in plaintext to be handed to the pushing
+# client, bound to the artifact by associated_data. No nonce, no context (derivation).
+path "transit/datakey/plaintext/custos-*" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "associated_data" = []
+  }
+}
+
+# Unwrap a data key for an authorized host.
+path "transit/decrypt/custos-*" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "ciphertext"      = []
+    "associated_data" = []
+  }
+}
+
+# Rewrap after rotation. Transit's rewrap endpoint ignores associated_data, so the
+# provider decrypts and encrypts again (under the latest version) instead; the
+# rewrap endpoint is therefore not granted. "update" only: without "create", encrypt
+# cannot auto-create a key.
+path "transit/encrypt/custos-*" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "plaintext"       = []
+    "associated_data" = []
+  }
+}
