@@ -20,6 +20,7 @@ import grpc
 
 from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
+from custos.controlplane.keys import KeyBroker
 from custos.controlplane.registry import ArtifactRecord, Registry
 from custos.core.audit_chain import parse_stored
 from custos.errors import (
@@ -32,8 +33,9 @@ from custos.errors import (
     NotFound,
     Unauthorized,
 )
+from custos.keys.base import zeroize
 from custos.pki import identity_from_pem
-from custos.v1 import audit_pb2, audit_pb2_grpc, registry_pb2, registry_pb2_grpc
+from custos.v1 import audit_pb2, audit_pb2_grpc, keys_pb2, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("custos.api")
 
@@ -218,7 +220,13 @@ def model_pb(m: dict[str, Any], artifact_ids: list[str] | None = None) -> regist
 
 
 def artifact_pb(a: ArtifactRecord) -> registry_pb2.Artifact:
+    st = a.storage or {}
     return registry_pb2.Artifact(
+        stored=a.storage is not None,
+        blob_store=st.get("blob_store", ""),
+        objects=[registry_pb2.StoredObject(path=o["path"], key=o["key"], size=o["size"],
+                                           plaintext_size=o["plaintext_size"])
+                 for o in st.get("objects", [])],
         id=a.id, model=a.model, manifest=a.manifest_bytes,
         files=[registry_pb2.FileEntry(path=f.path, size=f.size, sha256=f.sha256)
                for f in a.manifest.files],
@@ -239,12 +247,36 @@ def copy_pb(c: dict[str, Any]) -> registry_pb2.Copy:
     )
 
 
+_FORM_FROM_PB = {v: k for k, v in _FORM.items()}
+
+
+class RegistryStorageMixin:
+    """Registry RPCs that need the key broker (stored artifacts) or record copies."""
+
+    r: Registry
+    broker: KeyBroker
+
+    async def RegisterStoredArtifact(self, req: registry_pb2.RegisterStoredArtifactRequest, ctx: Any) -> Any:
+        rec, created = await self.broker.register_stored(current_caller.get(), artifact_id=req.artifact_id)
+        return registry_pb2.RegisterStoredArtifactResponse(artifact=artifact_pb(rec), created=created)
+
+    async def RecordCopy(self, req: registry_pb2.RecordCopyRequest, ctx: Any) -> Any:
+        form = _FORM_FROM_PB.get(req.form)
+        if form is None:
+            raise InvalidInput("copy form is required (ciphertext, plaintext, loaded)")
+        copy = await self.r.record_copy(current_caller.get(), artifact=req.artifact_id, host=req.host,
+                                        path=req.path, form=form)
+        return registry_pb2.RecordCopyResponse(copy=copy_pb(copy))
+
+
+
 # -- servicers ---------------------------------------------------------------
 
 
-class RegistryServicer(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, registry: Registry) -> None:
+class RegistryServicer(RegistryStorageMixin, registry_pb2_grpc.RegistryServicer):
+    def __init__(self, registry: Registry, broker: KeyBroker) -> None:
         self.r = registry
+        self.broker = broker
 
     async def RegisterModel(self, req: registry_pb2.RegisterModelRequest, ctx: Any) -> Any:
         ex = None
@@ -306,6 +338,32 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             req.model, include_derivatives=not req.exclude_derivatives)
         return registry_pb2.ListCopiesResponse(
             copies=[copy_pb(c) for c in copies], models=models, artifact_ids=artifacts)
+
+
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    def __init__(self, broker: KeyBroker) -> None:
+        self.b = broker
+
+    async def CreateDataKey(self, req: keys_pb2.CreateDataKeyRequest, ctx: Any) -> Any:
+        parents = [(p.artifact_id, relation_from_pb(p.relation)) for p in req.parents]
+        out = await self.b.create_data_key(current_caller.get(), model=req.model,
+                                           manifest_bytes=req.manifest, parents=parents)
+        key = out["data_key"]
+        try:
+            return keys_pb2.CreateDataKeyResponse(
+                artifact_id=out["artifact_id"], data_key=bytes(key) if key is not None else b"",
+                object_prefix=f"artifacts/{out['artifact_id']}/", blob_store=self.b.blob_url,
+                resumed=out["resumed"], already_stored=out["already_stored"])
+        finally:
+            if key is not None:
+                zeroize(key)
+
+    async def UnwrapDataKey(self, req: keys_pb2.UnwrapDataKeyRequest, ctx: Any) -> Any:
+        rec, key = await self.b.unwrap(current_caller.get(), artifact=req.artifact_id, purpose=req.purpose)
+        try:
+            return keys_pb2.UnwrapDataKeyResponse(artifact=artifact_pb(rec), data_key=bytes(key))
+        finally:
+            zeroize(key)
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):

@@ -28,6 +28,12 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Registry/ListArtifacts": _READERS,
     "/custos.v1.Registry/GetLineage": _READERS,
     "/custos.v1.Registry/ListCopies": _READERS,
+    "/custos.v1.Registry/RegisterStoredArtifact": frozenset({SECURITY}),
+    "/custos.v1.Registry/RecordCopy": frozenset({SECURITY, AGENT}),
+    # Keys: the security team pushes; agents and the security team pull. Every
+    # handout is audited and refused while the model is not active.
+    "/custos.v1.Keys/CreateDataKey": frozenset({SECURITY}),
+    "/custos.v1.Keys/UnwrapDataKey": frozenset({SECURITY, AGENT}),
     # Audit: the log is for auditors and the security team (and admins).
     "/custos.v1.Audit/ListEvents": frozenset({AUDITOR, SECURITY, ADMIN}),
     "/custos.v1.Audit/GetCheckpoints": frozenset({AUDITOR, SECURITY, ADMIN}),

@@ -7,6 +7,10 @@ Example (deploy/controlplane.example.toml):
     [store] url = "etcd://10.0.0.5:2379/custos"   # or sqlite:///var/lib/custos/custos.db
             ca_file / cert_file / key_file        # optional mTLS to etcd
     [audit] signing_key_file = ..., checkpoint_interval = 10
+    [keys]  provider = "vault", url = ..., token_file = ..., mount = "transit"
+            (or provider = "local", path = ..., dev_only = true — development only)
+    [blobs] url = "s3://bucket/prefix?endpoint=...", access_key = ..., secret_key_file = ...
+            (or url = "file:///var/lib/custos/blobs")
     [log]   level = "info"
 """
 
@@ -20,7 +24,9 @@ from typing import Any
 from custos.errors import InvalidInput
 
 _KNOWN = {
-    "": {"listen", "data_dir", "tls", "store", "audit", "log"},
+    "": {"listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs"},
+    "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify"},
+    "blobs": {"url", "access_key", "secret_key_file"},
     "tls": {"ca_file", "cert_file", "key_file"},
     "store": {"url", "ca_file", "cert_file", "key_file"},
     "audit": {"signing_key_file", "checkpoint_interval"},
@@ -42,6 +48,8 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "json"
     dev: bool = False
+    keys: dict[str, Any] = field(default_factory=dict)
+    blobs: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config(path: Path | None) -> ServerConfig:
@@ -86,6 +94,15 @@ def load_config(path: Path | None) -> ServerConfig:
         raise InvalidInput(f"config {path}: audit.checkpoint_interval must be a number") from None
     if cfg.checkpoint_interval <= 0:
         raise InvalidInput(f"config {path}: audit.checkpoint_interval must be > 0")
+    cfg.keys = dict(raw.get("keys", {}))
+    for k in ("token_file", "path"):
+        if k in cfg.keys:
+            cfg.keys[k] = str(p(cfg.keys[k]))
+    if cfg.keys and cfg.keys.get("provider") not in ("vault", "local"):
+        raise InvalidInput(f"config {path}: keys.provider must be \"vault\" or \"local\"")
+    cfg.blobs = dict(raw.get("blobs", {}))
+    if "secret_key_file" in cfg.blobs:
+        cfg.blobs["secret_key_file"] = str(p(cfg.blobs["secret_key_file"]))
     lg = raw.get("log", {})
     cfg.log_level = str(lg.get("level", cfg.log_level))
     cfg.log_format = str(lg.get("format", cfg.log_format))

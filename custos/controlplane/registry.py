@@ -65,6 +65,11 @@ class ArtifactRecord:
     created_at_ns: int
     created_by: str
     parents: dict[str, str]  # parent id -> relation
+    storage: dict[str, Any] | None = None  # {"wrapped_key", "objects", "blob_store"} once stored
+
+    @property
+    def stored(self) -> bool:
+        return self.storage is not None
 
 
 class Registry:
@@ -158,71 +163,124 @@ class Registry:
         """
         manifest = decode_manifest(manifest_bytes)  # validates every path
         aid = manifest.artifact_id
-        obj = f"artifact/{aid}"
 
         async def plan() -> tuple[Plan, tuple[ArtifactRecord, bool]]:
-            await self.get_model(model)
-            rels: dict[str, str] = {}
-            for pid, rel in parents:
-                if not is_artifact_id(pid):
-                    raise InvalidInput(f"bad parent id {pid!r}: want 64 lowercase hex digits")
-                relation = Relation.parse(rel).value
-                if pid in rels and rels[pid] != relation:
-                    raise InvalidInput(f"parent {pid[:12]} given twice with different relations")
-                rels[pid] = relation
-            check_parents({p: Relation(r) for p, r in rels.items()})
-            for pid in rels:
-                if await self.store.get(f"artifacts/{pid}") is None:
-                    raise InvalidInput(f"unknown parent artifact {pid[:12]}")
-            txn = Txn()
-            now = time.time_ns()
-            existing = await self.store.get(f"artifacts/{aid}")
-            created = existing is None
-            if existing is not None:
-                rec = self._decode_artifact(existing.value)
-                if rec.model != model:
-                    raise Conflict(f"artifact {aid[:12]} is already registered to model {rec.model!r}")
-                old_parents = dict(rec.parents)
-            else:
-                old_parents = {}
-            new_parents = {p: r for p, r in rels.items() if p not in old_parents}
-            for p, r in rels.items():
-                if p in old_parents and old_parents[p] != r:
-                    raise Conflict(f"derivation {p[:12]} -> {aid[:12]} already recorded as "
-                                   f"{old_parents[p]}")
-            if new_parents:
-                check_new_edges(aid, new_parents, await self.descendants([aid]))
-            all_parents = {**old_parents, **new_parents}
-            record = {
-                "created_at_ns": now if created else rec.created_at_ns,
-                "created_by": caller.principal if created else rec.created_by,
-                "id": aid,
-                "manifest": manifest_bytes.decode(),
-                "model": model,
-                "parents": dict(sorted(all_parents.items())),
-            }
-            if created or new_parents:
-                txn.puts[f"artifacts/{aid}"] = encode_canonical(record)
-            if created:
-                txn.checks[f"artifacts/{aid}"] = 0
-                txn.puts[f"model-artifacts/{model}/{aid}"] = b"{}"
-            for p, r in new_parents.items():
-                edge = encode_canonical({"at_ns": now, "by": caller.principal, "relation": r})
-                txn.puts[f"lineage/parents/{aid}/{p}"] = edge
-                txn.puts[f"lineage/children/{p}/{aid}"] = edge
+            copies = []
             if source_path:
                 host = _text(source_host or caller.host, "source host", 255)
                 path = _text(source_path, "source path", 4096)
-                copy = new_copy(aid, model, "host-path", f"{host}:{path}", host, "plaintext",
-                                authorized=True, evidence=f"registered from {path} by {caller.principal}")
-                key = f"copies/{aid}/{copy['id']}"
-                if await self.store.get(key) is None:
-                    txn.puts[key] = encode_canonical(copy)
-            result = "ok" if created else ("already-exists" if not txn.puts else "updated")
-            out = self._decode_artifact(encode_canonical(record))
-            return Plan(txn, result), (out, created)
+                copies.append(new_copy(aid, model, "host-path", f"{host}:{path}", host, "plaintext",
+                                       authorized=True,
+                                       evidence=f"registered from {path} by {caller.principal}"))
+            return await self.artifact_plan(caller, model=model, manifest_bytes=manifest_bytes,
+                                            parents=parents, copies=copies)
 
-        return await self.audit.mutate(caller, "RegisterArtifact", obj, plan)
+        return await self.audit.mutate(caller, "RegisterArtifact", f"artifact/{aid}", plan)
+
+    async def check_artifact_request(
+        self, model: str, manifest_bytes: bytes, parents: list[tuple[str, str]]
+    ) -> tuple[Manifest, str, dict[str, str]]:
+        """Validate a registration without writing: (manifest, id, parent -> relation).
+
+        Raises InvalidInput, NotFound, Conflict like register_artifact.
+        """
+        manifest = decode_manifest(manifest_bytes)
+        aid = manifest.artifact_id
+        await self.get_model(model)
+        rels: dict[str, str] = {}
+        for pid, rel in parents:
+            if not is_artifact_id(pid):
+                raise InvalidInput(f"bad parent id {pid!r}: want 64 lowercase hex digits")
+            relation = Relation.parse(rel).value
+            if pid in rels and rels[pid] != relation:
+                raise InvalidInput(f"parent {pid[:12]} given twice with different relations")
+            rels[pid] = relation
+        check_parents({p: Relation(r) for p, r in rels.items()})
+        for pid in rels:
+            if await self.store.get(f"artifacts/{pid}") is None:
+                raise InvalidInput(f"unknown parent artifact {pid[:12]}")
+        existing = await self.store.get(f"artifacts/{aid}")
+        if existing is not None:
+            rec = decode_canonical(existing.value)
+            if rec["model"] != model:
+                raise Conflict(f"artifact {aid[:12]} is already registered to model {rec['model']!r}")
+        return manifest, aid, rels
+
+    async def artifact_plan(
+        self,
+        caller: Caller,
+        *,
+        model: str,
+        manifest_bytes: bytes,
+        parents: list[tuple[str, str]],
+        copies: list[dict[str, Any]],
+        storage: dict[str, Any] | None = None,
+        extra: Txn | None = None,
+    ) -> tuple[Plan, tuple[ArtifactRecord, bool]]:
+        """The writes that register (or update) an artifact, for use inside a mutation.
+
+        ``storage`` marks the artifact as stored: {"wrapped_key", "objects", "blob_store"}.
+        ``extra`` adds writes of the caller's (e.g. deleting the pending upload).
+        """
+        _, aid, rels = await self.check_artifact_request(model, manifest_bytes, parents)
+        txn = extra or Txn()
+        now = time.time_ns()
+        existing = await self.store.get(f"artifacts/{aid}")
+        created = existing is None
+        old: dict[str, Any] = dict(decode_canonical(existing.value)) if existing else {}
+        old_parents: dict[str, str] = dict(old.get("parents", {}))
+        new_parents = {p: r for p, r in rels.items() if p not in old_parents}
+        for p, r in rels.items():
+            if p in old_parents and old_parents[p] != r:
+                raise Conflict(f"derivation {p[:12]} -> {aid[:12]} already recorded as {old_parents[p]}")
+        if new_parents:
+            check_new_edges(aid, new_parents, await self.descendants([aid]))
+        record = {
+            "created_at_ns": old.get("created_at_ns", now),
+            "created_by": old.get("created_by", caller.principal),
+            "id": aid,
+            "manifest": manifest_bytes.decode(),
+            "model": model,
+            "parents": dict(sorted({**old_parents, **new_parents}.items())),
+            "storage": old.get("storage"),
+        }
+        if storage is not None and record["storage"] is None:
+            record["storage"] = storage
+        changed = created or bool(new_parents) or record["storage"] != old.get("storage")
+        if changed:
+            txn.puts[f"artifacts/{aid}"] = encode_canonical(record)
+            txn.checks[f"artifacts/{aid}"] = existing.mod_revision if existing else 0
+        if created:
+            txn.puts[f"model-artifacts/{model}/{aid}"] = b"{}"
+        for p, r in new_parents.items():
+            edge = encode_canonical({"at_ns": now, "by": caller.principal, "relation": r})
+            txn.puts[f"lineage/parents/{aid}/{p}"] = edge
+            txn.puts[f"lineage/children/{p}/{aid}"] = edge
+        for copy in copies:
+            key = f"copies/{aid}/{copy['id']}"
+            if await self.store.get(key) is None:
+                txn.puts[key] = encode_canonical(copy)
+        result = "ok" if created else ("updated" if txn.puts or txn.deletes else "already-exists")
+        return Plan(txn, result), (self._decode_artifact(encode_canonical(record)), created)
+
+    async def record_copy(self, caller: Caller, *, artifact: str, host: str, path: str, form: str,
+                          kind: str = "host-path", evidence: str = "") -> dict[str, Any]:
+        """Record (or refresh) a copy of an artifact. Raises InvalidInput, NotFound."""
+        async def plan() -> tuple[Plan, dict[str, Any]]:
+            rec = await self.get_artifact(artifact)
+            h = _text(host or caller.host, "host", 255)
+            p = _text(path, "path", 4096)
+            copy = new_copy(rec.id, rec.model, kind, f"{h}:{p}", h, form, authorized=True,
+                            evidence=evidence or f"recorded by {caller.principal}")
+            key = f"copies/{rec.id}/{copy['id']}"
+            old = await self.store.get(key)
+            if old is not None:
+                prev = decode_canonical(old.value)
+                copy["first_seen_ns"] = prev["first_seen_ns"]
+                copy["authorized"] = prev["authorized"]
+            return Plan(Txn(puts={key: encode_canonical(copy)})), copy
+
+        return await self.audit.mutate(caller, "RecordCopy", f"artifact/{artifact[:64]}", plan)
 
     def _decode_artifact(self, value: bytes) -> ArtifactRecord:
         rec = decode_canonical(value)
@@ -235,6 +293,7 @@ class Registry:
             created_at_ns=int(rec["created_at_ns"]),
             created_by=rec["created_by"],
             parents=dict(rec["parents"]),
+            storage=rec.get("storage"),
         )
 
     async def resolve_artifact_id(self, ref: str) -> str:

@@ -14,25 +14,30 @@ import os
 import shlex
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from custos.controlplane.api import AuditServicer, GuardInterceptor, RegistryServicer
+from custos.blobs.base import BlobStore
+from custos.controlplane.api import AuditServicer, GuardInterceptor, KeysServicer, RegistryServicer
 from custos.controlplane.audit import AuditLog, load_or_create_signing_key
 from custos.controlplane.config import ServerConfig
+from custos.controlplane.keys import KeyBroker
 from custos.controlplane.registry import Registry
 from custos.errors import InvalidInput
+from custos.keys.base import KeyProvider
 from custos.pki import ensure_dev_pki
 from custos.store import Store, open_store
-from custos.v1 import audit_pb2, audit_pb2_grpc, registry_pb2, registry_pb2_grpc
+from custos.v1 import audit_pb2, audit_pb2_grpc, keys_pb2, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("custos.server")
 
 SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
 )
 
 GRPC_OPTIONS = [
@@ -53,6 +58,45 @@ def prepare_dev(cfg: ServerConfig) -> None:
     cfg.tls_ca, cfg.tls_cert, cfg.tls_key = pki.ca_cert, pki.server_cert, pki.server_key
     cfg.store_url = cfg.store_url or f"sqlite://{cfg.data_dir / 'custos.db'}"
     cfg.audit_key = cfg.audit_key or cfg.data_dir / "audit-signing.key"
+    if not cfg.keys:
+        cfg.keys = {"provider": "local", "path": str(cfg.data_dir / "dev-keys.json"), "dev_only": True}
+    if not cfg.blobs:
+        cfg.blobs = {"url": f"file://{(cfg.data_dir / 'blobs').resolve()}"}
+
+
+def open_key_provider(keys: dict[str, Any]) -> KeyProvider:
+    """Raises InvalidInput for an incomplete [keys] section."""
+    provider = keys.get("provider")
+    if provider == "local":
+        from custos.keys.local import LocalKeyProvider
+
+        if not keys.get("path"):
+            raise InvalidInput("[keys] provider = \"local\" needs path")
+        return LocalKeyProvider(keys["path"], dev_only=bool(keys.get("dev_only")))
+    if provider == "vault":
+        from custos.keys.vault import VaultTransitProvider
+
+        token = os.environ.get("CUSTOS_VAULT_TOKEN", "")
+        if keys.get("token_file"):
+            token = _read(Path(keys["token_file"]), "Vault token file").decode().strip()
+        if not keys.get("url") or not token:
+            raise InvalidInput("[keys] provider = \"vault\" needs url and token_file (or CUSTOS_VAULT_TOKEN)")
+        return VaultTransitProvider(url=keys["url"], token=token, mount=keys.get("mount", "transit"),
+                                    key_prefix=keys.get("key_prefix", "custos-"),
+                                    verify=keys.get("verify", True))
+    raise InvalidInput("no key provider configured: set [keys] provider (or use --dev)")
+
+
+def open_blobs(blobs: dict[str, Any]) -> tuple[BlobStore, str]:
+    from custos.storage import open_blob_store
+
+    url = blobs.get("url")
+    if not url:
+        raise InvalidInput("no blob store configured: set [blobs] url (or use --dev)")
+    secret = None
+    if blobs.get("secret_key_file"):
+        secret = _read(Path(blobs["secret_key_file"]), "S3 secret key file").decode().strip()
+    return open_blob_store(url, access_key=blobs.get("access_key"), secret_key=secret), url
 
 
 def dev_env_lines(cfg: ServerConfig, port: int) -> list[str]:
@@ -112,9 +156,14 @@ class ControlPlane:
             raise InvalidInput("no audit signing key configured ([audit] signing_key_file)")
         self.audit = AuditLog(self.store, load_or_create_signing_key(cfg.audit_key))
         self.registry = Registry(self.store, self.audit)
+        self.keys = open_key_provider(cfg.keys)
+        self.blobs, blob_url = open_blobs(cfg.blobs)
+        self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url)
 
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit)], options=GRPC_OPTIONS)
-        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(self.registry), self.server)
+        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(self.registry, self.broker),
+                                                        self.server)
+        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
         audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -158,6 +207,12 @@ class ControlPlane:
             log.warning("final audit checkpoint failed: %s", exc)
         if self.store is not None:
             await self.store.close()
+        for closer in (getattr(self, "keys", None), getattr(self, "blobs", None)):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception as exc:
+                    log.warning("closing %s failed: %s", type(closer).__name__, exc)
 
 
 async def run(cfg: ServerConfig, *, announce: bool = True) -> None:

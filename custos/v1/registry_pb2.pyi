@@ -125,7 +125,7 @@ class ParentRef(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ..., relation: _Optional[_Union[Relation, str]] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("id", "model", "manifest", "files", "total_size", "created_at_unix_ns", "created_by", "parents")
+    __slots__ = ("id", "model", "manifest", "files", "total_size", "created_at_unix_ns", "created_by", "parents", "stored", "objects", "blob_store")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,9 @@ class Artifact(_message.Message):
     CREATED_AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     PARENTS_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_STORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     manifest: bytes
@@ -142,7 +145,22 @@ class Artifact(_message.Message):
     created_at_unix_ns: int
     created_by: str
     parents: _containers.RepeatedCompositeFieldContainer[ParentRef]
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., manifest: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., total_size: _Optional[int] = ..., created_at_unix_ns: _Optional[int] = ..., created_by: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[ParentRef, _Mapping]]] = ...) -> None: ...
+    stored: bool
+    objects: _containers.RepeatedCompositeFieldContainer[StoredObject]
+    blob_store: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., manifest: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., total_size: _Optional[int] = ..., created_at_unix_ns: _Optional[int] = ..., created_by: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[ParentRef, _Mapping]]] = ..., stored: _Optional[bool] = ..., objects: _Optional[_Iterable[_Union[StoredObject, _Mapping]]] = ..., blob_store: _Optional[str] = ...) -> None: ...
+
+class StoredObject(_message.Message):
+    __slots__ = ("path", "key", "size", "plaintext_size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    key: str
+    size: int
+    plaintext_size: int
+    def __init__(self, path: _Optional[str] = ..., key: _Optional[str] = ..., size: _Optional[int] = ..., plaintext_size: _Optional[int] = ...) -> None: ...
 
 class Copy(_message.Message):
     __slots__ = ("id", "artifact_id", "model", "location_kind", "location", "host", "form", "authorized", "state", "first_seen_unix_ns", "last_seen_unix_ns", "evidence")
@@ -333,3 +351,37 @@ class ListCopiesResponse(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, copies: _Optional[_Iterable[_Union[Copy, _Mapping]]] = ..., models: _Optional[_Iterable[str]] = ..., artifact_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RegisterStoredArtifactRequest(_message.Message):
+    __slots__ = ("artifact_id", "objects")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    objects: _containers.RepeatedCompositeFieldContainer[StoredObject]
+    def __init__(self, artifact_id: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[StoredObject, _Mapping]]] = ...) -> None: ...
+
+class RegisterStoredArtifactResponse(_message.Message):
+    __slots__ = ("artifact", "created")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    artifact: Artifact
+    created: bool
+    def __init__(self, artifact: _Optional[_Union[Artifact, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class RecordCopyRequest(_message.Message):
+    __slots__ = ("artifact_id", "host", "path", "form")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FORM_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    host: str
+    path: str
+    form: CopyForm
+    def __init__(self, artifact_id: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., form: _Optional[_Union[CopyForm, str]] = ...) -> None: ...
+
+class RecordCopyResponse(_message.Message):
+    __slots__ = ("copy",)
+    COPY_FIELD_NUMBER: _ClassVar[int]
+    copy: Copy
+    def __init__(self, copy: _Optional[_Union[Copy, _Mapping]] = ...) -> None: ...

@@ -79,6 +79,16 @@ class RegistryStub:
                 request_serializer=custos_dot_v1_dot_registry__pb2.ListCopiesRequest.SerializeToString,
                 response_deserializer=custos_dot_v1_dot_registry__pb2.ListCopiesResponse.FromString,
                 _registered_method=True)
+        self.RegisterStoredArtifact = channel.unary_unary(
+                '/custos.v1.Registry/RegisterStoredArtifact',
+                request_serializer=custos_dot_v1_dot_registry__pb2.RegisterStoredArtifactRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_registry__pb2.RegisterStoredArtifactResponse.FromString,
+                _registered_method=True)
+        self.RecordCopy = channel.unary_unary(
+                '/custos.v1.Registry/RecordCopy',
+                request_serializer=custos_dot_v1_dot_registry__pb2.RecordCopyRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_registry__pb2.RecordCopyResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -138,6 +148,18 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterStoredArtifact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordCopy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +207,16 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.ListCopies,
                     request_deserializer=custos_dot_v1_dot_registry__pb2.ListCopiesRequest.FromString,
                     response_serializer=custos_dot_v1_dot_registry__pb2.ListCopiesResponse.SerializeToString,
+            ),
+            'RegisterStoredArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterStoredArtifact,
+                    request_deserializer=custos_dot_v1_dot_registry__pb2.RegisterStoredArtifactRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_registry__pb2.RegisterStoredArtifactResponse.SerializeToString,
+            ),
+            'RecordCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCopy,
+                    request_deserializer=custos_dot_v1_dot_registry__pb2.RecordCopyRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_registry__pb2.RecordCopyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +462,60 @@ class Registry:
             '/custos.v1.Registry/ListCopies',
             custos_dot_v1_dot_registry__pb2.ListCopiesRequest.SerializeToString,
             custos_dot_v1_dot_registry__pb2.ListCopiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterStoredArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Registry/RegisterStoredArtifact',
+            custos_dot_v1_dot_registry__pb2.RegisterStoredArtifactRequest.SerializeToString,
+            custos_dot_v1_dot_registry__pb2.RegisterStoredArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Registry/RecordCopy',
+            custos_dot_v1_dot_registry__pb2.RecordCopyRequest.SerializeToString,
+            custos_dot_v1_dot_registry__pb2.RecordCopyResponse.FromString,
             options,
             channel_credentials,
             insecure,

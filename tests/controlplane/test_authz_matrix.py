@@ -8,11 +8,12 @@ from google.protobuf import message_factory
 
 from custos.controlplane import authz
 from custos.pki import ROLES, CertificateAuthority
-from custos.v1 import audit_pb2, registry_pb2
+from custos.v1 import audit_pb2, keys_pb2, registry_pb2
 from tests.servers.custos import DevServer
 
 SERVICES = [registry_pb2.DESCRIPTOR.services_by_name["Registry"],
-            audit_pb2.DESCRIPTOR.services_by_name["Audit"]]
+            audit_pb2.DESCRIPTOR.services_by_name["Audit"],
+            keys_pb2.DESCRIPTOR.services_by_name["Keys"]]
 METHODS = [(f"/{s.full_name}/{m.name}", m) for s in SERVICES for m in s.methods]
 
 
