@@ -2,8 +2,9 @@
 
 Starts a dev server (a real `custos server --dev` process), generates
 safetensors weight files for a covered base model and a fine-tuned
-derivative, registers both, and prints lineage, copies and a passing audit
-verification — every step a real CLI command against the real server.
+derivative, pushes both encrypted, pulls one back verified, and prints
+lineage, copies and a passing audit verification — every step a real CLI
+command against the real server.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
                 raise BackendUnavailable(f"dev server did not start; see {root / 'server.log'}")
             time.sleep(0.05)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOS_")}
+        env["CUSTOS_STATE_DIR"] = str(root / "state")
         for line in env_file.read_text().splitlines():
             if line.startswith("export "):
                 k, _, v = line[len("export "):].partition("=")
@@ -102,14 +104,15 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
         generate_model(chat_dir, seed=2)  # fine-tuned: same shapes, new weights
         _run(env, "model", "register", "frontier-base", "--training-flops", "3.2e26",
              "--owner", "research")
-        out_json = _run(env, "artifact", "register", "frontier-base", str(base_dir), "-o", "json",
-                        show=False)
+        out_json = _run(env, "push", "frontier-base", str(base_dir), "-o", "json", show=False)
         base_id = json.loads(out_json)["id"]
-        print(f"\n$ custos artifact register frontier-base {base_dir}\nregistered artifact {base_id}")
+        print(f"\n$ custos push frontier-base {base_dir}\npushed artifact {base_id} "
+              "(encrypted locally; only ciphertext in the blob store)")
         _run(env, "model", "register", "frontier-chat", "--training-flops", "3.2e26",
              "--owner", "applied")
-        _run(env, "artifact", "register", "frontier-chat", str(chat_dir), "--parent", base_id[:12],
+        _run(env, "push", "frontier-chat", str(chat_dir), "--parent", base_id[:12],
              "--relation", "fine-tune")
+        _run(env, "pull", base_id[:12], str(root / "pulled" / "frontier-base"))
         _run(env, "model", "list")
         _run(env, "lineage", "frontier-base")
         _run(env, "copies", "frontier-base")

@@ -10,6 +10,7 @@ a request id; the traceback goes to the log, never to the caller.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -20,6 +21,7 @@ import grpc
 
 from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
+from custos.controlplane.custody import Custody
 from custos.controlplane.keys import KeyBroker
 from custos.controlplane.registry import ArtifactRecord, Registry
 from custos.core.audit_chain import parse_stored
@@ -35,7 +37,16 @@ from custos.errors import (
 )
 from custos.keys.base import zeroize
 from custos.pki import identity_from_pem
-from custos.v1 import audit_pb2, audit_pb2_grpc, keys_pb2, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
+from custos.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    custody_pb2,
+    custody_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 log = logging.getLogger("custos.api")
 
@@ -67,6 +78,16 @@ def _peer_host(peer: str) -> str:
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     return rest or peer
+
+
+def _der_sha256(pem: bytes) -> str:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
@@ -133,7 +154,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         except InvalidInput as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         caller = Caller(principal=ident.principal, role=ident.role,
-                        host=_peer_host(context.peer() or ""), request_id=rid)
+                        host=_peer_host(context.peer() or ""), request_id=rid,
+                        cert_sha256=_der_sha256(pems[0]))
         if not authz.is_allowed(method, ident.role):
             if authz.is_mutating(method):
                 try:
@@ -216,6 +238,7 @@ def model_pb(m: dict[str, Any], artifact_ids: list[str] | None = None) -> regist
         state=_STATE[m["state"]], transit_key=m["transit_key"],
         created_at_unix_ns=m["created_at_ns"], created_by=m["created_by"], drill=m["drill"],
         artifact_ids=artifact_ids or [],
+        custody_hosts=m.get("custody_hosts", []), custody_paths=m.get("custody_paths", []),
     )
 
 
@@ -255,17 +278,28 @@ class RegistryStorageMixin:
 
     r: Registry
     broker: KeyBroker
+    custody: Custody
 
     async def RegisterStoredArtifact(self, req: registry_pb2.RegisterStoredArtifactRequest, ctx: Any) -> Any:
         rec, created = await self.broker.register_stored(current_caller.get(), artifact_id=req.artifact_id)
         return registry_pb2.RegisterStoredArtifactResponse(artifact=artifact_pb(rec), created=created)
 
+    async def SetCustodyPolicy(self, req: registry_pb2.SetCustodyPolicyRequest, ctx: Any) -> Any:
+        m = await self.r.set_custody_policy(current_caller.get(), name=req.model, hosts=list(req.hosts),
+                                            paths=list(req.paths))
+        return registry_pb2.SetCustodyPolicyResponse(model=model_pb(m))
+
     async def RecordCopy(self, req: registry_pb2.RecordCopyRequest, ctx: Any) -> Any:
         form = _FORM_FROM_PB.get(req.form)
         if form is None:
             raise InvalidInput("copy form is required (ciphertext, plaintext, loaded)")
-        copy = await self.r.record_copy(current_caller.get(), artifact=req.artifact_id, host=req.host,
-                                        path=req.path, form=form)
+        caller = current_caller.get()
+        host = req.host
+        if caller.role == "agent":
+            # An agent speaks only for its own host, and only while enrolled.
+            await self.custody.check_agent(caller, need_lease=False)
+            host = caller.principal
+        copy = await self.r.record_copy(caller, artifact=req.artifact_id, host=host, path=req.path, form=form)
         return registry_pb2.RecordCopyResponse(copy=copy_pb(copy))
 
 
@@ -274,9 +308,10 @@ class RegistryStorageMixin:
 
 
 class RegistryServicer(RegistryStorageMixin, registry_pb2_grpc.RegistryServicer):
-    def __init__(self, registry: Registry, broker: KeyBroker) -> None:
+    def __init__(self, registry: Registry, broker: KeyBroker, custody: Custody) -> None:
         self.r = registry
         self.broker = broker
+        self.custody = custody
 
     async def RegisterModel(self, req: registry_pb2.RegisterModelRequest, ctx: Any) -> Any:
         ex = None
@@ -364,6 +399,103 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             return keys_pb2.UnwrapDataKeyResponse(artifact=artifact_pb(rec), data_key=bytes(key))
         finally:
             zeroize(key)
+
+
+def host_pb(h: dict[str, Any]) -> custody_pb2.Host:
+    return custody_pb2.Host(
+        name=h["name"], state=h["state"], labels=h.get("labels", {}),
+        lease_expires_unix_ns=h.get("lease_expires_ns", 0), lease_state=h.get("lease_state", "none"),
+        last_report_unix_ns=h.get("last_report_ns", 0), enrolled_at_unix_ns=h.get("enrolled_at_ns", 0),
+        cert_fingerprint=h.get("cert_fingerprint", ""), files=h.get("files", 0), processes=h.get("processes", 0))
+
+
+class CustodyServicer(custody_pb2_grpc.CustodyServicer):
+    def __init__(self, custody: Custody) -> None:
+        self.c = custody
+
+    async def AddHost(self, req: custody_pb2.AddHostRequest, ctx: Any) -> Any:
+        h, token, expires = await self.c.add_host(current_caller.get(), name=req.name, labels=dict(req.labels),
+                                                  token_ttl=req.token_ttl_seconds)
+        return custody_pb2.AddHostResponse(host=host_pb(h), enrollment_token=token, token_expires_unix_ns=expires)
+
+    async def RemoveHost(self, req: custody_pb2.RemoveHostRequest, ctx: Any) -> Any:
+        return custody_pb2.RemoveHostResponse(host=host_pb(await self.c.remove_host(current_caller.get(),
+                                                                                     name=req.name)))
+
+    async def ListHosts(self, req: custody_pb2.ListHostsRequest, ctx: Any) -> Any:
+        return custody_pb2.ListHostsResponse(hosts=[host_pb(h) for h in await self.c.list_hosts()])
+
+    async def Stream(self, request_iterator: Any, ctx: Any) -> Any:
+        caller = current_caller.get()
+        await self.c.check_agent(caller, need_lease=False)
+        host = caller.principal
+        q = self.c.attach(host)
+        reader: asyncio.Task[None] | None = None
+        try:
+            expires = await self.c.renew_lease(host)
+            yield custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl)))
+            reader = asyncio.create_task(self._read(request_iterator, host, caller, q))
+            while True:
+                item = await q.get()
+                if item is None:
+                    return
+                if isinstance(item, tuple) and item[0] == "notice":
+                    yield custody_pb2.ControlMessage(notice=item[1])
+                else:
+                    yield item
+        finally:
+            if reader is not None:
+                reader.cancel()
+            self.c.detach(host, q)
+
+    async def _read(self, it: Any, host: str, caller: Caller, q: asyncio.Queue[Any]) -> None:
+        try:
+            async for msg in it:
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
+                    await self.c.check_agent(caller, need_lease=False)
+                    expires = await self.c.renew_lease(host)
+                    q.put_nowait(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                        expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
+                elif kind == "inventory":
+                    await self.c.ingest(host, msg.inventory)
+                elif kind == "ack" and self.c.on_ack is not None:
+                    await self.c.on_ack(host, msg.ack)
+        except CustosError as exc:
+            log.warning("custody stream of %s: %s", host, exc)
+            q.put_nowait(("notice", str(exc)))
+        except Exception:  # noqa: BLE001 - a broken stream ends; the agent reconnects
+            log.exception("custody stream of %s failed", host)
+        finally:
+            q.put_nowait(None)
+
+
+class EnrollmentServicer(custody_pb2_grpc.EnrollmentServicer):
+    """Served alone on the enrollment listener (no client certificate yet)."""
+
+    def __init__(self, custody: Custody) -> None:
+        self.c = custody
+
+    async def Enroll(self, req: custody_pb2.EnrollRequest, ctx: Any) -> Any:
+        try:
+            cert, ca = await self.c.enroll(peer=_peer_host(ctx.peer() or ""), name=req.name, token=req.token,
+                                           csr_pem=req.csr_pem)
+        except CustosError as exc:
+            await ctx.abort(status_for(exc), str(exc))
+        return custody_pb2.EnrollResponse(certificate_pem=cert, ca_pem=ca, signer_set=self.c.signer_set(),
+                                          lease_ttl_seconds=int(self.c.lease_ttl))
+
+
+class AlertsServicer(custody_pb2_grpc.AlertsServicer):
+    def __init__(self, custody: Custody) -> None:
+        self.c = custody
+
+    async def ListAlerts(self, req: custody_pb2.ListAlertsRequest, ctx: Any) -> Any:
+        alerts = await self.c.list_alerts(host=req.host, model=req.model)
+        return custody_pb2.ListAlertsResponse(alerts=[custody_pb2.Alert(
+            id=a["id"], rule=a["rule"], severity=a["severity"], model=a["model"], artifact_id=a["artifact_id"],
+            host=a["host"], detail=a["detail"], at_unix_ns=a["at_ns"], state=a["state"]) for a in alerts])
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):

@@ -46,6 +46,7 @@ class Caller:
     role: str
     host: str
     request_id: str
+    cert_sha256: str = ""  # SHA-256 of the client certificate (DER), hex
 
 
 SYSTEM = Caller(principal="custos-controlplane", role="system", host="local", request_id="")

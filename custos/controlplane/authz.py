@@ -34,6 +34,13 @@ POLICY: dict[str, frozenset[str]] = {
     # handout is audited and refused while the model is not active.
     "/custos.v1.Keys/CreateDataKey": frozenset({SECURITY}),
     "/custos.v1.Keys/UnwrapDataKey": frozenset({SECURITY, AGENT}),
+    "/custos.v1.Registry/SetCustodyPolicy": frozenset({SECURITY}),
+    # Custody: the security team manages hosts; agents hold one stream each.
+    "/custos.v1.Custody/AddHost": frozenset({SECURITY}),
+    "/custos.v1.Custody/RemoveHost": frozenset({SECURITY}),
+    "/custos.v1.Custody/ListHosts": _READERS,
+    "/custos.v1.Custody/Stream": frozenset({AGENT}),
+    "/custos.v1.Alerts/ListAlerts": frozenset({SECURITY, AUDITOR, ADMIN}),
     # Audit: the log is for auditors and the security team (and admins).
     "/custos.v1.Audit/ListEvents": frozenset({AUDITOR, SECURITY, ADMIN}),
     "/custos.v1.Audit/GetCheckpoints": frozenset({AUDITOR, SECURITY, ADMIN}),

@@ -11,6 +11,8 @@ Example (deploy/controlplane.example.toml):
             (or provider = "local", path = ..., dev_only = true — development only)
     [blobs] url = "s3://bucket/prefix?endpoint=...", access_key = ..., secret_key_file = ...
             (or url = "file:///var/lib/custos/blobs")
+    [custody] lease_ttl = 30, sweep_interval = 1, ca_cert = ..., ca_key = ...  (signs agent CSRs)
+    enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
     [log]   level = "info"
 """
 
@@ -24,7 +26,8 @@ from typing import Any
 from custos.errors import InvalidInput
 
 _KNOWN = {
-    "": {"listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs"},
+    "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody"},
+    "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key"},
     "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify"},
     "blobs": {"url", "access_key", "secret_key_file"},
     "tls": {"ca_file", "cert_file", "key_file"},
@@ -48,6 +51,11 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "json"
     dev: bool = False
+    enroll_listen: str = ""
+    lease_ttl: float = 30.0
+    sweep_interval: float = 1.0
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
     keys: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +102,16 @@ def load_config(path: Path | None) -> ServerConfig:
         raise InvalidInput(f"config {path}: audit.checkpoint_interval must be a number") from None
     if cfg.checkpoint_interval <= 0:
         raise InvalidInput(f"config {path}: audit.checkpoint_interval must be > 0")
+    cfg.enroll_listen = str(raw.get("enroll_listen", ""))
+    custody = raw.get("custody", {})
+    try:
+        cfg.lease_ttl = float(custody.get("lease_ttl", cfg.lease_ttl))
+        cfg.sweep_interval = float(custody.get("sweep_interval", cfg.sweep_interval))
+    except (TypeError, ValueError):
+        raise InvalidInput(f"config {path}: custody.lease_ttl and sweep_interval must be numbers") from None
+    if not 1 <= cfg.lease_ttl <= 3600 or not 0 < cfg.sweep_interval <= 60:
+        raise InvalidInput(f"config {path}: custody.lease_ttl must be 1..3600 s, sweep_interval 0..60 s")
+    cfg.ca_cert, cfg.ca_key = p(custody.get("ca_cert")), p(custody.get("ca_key"))
     cfg.keys = dict(raw.get("keys", {}))
     for k in ("token_file", "path"):
         if k in cfg.keys:

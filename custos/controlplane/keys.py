@@ -39,7 +39,9 @@ class ModelNotActive(FailedPrecondition):
 
 
 class KeyBroker:
-    def __init__(self, registry: Registry, keys: KeyProvider, blobs: BlobStore, blob_url: str) -> None:
+    def __init__(self, registry: Registry, keys: KeyProvider, blobs: BlobStore, blob_url: str,
+                 custody: Any = None) -> None:
+        self.custody = custody
         self.registry = registry
         self.keys = keys
         self.blobs = blobs
@@ -166,6 +168,14 @@ class KeyBroker:
         Raises NotFound, FailedPrecondition (not stored, model not active, key
         suspended), NotFound subclass KeyDestroyed, IntegrityError.
         """
+        if caller.role == "agent" and self.custody is not None:
+            # Only an enrolled host with a live custody lease gets keys.
+            try:
+                await self.custody.check_agent(caller, need_lease=True)
+            except CustosError as exc:
+                await self.registry.audit.record(caller, "UnwrapDataKey", f"artifact/{artifact[:64]}",
+                                                 f"error: {type(exc).__name__}: {exc}")
+                raise
         rec = await self.registry.get_artifact(artifact)
         obj = f"artifact/{rec.id}"
         if rec.storage is None:

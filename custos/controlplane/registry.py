@@ -128,6 +128,27 @@ class Registry:
 
         return await self.audit.mutate(caller, "RegisterModel", obj, plan)
 
+    async def set_custody_policy(self, caller: Caller, *, name: str, hosts: list[str],
+                                 paths: list[str]) -> dict[str, Any]:
+        """Where copies of the model may live (fnmatch patterns). Raises InvalidInput, NotFound."""
+        async def plan() -> tuple[Plan, dict[str, Any]]:
+            validate_model_name(name)
+            entry = await self.store.get(f"models/{name}")
+            if entry is None:
+                raise NotFound(f"model {name!r} not found")
+            for pat in [*hosts, *paths]:
+                _text(pat, "custody pattern", 512)
+            if len(hosts) > 100 or len(paths) > 100:
+                raise InvalidInput("at most 100 host and 100 path patterns")
+            record = dict(decode_canonical(entry.value))
+            record["custody_hosts"] = sorted(set(hosts))
+            record["custody_paths"] = sorted(set(paths))
+            txn = Txn(checks={f"models/{name}": entry.mod_revision},
+                      puts={f"models/{name}": encode_canonical(record)})
+            return Plan(txn), record
+
+        return await self.audit.mutate(caller, "SetCustodyPolicy", f"model/{name}", plan)
+
     async def get_model(self, name: str) -> dict[str, Any]:
         validate_model_name(name)
         entry = await self.store.get(f"models/{name}")
@@ -252,6 +273,7 @@ class Registry:
             txn.checks[f"artifacts/{aid}"] = existing.mod_revision if existing else 0
         if created:
             txn.puts[f"model-artifacts/{model}/{aid}"] = b"{}"
+            txn.puts["meta/artifacts"] = b"{}"  # moves on every new artifact: caches key on it
         for p, r in new_parents.items():
             edge = encode_canonical({"at_ns": now, "by": caller.principal, "relation": r})
             txn.puts[f"lineage/parents/{aid}/{p}"] = edge

@@ -21,7 +21,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from custos.blobs.base import BlobStore
-from custos.controlplane.api import AuditServicer, GuardInterceptor, KeysServicer, RegistryServicer
+from custos.controlplane.api import (
+    AlertsServicer,
+    AuditServicer,
+    CustodyServicer,
+    EnrollmentServicer,
+    GuardInterceptor,
+    KeysServicer,
+    RegistryServicer,
+)
+from custos.controlplane.custody import Custody
 from custos.controlplane.audit import AuditLog, load_or_create_signing_key
 from custos.controlplane.config import ServerConfig
 from custos.controlplane.keys import KeyBroker
@@ -30,7 +39,16 @@ from custos.errors import InvalidInput
 from custos.keys.base import KeyProvider
 from custos.pki import ensure_dev_pki
 from custos.store import Store, open_store
-from custos.v1 import audit_pb2, audit_pb2_grpc, keys_pb2, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
+from custos.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    custody_pb2,
+    custody_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 log = logging.getLogger("custos.server")
 
@@ -38,6 +56,8 @@ SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
+    custody_pb2.DESCRIPTOR.services_by_name["Custody"].full_name,
+    custody_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
 )
 
 GRPC_OPTIONS = [
@@ -46,6 +66,11 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
+    # A reconnect storm (every agent at once after a control-plane restart) must
+    # queue, not be CANCELLED: the defaults drop a few percent of 2,000 streams.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
+    ("grpc.max_concurrent_streams", 100_000),
 ]
 
 
@@ -58,6 +83,9 @@ def prepare_dev(cfg: ServerConfig) -> None:
     cfg.tls_ca, cfg.tls_cert, cfg.tls_key = pki.ca_cert, pki.server_cert, pki.server_key
     cfg.store_url = cfg.store_url or f"sqlite://{cfg.data_dir / 'custos.db'}"
     cfg.audit_key = cfg.audit_key or cfg.data_dir / "audit-signing.key"
+    cfg.enroll_listen = cfg.enroll_listen or "127.0.0.1:0"
+    cfg.ca_cert = cfg.ca_cert or pki.ca_cert
+    cfg.ca_key = cfg.ca_key or pki.ca_key
     if not cfg.keys:
         cfg.keys = {"provider": "local", "path": str(cfg.data_dir / "dev-keys.json"), "dev_only": True}
     if not cfg.blobs:
@@ -99,7 +127,7 @@ def open_blobs(blobs: dict[str, Any]) -> tuple[BlobStore, str]:
     return open_blob_store(url, access_key=blobs.get("access_key"), secret_key=secret), url
 
 
-def dev_env_lines(cfg: ServerConfig, port: int) -> list[str]:
+def dev_env_lines(cfg: ServerConfig, port: int, enroll_port: int = 0) -> list[str]:
     assert cfg.data_dir is not None
     d = cfg.data_dir.resolve()
     host = cfg.listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
@@ -112,6 +140,8 @@ def dev_env_lines(cfg: ServerConfig, port: int) -> list[str]:
         "CUSTOS_ROLE": "security-team",
         "CUSTOS_AUDIT_PUBKEY": str(d / "audit-signing.pub"),
         "CUSTOS_DATA_DIR": str(d),
+        "CUSTOS_ENROLL_ADDR": f"{host}:{enroll_port}" if enroll_port else "",
+        "CUSTOS_AGENT_SOCKET": str(d / "agent.sock"),
     }
     return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 
@@ -158,11 +188,22 @@ class ControlPlane:
         self.registry = Registry(self.store, self.audit)
         self.keys = open_key_provider(cfg.keys)
         self.blobs, blob_url = open_blobs(cfg.blobs)
-        self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url)
+        enroll_ca = None
+        if cfg.ca_cert and cfg.ca_key:
+            from custos.pki import CertificateAuthority
+
+            try:
+                enroll_ca = CertificateAuthority.load(cfg.ca_cert, cfg.ca_key)
+            except (OSError, ValueError) as exc:
+                raise InvalidInput(f"cannot load the enrollment CA: {exc}") from None
+        self.custody = Custody(self.registry, ca=enroll_ca, lease_ttl=cfg.lease_ttl)
+        self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url, custody=self.custody)
 
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit)], options=GRPC_OPTIONS)
-        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(self.registry, self.broker),
-                                                        self.server)
+        registry_pb2_grpc.add_RegistryServicer_to_server(
+            RegistryServicer(self.registry, self.broker, self.custody), self.server)
+        custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody), self.server)
+        custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
         audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
         self.health = health.aio.HealthServicer()
@@ -176,6 +217,19 @@ class ControlPlane:
         except RuntimeError as exc:
             raise InvalidInput(f"cannot listen on {cfg.listen}: {exc}") from None
         await self.server.start()
+        self.enroll_port = 0
+        self.enroll_server = None
+        if cfg.enroll_listen:
+            self.enroll_server = grpc.aio.server(options=GRPC_OPTIONS)
+            custody_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.custody), self.enroll_server)
+            enroll_creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=None,
+                                                       require_client_auth=False)
+            try:
+                self.enroll_port = self.enroll_server.add_secure_port(cfg.enroll_listen, enroll_creds)
+            except RuntimeError as exc:
+                raise InvalidInput(f"cannot listen on {cfg.enroll_listen}: {exc}") from None
+            await self.enroll_server.start()
+        self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(
@@ -198,6 +252,8 @@ class ControlPlane:
             await self.health.enter_graceful_shutdown()
         except Exception:  # noqa: S110 - shutting down regardless
             pass
+        if getattr(self, "enroll_server", None) is not None:
+            await self.enroll_server.stop(1.0)  # type: ignore[union-attr]
         await self.server.stop(grace)
         for t in self._tasks:
             t.cancel()
@@ -224,7 +280,7 @@ async def run(cfg: ServerConfig, *, announce: bool = True) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cp.request_stop)
     if cfg.dev and cfg.data_dir is not None:
-        lines = dev_env_lines(cfg, port)
+        lines = dev_env_lines(cfg, port, cp.enroll_port)
         env_path = cfg.data_dir / "dev.env"
         tmp = env_path.with_suffix(".tmp")
         tmp.write_text("# Custos dev server: source this file to point the CLI at it.\n"

@@ -79,7 +79,7 @@ class LimitedDutyExemption(_message.Message):
     def __init__(self, basis: _Optional[str] = ..., date: _Optional[str] = ..., certifier: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "owner", "training_flops", "benchmark_equivalence", "covered", "exemption", "state", "transit_key", "created_at_unix_ns", "created_by", "drill", "artifact_ids")
+    __slots__ = ("name", "owner", "training_flops", "benchmark_equivalence", "covered", "exemption", "state", "transit_key", "created_at_unix_ns", "created_by", "drill", "artifact_ids", "custody_hosts", "custody_paths")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FLOPS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class Model(_message.Message):
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     DRILL_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CUSTODY_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    CUSTODY_PATHS_FIELD_NUMBER: _ClassVar[int]
     name: str
     owner: str
     training_flops: float
@@ -104,7 +106,9 @@ class Model(_message.Message):
     created_by: str
     drill: bool
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., training_flops: _Optional[float] = ..., benchmark_equivalence: _Optional[str] = ..., covered: _Optional[bool] = ..., exemption: _Optional[_Union[LimitedDutyExemption, _Mapping]] = ..., state: _Optional[_Union[ModelState, str]] = ..., transit_key: _Optional[str] = ..., created_at_unix_ns: _Optional[int] = ..., created_by: _Optional[str] = ..., drill: _Optional[bool] = ..., artifact_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    custody_hosts: _containers.RepeatedScalarFieldContainer[str]
+    custody_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., training_flops: _Optional[float] = ..., benchmark_equivalence: _Optional[str] = ..., covered: _Optional[bool] = ..., exemption: _Optional[_Union[LimitedDutyExemption, _Mapping]] = ..., state: _Optional[_Union[ModelState, str]] = ..., transit_key: _Optional[str] = ..., created_at_unix_ns: _Optional[int] = ..., created_by: _Optional[str] = ..., drill: _Optional[bool] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., custody_hosts: _Optional[_Iterable[str]] = ..., custody_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FileEntry(_message.Message):
     __slots__ = ("path", "size", "sha256")
@@ -385,3 +389,19 @@ class RecordCopyResponse(_message.Message):
     COPY_FIELD_NUMBER: _ClassVar[int]
     copy: Copy
     def __init__(self, copy: _Optional[_Union[Copy, _Mapping]] = ...) -> None: ...
+
+class SetCustodyPolicyRequest(_message.Message):
+    __slots__ = ("model", "hosts", "paths")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetCustodyPolicyResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...

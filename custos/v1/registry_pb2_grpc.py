@@ -89,6 +89,11 @@ class RegistryStub:
                 request_serializer=custos_dot_v1_dot_registry__pb2.RecordCopyRequest.SerializeToString,
                 response_deserializer=custos_dot_v1_dot_registry__pb2.RecordCopyResponse.FromString,
                 _registered_method=True)
+        self.SetCustodyPolicy = channel.unary_unary(
+                '/custos.v1.Registry/SetCustodyPolicy',
+                request_serializer=custos_dot_v1_dot_registry__pb2.SetCustodyPolicyRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_registry__pb2.SetCustodyPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -160,6 +165,12 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCustodyPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +228,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.RecordCopy,
                     request_deserializer=custos_dot_v1_dot_registry__pb2.RecordCopyRequest.FromString,
                     response_serializer=custos_dot_v1_dot_registry__pb2.RecordCopyResponse.SerializeToString,
+            ),
+            'SetCustodyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCustodyPolicy,
+                    request_deserializer=custos_dot_v1_dot_registry__pb2.SetCustodyPolicyRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_registry__pb2.SetCustodyPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +532,33 @@ class Registry:
             '/custos.v1.Registry/RecordCopy',
             custos_dot_v1_dot_registry__pb2.RecordCopyRequest.SerializeToString,
             custos_dot_v1_dot_registry__pb2.RecordCopyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCustodyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Registry/SetCustodyPolicy',
+            custos_dot_v1_dot_registry__pb2.SetCustodyPolicyRequest.SerializeToString,
+            custos_dot_v1_dot_registry__pb2.SetCustodyPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,13 +8,17 @@ from google.protobuf import message_factory
 
 from custos.controlplane import authz
 from custos.pki import ROLES, CertificateAuthority
-from custos.v1 import audit_pb2, keys_pb2, registry_pb2
+from custos.v1 import audit_pb2, custody_pb2, keys_pb2, registry_pb2
 from tests.servers.custos import DevServer
 
 SERVICES = [registry_pb2.DESCRIPTOR.services_by_name["Registry"],
             audit_pb2.DESCRIPTOR.services_by_name["Audit"],
-            keys_pb2.DESCRIPTOR.services_by_name["Keys"]]
-METHODS = [(f"/{s.full_name}/{m.name}", m) for s in SERVICES for m in s.methods]
+            keys_pb2.DESCRIPTOR.services_by_name["Keys"],
+            custody_pb2.DESCRIPTOR.services_by_name["Custody"],
+            custody_pb2.DESCRIPTOR.services_by_name["Alerts"]]
+ALL_METHODS = [(f"/{s.full_name}/{m.name}", m) for s in SERVICES for m in s.methods]
+# Streaming RPCs are checked on their own below.
+METHODS = [(p, m) for p, m in ALL_METHODS if not (m.client_streaming or m.server_streaming)]
 
 
 def channel(server: DevServer, cert: bytes, key: bytes, ca: bytes | None = None) -> grpc.Channel:
@@ -28,20 +32,24 @@ def role_channel(server: DevServer, role: str) -> grpc.Channel:
     return channel(server, open(f"{d}/{role}.pem", "rb").read(), open(f"{d}/{role}.key", "rb").read())
 
 
-def call(ch: grpc.Channel, path: str, method) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def call_detail(ch: grpc.Channel, path: str, method) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
     req_cls = message_factory.GetMessageClass(method.input_type)
     resp_cls = message_factory.GetMessageClass(method.output_type)
     stub = ch.unary_unary(path, request_serializer=req_cls.SerializeToString,
                           response_deserializer=resp_cls.FromString)
     try:
         stub(req_cls(), timeout=10)
-        return grpc.StatusCode.OK
+        return grpc.StatusCode.OK, ""
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
+        return exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+
+
+def call(ch: grpc.Channel, path: str, method) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    return call_detail(ch, path, method)[0]
 
 
 def test_every_rpc_has_a_policy_row() -> None:
-    missing = [p for p, _ in METHODS if p not in authz.POLICY]
+    missing = [p for p, _ in ALL_METHODS if p not in authz.POLICY]
     assert missing == []
 
 
@@ -54,12 +62,28 @@ def test_unknown_method_is_denied_for_every_role() -> None:
 def test_role_matrix(dev_server: DevServer, role: str) -> None:
     ch = role_channel(dev_server, role)
     for path, method in METHODS:
-        code = call(ch, path, method)
+        code, detail = call_detail(ch, path, method)
         if authz.is_allowed(path, role):
-            assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), \
-                f"{role} should be allowed {path}, got {code}"
+            # Past the role table; a later check (e.g. "agent host not enrolled") may still refuse.
+            assert code != grpc.StatusCode.UNAUTHENTICATED and "may not call" not in detail, \
+                f"{role} should be allowed {path}, got {code} {detail}"
         else:
-            assert code == grpc.StatusCode.PERMISSION_DENIED, f"{role} should be denied {path}, got {code}"
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "may not call" in detail, \
+                f"{role} should be denied {path}, got {code}"
+    # The custody stream: only agents get past the table.
+    stream = ch.stream_stream("/custos.v1.Custody/Stream",
+                              request_serializer=custody_pb2.AgentMessage.SerializeToString,
+                              response_deserializer=custody_pb2.ControlMessage.FromString)
+    try:
+        list(stream(iter([custody_pb2.AgentMessage(heartbeat=custody_pb2.Heartbeat())]), timeout=10))
+        code, detail = grpc.StatusCode.OK, ""
+    except grpc.RpcError as exc:
+        code, detail = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    if role == "agent":
+        # Allowed by role, refused because the dev agent certificate is no enrolled host.
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "not enrolled" in detail, (code, detail)
+    else:
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "may not call" in detail, (code, detail)
     # Health is open to every authenticated role.
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

@@ -169,8 +169,10 @@ def test_object_spliced_from_another_artifact_fails(srv: DevServer, tmp_path: Pa
 
 def test_roles_for_keys(srv: DevServer, tmp_path: Path) -> None:
     art = push(srv, weights(tmp_path / "w", 30, big=1000))
-    ok = srv.cli("pull", art["id"], str(tmp_path / "agent-copy"), role="agent")
-    assert ok.returncode == 0, ok.stderr
+    # The agent role alone is not enough: only an enrolled host with a live lease gets keys.
+    stray = srv.cli("pull", art["id"], str(tmp_path / "agent-copy"), role="agent")
+    assert stray.returncode == 4 and "not enrolled" in stray.stderr, stray.stderr
+    assert not (tmp_path / "agent-copy").exists()
     denied = srv.cli("pull", art["id"], str(tmp_path / "auditor-copy"), role="auditor")
     assert denied.returncode == 4 and "UnwrapDataKey" in denied.stderr
     assert not (tmp_path / "auditor-copy").exists()

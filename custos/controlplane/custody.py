@@ -1,0 +1,492 @@
+"""Hosts, enrollment, custody leases and inventory ingestion.
+
+A host is added by the security team (a one-time enrollment token, only its
+hash stored), enrolls by trading the token and a CSR for a client certificate
+(CN = host, OU = agent; the key never leaves the host), then keeps one custody
+stream open: inventories and heartbeats up, leases and orders down.
+
+Store keys:
+    hosts/{name}                   host record (audited changes)
+    leases/{name}                  custody lease: expires_ns, state (live | lapsed | revoked)
+    inventory/{name}               last report summary
+    hostcopies/{name}/{copy-key}   index of the copies seen on the host
+    alerts/{id}                    alert records (deterministic ids: one per finding)
+
+Lease renewals and inventories are high-volume observations, written with
+compare-and-set but not through the audit chain; lapses, enrollment and host
+changes are audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fnmatch
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from custos.controlplane.audit import SYSTEM, Caller, Plan
+from custos.controlplane.registry import Registry, new_copy
+from custos.core.canonical import decode_canonical, encode_canonical
+from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
+from custos.pki import CertificateAuthority
+from custos.store.base import MAX_TXN_OPS, Txn
+
+log = logging.getLogger("custos.custody")
+
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+DEFAULT_TOKEN_TTL = 3600
+AGENT_CERT_DAYS = 365
+
+
+def validate_host_name(name: str) -> str:
+    if not isinstance(name, str) or not HOST_NAME.match(name):
+        raise InvalidInput(f"bad host name {name!r}: want a-z 0-9 . - (a DNS-like name)")
+    return name
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(b"custos.v1.enrollment-token\x00" + token.encode()).hexdigest()
+
+
+def cert_fingerprint(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class HostNotEnrolled(Unauthorized):
+    """The caller's certificate does not belong to an enrolled host (removed, re-enrolled, unknown)."""
+
+
+class LeaseNotLive(FailedPrecondition):
+    """The host's custody lease has lapsed or was revoked: it must reconnect first."""
+
+
+class Custody:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        ca: CertificateAuthority | None,
+        lease_ttl: float = 30.0,
+        signer_set: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = registry.store
+        self.audit = registry.audit
+        self.ca = ca
+        self.lease_ttl = lease_ttl
+        self.signer_set = signer_set or (lambda: b"")
+        self.streams: dict[str, asyncio.Queue[Any]] = {}
+        self._index: Any = None
+        self._index_rev = -1
+        self._index_lock = asyncio.Lock()
+        self.on_ack: Callable[[str, Any], Any] | None = None
+        self.on_attach: Callable[[str], Any] | None = None
+
+    # -- hosts -------------------------------------------------------------------
+
+    async def get_host(self, name: str) -> dict[str, Any]:
+        validate_host_name(name)
+        entry = await self.store.get(f"hosts/{name}")
+        if entry is None:
+            raise NotFound(f"host {name!r} not found")
+        return dict(decode_canonical(entry.value))
+
+    async def add_host(self, caller: Caller, *, name: str, labels: dict[str, str],
+                       token_ttl: int = 0) -> tuple[dict[str, Any], str, int]:
+        """Add (or re-add a removed) host with a fresh one-time enrollment token.
+
+        Raises InvalidInput, Conflict (an enrolled or pending host of that name).
+        """
+        ttl = token_ttl or DEFAULT_TOKEN_TTL
+        token = secrets.token_urlsafe(32)
+        expires = time.time_ns() + int(ttl) * 1_000_000_000
+
+        async def plan() -> tuple[Plan, dict[str, Any]]:
+            validate_host_name(name)
+            if not 60 <= ttl <= 7 * 86400:
+                raise InvalidInput("token TTL must be between 60 s and 7 days")
+            if len(labels) > 32 or any(not re.fullmatch(r"[a-z0-9_./-]{1,63}", k) or len(v) > 253
+                                       for k, v in labels.items()):
+                raise InvalidInput("bad labels: at most 32, keys a-z 0-9 _ . / -, values <= 253 chars")
+            old = await self.store.get(f"hosts/{name}")
+            if old is not None and decode_canonical(old.value)["state"] != "removed":
+                raise Conflict(f"host {name!r} already exists; remove it first to re-enroll")
+            record = {
+                "cert_fingerprint": "", "enrolled_at_ns": 0, "labels": dict(sorted(labels.items())),
+                "name": name, "state": "pending", "token_expires_ns": expires,
+                "token_hash": _token_hash(token), "added_by": caller.principal,
+            }
+            txn = Txn(checks={f"hosts/{name}": old.mod_revision if old else 0},
+                      puts={f"hosts/{name}": encode_canonical(record)})
+            return Plan(txn), record
+
+        record = await self.audit.mutate(caller, "AddHost", f"host/{name}", plan)
+        return record, token, expires
+
+    async def remove_host(self, caller: Caller, *, name: str) -> dict[str, Any]:
+        """Remove a host: its certificate is refused from now on, its lease revoked,
+        its copies marked stale, its stream told to stop. Raises NotFound."""
+        async def plan() -> tuple[Plan, dict[str, Any]]:
+            entry = await self.store.get(f"hosts/{validate_host_name(name)}")
+            if entry is None:
+                raise NotFound(f"host {name!r} not found")
+            record = dict(decode_canonical(entry.value))
+            record["state"] = "removed"
+            record["token_hash"] = ""
+            txn = Txn(checks={f"hosts/{name}": entry.mod_revision},
+                      puts={f"hosts/{name}": encode_canonical(record),
+                            f"leases/{name}": encode_canonical({"expires_ns": 0, "state": "revoked"})})
+            return Plan(txn), record
+
+        record = await self.audit.mutate(caller, "RemoveHost", f"host/{name}", plan)
+        await self._mark_host_copies(name, "stale")
+        q = self.streams.get(name)
+        if q is not None:
+            q.put_nowait(("notice", "host removed"))
+            q.put_nowait(None)
+        return record
+
+    async def list_hosts(self) -> list[dict[str, Any]]:
+        out = []
+        leases = {e.key[len("leases/"):]: decode_canonical(e.value) for e in await self.store.range("leases/")}
+        inv = {e.key[len("inventory/"):]: decode_canonical(e.value) for e in await self.store.range("inventory/")}
+        now = time.time_ns()
+        for e in await self.store.range("hosts/"):
+            h = dict(decode_canonical(e.value))
+            lease = leases.get(h["name"], {"expires_ns": 0, "state": "none"})
+            state = lease["state"]
+            if state == "live" and lease["expires_ns"] < now:
+                state = "lapsed"
+            h["lease_expires_ns"] = lease["expires_ns"]
+            h["lease_state"] = state
+            summary = inv.get(h["name"], {})
+            h["last_report_ns"] = summary.get("at_ns", 0)
+            h["files"] = summary.get("files", 0)
+            h["processes"] = summary.get("processes", 0)
+            h["connected"] = h["name"] in self.streams
+            out.append(h)
+        return out
+
+    # -- enrollment ---------------------------------------------------------------
+
+    async def enroll(self, *, peer: str, name: str, token: str, csr_pem: bytes) -> tuple[bytes, bytes]:
+        """Trade a one-time token and a CSR for the host's client certificate.
+
+        Raises Unauthorized (bad, used or expired token), InvalidInput (bad CSR),
+        FailedPrecondition (no CA to sign with).
+        """
+        who = Caller(principal=name[:253] if isinstance(name, str) else "?", role="enrollment",
+                     host=peer, request_id="")
+        if self.ca is None:
+            raise FailedPrecondition("this control plane has no CA key configured for enrollment")
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError:
+            raise InvalidInput("unreadable certificate signing request") from None
+        if not csr.is_signature_valid:
+            raise InvalidInput("the CSR's signature does not verify")
+        ca = self.ca
+
+        async def plan() -> tuple[Plan, bytes]:
+            validate_host_name(name)
+            entry = await self.store.get(f"hosts/{name}")
+            record = dict(decode_canonical(entry.value)) if entry else None
+            if (record is None or record["state"] != "pending" or not record["token_hash"]
+                    or not hmac.compare_digest(record["token_hash"], _token_hash(token or ""))):
+                raise Unauthorized(f"enrollment refused for host {name!r}: unknown host, bad or used token")
+            if record["token_expires_ns"] < time.time_ns():
+                raise Unauthorized(f"enrollment token for host {name!r} has expired")
+            cert = _sign_agent_csr(ca, csr, name)
+            record.update(state="enrolled", token_hash="", enrolled_at_ns=time.time_ns(),
+                          cert_fingerprint=cert_fingerprint(cert))
+            assert entry is not None
+            txn = Txn(checks={f"hosts/{name}": entry.mod_revision},
+                      puts={f"hosts/{name}": encode_canonical(record)})
+            return Plan(txn), cert
+
+        cert = await self.audit.mutate(who, "Enroll", f"host/{name}", plan)
+        return cert, ca.cert.public_bytes(serialization.Encoding.PEM)
+
+    async def check_agent(self, caller: Caller, *, need_lease: bool) -> dict[str, Any]:
+        """The enrolled host behind an agent certificate. Raises HostNotEnrolled, LeaseNotLive."""
+        if caller.role != "agent":
+            raise HostNotEnrolled("only agent certificates speak for hosts")
+        try:
+            host = await self.get_host(caller.principal)
+        except (NotFound, InvalidInput):
+            raise HostNotEnrolled(f"host {caller.principal!r} is not enrolled") from None
+        if host["state"] != "enrolled" or not caller.cert_sha256 or not hmac.compare_digest(
+                host["cert_fingerprint"], caller.cert_sha256):
+            raise HostNotEnrolled(f"host {caller.principal!r}: certificate not accepted (removed or re-enrolled)")
+        if need_lease:
+            lease = await self.store.get(f"leases/{caller.principal}")
+            rec = decode_canonical(lease.value) if lease else {"state": "none", "expires_ns": 0}
+            if rec["state"] != "live" or rec["expires_ns"] < time.time_ns():
+                raise LeaseNotLive(f"host {caller.principal!r} has no live custody lease")
+        return host
+
+    # -- leases -------------------------------------------------------------------
+
+    async def renew_lease(self, host: str) -> int:
+        """Extend the host's lease by the TTL. A revoked lease stays revoked."""
+        key = f"leases/{host}"
+        for _ in range(20):
+            entry = await self.store.get(key)
+            if entry is not None and decode_canonical(entry.value)["state"] == "revoked":
+                h = await self.get_host(host)
+                if h["state"] != "enrolled":
+                    raise HostNotEnrolled(f"host {host!r} was removed")
+            expires = time.time_ns() + int(self.lease_ttl * 1e9)
+            value = encode_canonical({"expires_ns": expires, "state": "live"})
+            if await self.store.commit(Txn(checks={key: entry.mod_revision if entry else 0}, puts={key: value})):
+                return expires
+        raise Conflict(f"could not renew the lease of {host!r}")
+
+    async def revoke_leases(self, hosts: list[str]) -> None:
+        for host in hosts:
+            await self.store.commit(Txn(puts={f"leases/{host}": encode_canonical(
+                {"expires_ns": 0, "state": "revoked"})}))
+
+    async def sweep(self) -> list[str]:
+        """Mark lapsed leases and their hosts' copies stale. Returns the hosts that lapsed now."""
+        now = time.time_ns()
+        lapsed = []
+        for e in await self.store.range("leases/"):
+            rec = decode_canonical(e.value)
+            if rec["state"] == "live" and rec["expires_ns"] < now:
+                host = e.key[len("leases/"):]
+                ok = await self.store.commit(Txn(checks={e.key: e.mod_revision}, puts={e.key: encode_canonical(
+                    {"expires_ns": rec["expires_ns"], "state": "lapsed"})}))
+                if ok:
+                    lapsed.append(host)
+                    await self._mark_host_copies(host, "stale")
+                    await self.audit.record(SYSTEM, "LeaseLapsed", f"host/{host}",
+                                            f"lease expired at {rec['expires_ns']}")
+        return lapsed
+
+    async def run_sweeper(self, interval: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a bad round
+                log.warning("lease sweep failed: %s", exc)
+
+    # -- inventory ----------------------------------------------------------------
+
+    async def _manifest_index(self) -> Any:
+        from custos.agent.matching import ManifestIndex
+        from custos.core.manifest import decode_manifest
+
+        marker = await self.store.get("meta/artifacts")
+        rev = marker.mod_revision if marker else 0
+        async with self._index_lock:
+            if self._index is None or rev != self._index_rev:
+                manifests, models = {}, {}
+                for e in await self.store.range("artifacts/"):
+                    rec = decode_canonical(e.value)
+                    manifests[rec["id"]] = decode_manifest(rec["manifest"].encode())
+                    models[rec["id"]] = rec["model"]
+                self._index = (ManifestIndex(manifests), models)
+                self._index_rev = rev
+            return self._index
+
+    async def ingest(self, host: str, inv: Any) -> dict[str, int]:
+        """Match a report against every registered manifest; record copies and alerts."""
+        from custos.agent.scanner import FileRecord
+
+        index, models = await self._manifest_index()
+        records = []
+        for f in inv.files:
+            if f.form not in ("plaintext", "ciphertext") or not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
+                continue
+            records.append(FileRecord(path=f.path, size=f.size, sha256=f.sha256, device=0, inode=0,
+                                      mtime_ns=0, ctime_ns=0, form=f.form))
+        match = index.match(records)
+        now = time.time_ns()
+        policy_cache: dict[str, dict[str, Any]] = {}
+
+        async def policy(model: str) -> dict[str, Any]:
+            if model not in policy_cache:
+                policy_cache[model] = await self.registry.get_model(model)
+            return policy_cache[model]
+
+        puts: dict[str, bytes] = {}
+        seen: set[str] = set()
+        alerts: list[dict[str, Any]] = []
+        managed = {p.rstrip("/") for p in getattr(inv, "managed_roots", [])}
+        for c in match.complete:
+            model = models.get(c.artifact_id, "")
+            m = await policy(model)
+            authorized = c.root in managed or _authorized(m, host, c.root)
+            copy = new_copy(c.artifact_id, model, "host-path", f"{host}:{c.root}", host, "plaintext",
+                            authorized=authorized, evidence=f"{len(c.paths)} files match the manifest by SHA-256")
+            ck = f"copies/{c.artifact_id}/{copy['id']}"
+            seen.add(ck)
+            old = await self.store.get(ck)
+            if old is not None:
+                copy["first_seen_ns"] = decode_canonical(old.value)["first_seen_ns"]
+            puts[ck] = encode_canonical(copy)
+            puts[f"hostcopies/{host}/{c.artifact_id}/{copy['id']}"] = b"{}"
+            if not authorized:
+                alerts.append(_alert("unauthorized-copy", host, model, c.artifact_id,
+                                     f"complete plaintext copy at {c.root} is outside the model's custody policy"))
+        for p in match.partial:
+            if p.covered_by:
+                continue
+            model = models.get(p.artifact_id, "")
+            m = await policy(model)
+            authorized = p.root in managed or _authorized(m, host, p.root)
+            copy = new_copy(p.artifact_id, model, "host-path", f"{host}:{p.root}", host, "plaintext",
+                            authorized=authorized,
+                            evidence=f"partial: {len(p.present)} of {len(p.present) + len(p.missing)} files")
+            ck = f"copies/{p.artifact_id}/{copy['id']}"
+            seen.add(ck)
+            puts[ck] = encode_canonical(copy)
+            puts[f"hostcopies/{host}/{p.artifact_id}/{copy['id']}"] = b"{}"
+            if not authorized:
+                alerts.append(_alert("unauthorized-copy", host, model, p.artifact_id,
+                                     f"partial plaintext copy at {p.root} is outside the model's custody policy"))
+        by_path = {f.path: f for f in match.files}
+        for proc in inv.processes:
+            arts: set[str] = set()
+            for path in proc.paths:
+                fm = by_path.get(path)
+                if fm is not None:
+                    arts |= {r.artifact_id for r in fm.refs}
+            for aid in sorted(arts):
+                model = models.get(aid, "")
+                copy = new_copy(aid, model, "process", f"{host}:{proc.pid}", host, "loaded",
+                                authorized=bool(proc.workload_id) or _authorized(await policy(model), host, ""),
+                                evidence=f"pid {proc.pid} ({proc.user}) holds {len(proc.paths)} weight files "
+                                         f"({proc.how}): {proc.cmdline[:200]}")
+                ck = f"copies/{aid}/{copy['id']}"
+                seen.add(ck)
+                puts[ck] = encode_canonical(copy)
+                puts[f"hostcopies/{host}/{aid}/{copy['id']}"] = b"{}"
+        for u in match.unregistered:
+            alerts.append(_alert("unregistered-weights", host, "", "",
+                                 f"{u.path} ({u.size} bytes, sha256 {u.sha256[:16]}) matches no registered artifact"))
+        for a in alerts:
+            key = f"alerts/{a['id']}"
+            if await self.store.get(key) is None:
+                puts[key] = encode_canonical(a)
+        puts[f"inventory/{host}"] = encode_canonical({
+            "at_ns": now, "files": len(inv.files), "processes": len(inv.processes),
+            "problems": list(inv.problems)[:50]})
+        # Copies this host reported before but not now are gone (full reports only).
+        deletes: list[str] = []
+        if inv.full:
+            for e in await self.store.range(f"hostcopies/{host}/"):
+                aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
+                ck = f"copies/{aid}/{cid}"
+                if ck not in seen:
+                    old = await self.store.get(ck)
+                    if old is not None:
+                        rec = dict(decode_canonical(old.value))
+                        if rec["state"] not in ("gone", "wiped"):
+                            rec["state"] = "gone"
+                            puts[ck] = encode_canonical(rec)
+                    deletes.append(e.key)
+        await self._write_batches(puts, deletes)
+        return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}
+
+    async def _write_batches(self, puts: dict[str, bytes], deletes: list[str]) -> None:
+        items = list(puts.items())
+        step = MAX_TXN_OPS - 10
+        for i in range(0, max(len(items), 1), step):
+            batch = dict(items[i:i + step])
+            dels = deletes if i == 0 else []
+            if batch or dels:
+                await self.store.commit(Txn(puts=batch, deletes=dels[:step]))
+        for i in range(step, len(deletes), step):
+            await self.store.commit(Txn(deletes=deletes[i:i + step]))
+
+    async def _mark_host_copies(self, host: str, state: str) -> None:
+        puts: dict[str, bytes] = {}
+        for e in await self.store.range(f"hostcopies/{host}/"):
+            aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
+            old = await self.store.get(f"copies/{aid}/{cid}")
+            if old is None:
+                continue
+            rec = dict(decode_canonical(old.value))
+            if rec["state"] == "present":
+                rec["state"] = state
+                puts[f"copies/{aid}/{cid}"] = encode_canonical(rec)
+        await self._write_batches(puts, [])
+
+    # -- streams ------------------------------------------------------------------
+
+    def attach(self, host: str) -> asyncio.Queue[Any]:
+        old = self.streams.get(host)
+        if old is not None:
+            old.put_nowait(None)  # one stream per host: the newest wins
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self.streams[host] = q
+        if self.on_attach is not None:
+            self.on_attach(host)
+        return q
+
+    def detach(self, host: str, q: asyncio.Queue[Any]) -> None:
+        if self.streams.get(host) is q:
+            del self.streams[host]
+
+    async def list_alerts(self, *, host: str = "", model: str = "") -> list[dict[str, Any]]:
+        out = []
+        for e in await self.store.range("alerts/"):
+            a = dict(decode_canonical(e.value))
+            if (host and a["host"] != host) or (model and a["model"] != model):
+                continue
+            out.append(a)
+        return sorted(out, key=lambda a: a["at_ns"])
+
+
+def _authorized(model: dict[str, Any], host: str, path: str) -> bool:
+    hosts = model.get("custody_hosts") or []
+    paths = model.get("custody_paths") or []
+    if not any(fnmatch.fnmatchcase(host, pat) for pat in hosts):
+        return False
+    return not paths or not path or any(fnmatch.fnmatchcase(path, pat) for pat in paths)
+
+
+def _alert(rule: str, host: str, model: str, artifact: str, detail: str) -> dict[str, Any]:
+    aid = hashlib.sha256(f"{rule}\x00{host}\x00{model}\x00{artifact}\x00{detail}".encode()).hexdigest()[:24]
+    return {"artifact_id": artifact, "at_ns": time.time_ns(), "detail": detail, "host": host, "id": aid,
+            "model": model, "rule": rule, "severity": "high" if rule == "unauthorized-copy" else "medium",
+            "state": "open"}
+
+
+def _sign_agent_csr(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, host: str) -> bytes:
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "custos"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "agent"),
+            x509.NameAttribute(NameOID.COMMON_NAME, host),
+        ]))
+        .issuer_name(ca.cert.subject)
+        .public_key(csr.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=AGENT_CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)

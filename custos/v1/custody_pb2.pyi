@@ -1,0 +1,273 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Host(_message.Message):
+    __slots__ = ("name", "state", "labels", "lease_expires_unix_ns", "lease_state", "last_report_unix_ns", "enrolled_at_unix_ns", "cert_fingerprint", "files", "processes")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    labels: _containers.ScalarMap[str, str]
+    lease_expires_unix_ns: int
+    lease_state: str
+    last_report_unix_ns: int
+    enrolled_at_unix_ns: int
+    cert_fingerprint: str
+    files: int
+    processes: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., lease_expires_unix_ns: _Optional[int] = ..., lease_state: _Optional[str] = ..., last_report_unix_ns: _Optional[int] = ..., enrolled_at_unix_ns: _Optional[int] = ..., cert_fingerprint: _Optional[str] = ..., files: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...
+
+class AddHostRequest(_message.Message):
+    __slots__ = ("name", "labels", "token_ttl_seconds")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    token_ttl_seconds: int
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., token_ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class AddHostResponse(_message.Message):
+    __slots__ = ("host", "enrollment_token", "token_expires_unix_ns")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ENROLLMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EXPIRES_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    host: Host
+    enrollment_token: str
+    token_expires_unix_ns: int
+    def __init__(self, host: _Optional[_Union[Host, _Mapping]] = ..., enrollment_token: _Optional[str] = ..., token_expires_unix_ns: _Optional[int] = ...) -> None: ...
+
+class RemoveHostRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveHostResponse(_message.Message):
+    __slots__ = ("host",)
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    host: Host
+    def __init__(self, host: _Optional[_Union[Host, _Mapping]] = ...) -> None: ...
+
+class ListHostsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[Host]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("name", "token", "csr_pem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token: str
+    csr_pem: bytes
+    def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_pem", "signer_set", "lease_ttl_seconds")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_SET_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_pem: bytes
+    signer_set: bytes
+    lease_ttl_seconds: int
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., signer_set: _Optional[bytes] = ..., lease_ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class FileRecord(_message.Message):
+    __slots__ = ("path", "size", "sha256", "form")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FORM_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    sha256: str
+    form: str
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., form: _Optional[str] = ...) -> None: ...
+
+class ProcessRecord(_message.Message):
+    __slots__ = ("pid", "user", "cmdline", "start_time_unix_ns", "cgroup", "container_id", "paths", "how", "workload_id")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    HOW_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    user: str
+    cmdline: str
+    start_time_unix_ns: int
+    cgroup: str
+    container_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    how: str
+    workload_id: str
+    def __init__(self, pid: _Optional[int] = ..., user: _Optional[str] = ..., cmdline: _Optional[str] = ..., start_time_unix_ns: _Optional[int] = ..., cgroup: _Optional[str] = ..., container_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., how: _Optional[str] = ..., workload_id: _Optional[str] = ...) -> None: ...
+
+class Inventory(_message.Message):
+    __slots__ = ("full", "files", "removed_paths", "processes", "problems", "managed_roots")
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    MANAGED_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    files: _containers.RepeatedCompositeFieldContainer[FileRecord]
+    removed_paths: _containers.RepeatedScalarFieldContainer[str]
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessRecord]
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    managed_roots: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, full: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[FileRecord, _Mapping]]] = ..., removed_paths: _Optional[_Iterable[str]] = ..., processes: _Optional[_Iterable[_Union[ProcessRecord, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., managed_roots: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_unix_ns",)
+    SENT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    sent_unix_ns: int
+    def __init__(self, sent_unix_ns: _Optional[int] = ...) -> None: ...
+
+class OrderAck(_message.Message):
+    __slots__ = ("order_id", "verified", "outcome", "reason", "pids_stopped", "paths_wiped", "remaining", "received_unix_ns", "done_unix_ns", "would_stop")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PIDS_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    PATHS_WIPED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    DONE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    WOULD_STOP_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    verified: bool
+    outcome: str
+    reason: str
+    pids_stopped: _containers.RepeatedScalarFieldContainer[int]
+    paths_wiped: _containers.RepeatedScalarFieldContainer[str]
+    remaining: _containers.RepeatedScalarFieldContainer[str]
+    received_unix_ns: int
+    done_unix_ns: int
+    would_stop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, order_id: _Optional[str] = ..., verified: _Optional[bool] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., pids_stopped: _Optional[_Iterable[int]] = ..., paths_wiped: _Optional[_Iterable[str]] = ..., remaining: _Optional[_Iterable[str]] = ..., received_unix_ns: _Optional[int] = ..., done_unix_ns: _Optional[int] = ..., would_stop: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("inventory", "heartbeat", "ack")
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    inventory: Inventory
+    heartbeat: Heartbeat
+    ack: OrderAck
+    def __init__(self, inventory: _Optional[_Union[Inventory, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[OrderAck, _Mapping]] = ...) -> None: ...
+
+class Lease(_message.Message):
+    __slots__ = ("expires_unix_ns", "ttl_seconds")
+    EXPIRES_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    expires_unix_ns: int
+    ttl_seconds: int
+    def __init__(self, expires_unix_ns: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class SignedOrder(_message.Message):
+    __slots__ = ("body", "signatures", "signer_set", "signer_chain")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_SET_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signatures: _containers.RepeatedCompositeFieldContainer[OrderSignature]
+    signer_set: bytes
+    signer_chain: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, body: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[OrderSignature, _Mapping]]] = ..., signer_set: _Optional[bytes] = ..., signer_chain: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class OrderSignature(_message.Message):
+    __slots__ = ("key_id", "signature")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    signature: bytes
+    def __init__(self, key_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ControlMessage(_message.Message):
+    __slots__ = ("lease", "order", "notice")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
+    lease: Lease
+    order: SignedOrder
+    notice: str
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., order: _Optional[_Union[SignedOrder, _Mapping]] = ..., notice: _Optional[str] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("id", "rule", "severity", "model", "artifact_id", "host", "detail", "at_unix_ns", "state")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    rule: str
+    severity: str
+    model: str
+    artifact_id: str
+    host: str
+    detail: str
+    at_unix_ns: int
+    state: str
+    def __init__(self, id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[str] = ..., model: _Optional[str] = ..., artifact_id: _Optional[str] = ..., host: _Optional[str] = ..., detail: _Optional[str] = ..., at_unix_ns: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("host", "model")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    model: str
+    def __init__(self, host: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("alerts",)
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
