@@ -544,6 +544,95 @@ def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+# -- commands: hosts, custody policy, alerts ----------------------------------------
+
+
+def _custody(c: Conn) -> Any:
+    from custos.v1 import custody_pb2_grpc
+
+    return custody_pb2_grpc.CustodyStub(c.channel)
+
+
+def _host_json(h: Any) -> dict[str, Any]:
+    return {"name": h.name, "state": h.state, "labels": dict(h.labels), "lease_state": h.lease_state,
+            "lease_expires": _ts(h.lease_expires_unix_ns), "last_report": _ts(h.last_report_unix_ns),
+            "enrolled_at": _ts(h.enrolled_at_unix_ns), "cert_fingerprint": h.cert_fingerprint,
+            "files": h.files, "processes": h.processes}
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"bad --label {item!r}: want KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def cmd_host_add(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import custody_pb2
+
+    c = Conn(ns)
+    resp = c.call(_custody(c).AddHost, custody_pb2.AddHostRequest(
+        name=ns.name, labels=_labels(ns.label), token_ttl_seconds=ns.token_ttl))
+    data = {**_host_json(resp.host), "enrollment_token": resp.enrollment_token,
+            "token_expires": _ts(resp.token_expires_unix_ns)}
+    out.emit(data, f"host {ns.name} added; one-time enrollment token (expires {data['token_expires']}):\n"
+                   f"{resp.enrollment_token}\n"
+                   f"On the host: custos agent enroll --name {ns.name} --token <token> --enroll-addr ADDR --ca CA")
+    return 0
+
+
+def cmd_host_remove(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import custody_pb2
+
+    c = Conn(ns)
+    h = _host_json(c.call(_custody(c).RemoveHost, custody_pb2.RemoveHostRequest(name=ns.name)).host)
+    out.emit(h, f"host {ns.name} removed: its certificate is refused, its lease revoked")
+    return 0
+
+
+def cmd_hosts(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import custody_pb2
+
+    c = Conn(ns)
+    hosts = [_host_json(h) for h in c.call(_custody(c).ListHosts, custody_pb2.ListHostsRequest()).hosts]
+    out.emit(hosts, lambda: _table(
+        [[h["name"], h["state"], h["lease_state"], h["lease_expires"], h["last_report"], str(h["files"]),
+          str(h["processes"])] for h in hosts],
+        ["HOST", "STATE", "LEASE", "LEASE EXPIRES", "LAST REPORT", "FILES", "PROCS"]))
+    return 0
+
+
+def cmd_model_policy(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import registry_pb2
+
+    c = Conn(ns)
+    m = c.call(c.registry().SetCustodyPolicy, registry_pb2.SetCustodyPolicyRequest(
+        model=ns.name, hosts=ns.host or [], paths=ns.path or [])).model
+    data = _model_json(m)
+    data["custody_hosts"], data["custody_paths"] = list(m.custody_hosts), list(m.custody_paths)
+    out.emit(data, f"custody policy of {ns.name}: hosts {data['custody_hosts'] or '(none)'}, "
+                   f"paths {data['custody_paths'] or '(any on those hosts)'}")
+    return 0
+
+
+def cmd_alerts(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import custody_pb2, custody_pb2_grpc
+
+    c = Conn(ns)
+    resp = c.call(custody_pb2_grpc.AlertsStub(c.channel).ListAlerts,
+                  custody_pb2.ListAlertsRequest(host=ns.host or "", model=ns.model or ""))
+    alerts = [{"id": a.id, "rule": a.rule, "severity": a.severity, "model": a.model,
+               "artifact_id": a.artifact_id, "host": a.host, "detail": a.detail, "at": _ts(a.at_unix_ns),
+               "state": a.state} for a in resp.alerts]
+    out.emit(alerts, lambda: _table(
+        [[a["at"], a["severity"], a["rule"], a["host"], a["model"] or "-", a["detail"][:90]] for a in alerts],
+        ["TIME", "SEVERITY", "RULE", "HOST", "MODEL", "DETAIL"]))
+    return 0
+
+
 # -- commands: audit ---------------------------------------------------------------
 
 
@@ -684,6 +773,35 @@ def build_parser() -> argparse.ArgumentParser:
     ms = m.add_parser("show", parents=[common], help="show a model")
     ms.add_argument("name")
     ms.set_defaults(fn=cmd_model_show)
+
+    mp = m.add_parser("policy", parents=[common], help="where copies of a model may live (custody policy)")
+    mp.add_argument("name")
+    mp.add_argument("--host", action="append", help="host-name pattern (fnmatch), repeatable")
+    mp.add_argument("--path", action="append", help="path pattern (fnmatch), repeatable")
+    mp.set_defaults(fn=cmd_model_policy)
+
+    h = sub.add_parser("host", help="enrolled hosts").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    ha = h.add_parser("add", parents=[common], help="add a host and print its one-time enrollment token")
+    ha.add_argument("name")
+    ha.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
+    ha.add_argument("--token-ttl", type=int, default=3600, help="seconds the token stays valid")
+    ha.set_defaults(fn=cmd_host_add)
+    hr = h.add_parser("remove", parents=[common], help="remove a host: refuse its certificate, revoke its lease")
+    hr.add_argument("name")
+    hr.set_defaults(fn=cmd_host_remove)
+    hs = sub.add_parser("hosts", parents=[common], help="enrolled hosts, their leases and last reports")
+    hs.set_defaults(fn=cmd_hosts)
+    alp = sub.add_parser("alerts", parents=[common], help="alerts: unregistered weights, unauthorized copies, ...")
+    alp.add_argument("--host")
+    alp.add_argument("--model")
+    alp.set_defaults(fn=cmd_alerts)
+    try:
+        from custos.agent.cli import add_commands
+    except ModuleNotFoundError as exc:
+        if exc.name != "custos.agent.cli":
+            raise
+    else:
+        add_commands(sub, common)
 
     a = sub.add_parser("artifact", help="weight artifacts (manifests)").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")

@@ -465,7 +465,7 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
         except CustosError as exc:
             log.warning("custody stream of %s: %s", host, exc)
             q.put_nowait(("notice", str(exc)))
-        except Exception:  # noqa: BLE001 - a broken stream ends; the agent reconnects
+        except Exception:
             log.exception("custody stream of %s failed", host)
         finally:
             q.put_nowait(None)

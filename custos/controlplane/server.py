@@ -30,9 +30,9 @@ from custos.controlplane.api import (
     KeysServicer,
     RegistryServicer,
 )
-from custos.controlplane.custody import Custody
 from custos.controlplane.audit import AuditLog, load_or_create_signing_key
 from custos.controlplane.config import ServerConfig
+from custos.controlplane.custody import Custody
 from custos.controlplane.keys import KeyBroker
 from custos.controlplane.registry import Registry
 from custos.errors import InvalidInput
