@@ -250,7 +250,7 @@ class ControlPlane:
         log.info("control plane stopping")
         try:
             await self.health.enter_graceful_shutdown()
-        except Exception:  # noqa: S110 - shutting down regardless
+        except Exception:  # noqa: BLE001, S110 - shutting down regardless
             pass
         if getattr(self, "enroll_server", None) is not None:
             await self.enroll_server.stop(1.0)  # type: ignore[union-attr]
@@ -259,7 +259,7 @@ class ControlPlane:
             t.cancel()
         try:
             await self.audit.checkpoint()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out
             log.warning("final audit checkpoint failed: %s", exc)
         if self.store is not None:
             await self.store.close()
@@ -267,7 +267,7 @@ class ControlPlane:
             if closer is not None:
                 try:
                     closer.close()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - best effort on the way out
                     log.warning("closing %s failed: %s", type(closer).__name__, exc)
 
 
