@@ -48,7 +48,7 @@ class ClientConfig:
             cert = cert or str(Path(cert_dir) / f"{role}.pem")
             key = key or str(Path(cert_dir) / f"{role}.key")
         missing = [n for n, v in (("CUSTOS_ADDR (--addr)", addr), ("CUSTOS_CA (--ca)", ca),
-                                  ("CUSTOS_CERT (--cert)", cert), ("CUSTOS_KEY (--key)", key)) if not v]
+                                  ("CUSTOS_CERT (--tls-cert)", cert), ("CUSTOS_KEY (--tls-key)", key)) if not v]
         if missing:
             raise InvalidInput(
                 "not configured: " + ", ".join(missing)

@@ -98,7 +98,7 @@ class Conn:
     def __init__(self, ns: argparse.Namespace) -> None:
         from custos.client import ClientConfig
 
-        self.cfg = ClientConfig.from_env(addr=ns.addr, ca=ns.ca, cert=ns.cert, key=ns.key,
+        self.cfg = ClientConfig.from_env(addr=ns.addr, ca=ns.ca, cert=ns.tls_cert, key=ns.tls_key,
                                          role=ns.role)
         self.channel = self.cfg.channel()
         self.timeout = ns.timeout
@@ -633,6 +633,275 @@ def cmd_alerts(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+# -- commands: signers and orders ----------------------------------------------------
+
+
+def _orders(c: Conn) -> Any:
+    from custos.v1 import orders_pb2_grpc
+
+    return orders_pb2_grpc.OrdersStub(c.channel)
+
+
+def _passphrase(ns: argparse.Namespace, *, confirm: bool = False) -> bytes | None:
+    if getattr(ns, "no_passphrase", False):
+        return None
+    if getattr(ns, "passphrase_file", None):
+        try:
+            return Path(ns.passphrase_file).read_bytes().rstrip(b"\n")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {ns.passphrase_file}: {exc.strerror}") from None
+    env = os.environ.get("CUSTOS_SIGNER_PASSPHRASE")
+    if env is not None:
+        return env.encode()
+    if not sys.stdin.isatty():
+        return None
+    import getpass
+
+    first = getpass.getpass("passphrase for the signer key (empty for none): ").encode()
+    if confirm and first and getpass.getpass("again: ").encode() != first:
+        raise InvalidInput("passphrases do not match")
+    return first or None
+
+
+def cmd_signer_keygen(ns: argparse.Namespace, out: Out) -> int:
+    from custos.core.signers import SignerKey, generate_ed25519, public_key_to_openssh, save_private_key
+
+    path = Path(ns.out)
+    if path.exists():
+        raise InvalidInput(f"{path} already exists")
+    passphrase = _passphrase(ns, confirm=True)
+    key = generate_ed25519()
+    save_private_key(path, key, passphrase)
+    sk = SignerKey.from_ed25519(key.public_key(), name=ns.name)
+    pub = path.with_suffix(".pub")
+    pub.write_text(public_key_to_openssh(key, ns.name) + "\n")
+    data = {"name": ns.name, "key_id": sk.key_id, "private_key": str(path), "public_key": str(pub),
+            "encrypted": passphrase is not None, "openssh": sk.to_openssh()}
+    out.emit(data, f"signer key {ns.name}: {path} ({'encrypted' if passphrase else 'NOT encrypted'}), "
+                   f"public key {pub}\n  key id {sk.key_id}")
+    return 0
+
+
+def cmd_signer_show(ns: argparse.Namespace, out: Out) -> int:
+    from custos.core.signers import SignerSet
+    from custos.v1 import orders_pb2
+
+    c = Conn(ns)
+    info = c.call(_orders(c).GetSignerSet, orders_pb2.GetSignerSetRequest())
+    ss = SignerSet.decode(info.signer_set)
+    data = {"version": ss.version, "id": ss.id, "thresholds": dict(ss.thresholds),
+            "keys": [{"name": k.name, "key_id": k.key_id, "keytype": k.keytype} for k in ss.keys]}
+    out.emit(data, lambda: f"signer set v{ss.version} ({ss.id[:16]})\nthresholds: "
+             + ", ".join(f"{a} {t}" for a, t in ss.thresholds.items()) + "\n"
+             + _table([[k.name, k.keytype, k.key_id] for k in ss.keys], ["NAME", "TYPE", "KEY ID"]))
+    return 0
+
+
+def _order_json(o: Any) -> dict[str, Any]:
+    return {"id": o.id, "action": o.action, "models": list(o.models), "artifacts": len(o.artifacts),
+            "reason": o.reason, "issued_at": o.issued_at, "not_after": o.not_after, "sequence": o.sequence,
+            "signer_set_version": o.signer_set_version, "drill": o.drill, "state": o.state,
+            "signed_by": list(o.signed_by), "threshold": o.threshold, "missing": o.missing,
+            "proposed_by": o.proposed_by, "quorum_at": _ts(o.quorum_at_unix_ns),
+            "completed_at": _ts(o.completed_at_unix_ns), "problems": list(o.problems)}
+
+
+def _order_text(d: dict[str, Any]) -> str:
+    expires = dt.datetime.fromtimestamp(d["not_after"], dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    lines = [f"order {d['id']}",
+             f"  {d['action']}{' (drill)' if d['drill'] else ''} of {', '.join(d['models'])} "
+             f"({d['artifacts']} artifacts incl. derivatives)",
+             f"  reason: {d['reason']}",
+             f"  state: {d['state']}; signatures {len(d['signed_by'])}/{d['threshold']}"
+             + (f" ({d['missing']} more needed)" if d["state"] == "proposed" else ""),
+             f"  expires {expires}; sequence {d['sequence']}, signer set v{d['signer_set_version']}"]
+    if d["quorum_at"] != "-":
+        lines.append(f"  quorum at {d['quorum_at']}; completed at {d['completed_at']}")
+    lines += [f"  problem: {p}" for p in d["problems"]]
+    return "\n".join(lines)
+
+
+def _duration(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not m:
+        raise InvalidInput(f"bad duration {text!r}: want e.g. 90s, 30m, 1h, 2d")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def cmd_order_propose(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import orders_pb2
+
+    c = Conn(ns)
+    o = c.call(_orders(c).Propose, orders_pb2.ProposeRequest(
+        action=ns.action, models=ns.model, reason=ns.reason, expires_seconds=_duration(ns.expires),
+        drill=ns.drill)).order
+    d = _order_json(o)
+    out.emit(d, lambda: _order_text(d))
+    return 0
+
+
+def _load_signer(ns: argparse.Namespace) -> Any:
+    from custos.core.signers import load_private_key
+
+    return load_private_key(ns.key, _passphrase(ns))
+
+
+def _attach(c: Conn, order_id: str, sigs: list[Any]) -> dict[str, Any]:
+    from custos.core.signers import encode_signatures
+    from custos.v1 import orders_pb2
+
+    o = c.call(_orders(c).AttachSignature, orders_pb2.AttachSignatureRequest(
+        order_id=order_id, signatures=encode_signatures(sigs))).order
+    return _order_json(o)
+
+
+def _fetch_order(c: Conn, ref: str) -> Any:
+    from custos.core.orders import Order
+    from custos.v1 import orders_pb2
+
+    info = c.call(_orders(c).GetOrder, orders_pb2.GetOrderRequest(order_id=ref)).order
+    order = Order.decode(info.body)
+    if order.id != info.id:
+        raise IntegrityError("the order body does not hash to its id: refusing to sign")
+    return info, order
+
+
+def cmd_order_sign(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    _, order = _fetch_order(c, ns.order)
+    key = _load_signer(ns)
+    # Sign what the canonical body says, not what the server summarizes.
+    print(f"signing: {order.action}{' (drill)' if order.drill else ''} of {', '.join(order.models)} "
+          f"({len(order.artifacts)} artifacts); reason: {order.reason}", file=sys.stderr)
+    d = _attach(c, order.id, [order.sign(key)])
+    out.emit(d, lambda: _order_text(d))
+    return 0
+
+
+def cmd_order_export(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    _, order = _fetch_order(c, ns.order)
+    data = order.signature_input()
+    if ns.file:
+        Path(ns.file).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_order_sign_file(ns: argparse.Namespace, out: Out) -> int:
+    from custos.core.orders import ORDER_DOMAIN, Order
+    from custos.core.signers import encode_signatures
+
+    try:
+        data = Path(ns.file).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {ns.file}: {exc.strerror}") from None
+    if not data.startswith(ORDER_DOMAIN):
+        raise InvalidInput(f"{ns.file} is not an exported order (custos order export)")
+    order = Order.decode(data[len(ORDER_DOMAIN):])
+    print(f"signing offline: {order.action} of {', '.join(order.models)}; reason: {order.reason}", file=sys.stderr)
+    sig = order.sign(_load_signer(ns))
+    target = Path(ns.out or f"{ns.file}.sig.json")
+    target.write_bytes(encode_signatures([sig]))
+    out.emit({"order_id": order.id, "key_id": sig.key_id, "signature_file": str(target)},
+             f"signature for order {order.id[:16]} written to {target}")
+    return 0
+
+
+def cmd_order_attach(ns: argparse.Namespace, out: Out) -> int:
+    from custos.core import sshsig
+    from custos.core.signers import Signature, decode_signatures, key_id_of
+
+    try:
+        raw = Path(ns.sigfile).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {ns.sigfile}: {exc.strerror}") from None
+    text = raw.decode("utf-8", errors="replace")
+    if text.lstrip().startswith(sshsig.ARMOR_BEGIN):
+        pub = sshsig.parse(text).public_key
+        sigs = [Signature(key_id=key_id_of(pub.algorithm, pub.public), sig=text)]
+    else:
+        sigs = decode_signatures(raw)
+    c = Conn(ns)
+    d = _attach(c, ns.order, sigs)
+    out.emit(d, lambda: _order_text(d))
+    return 0
+
+
+def cmd_order_status(ns: argparse.Namespace, out: Out) -> int:
+    from custos.v1 import orders_pb2
+
+    c = Conn(ns)
+    if ns.order:
+        d = _order_json(c.call(_orders(c).GetOrder, orders_pb2.GetOrderRequest(order_id=ns.order)).order)
+        out.emit(d, lambda: _order_text(d))
+        return 0
+    orders = [_order_json(o) for o in c.call(_orders(c).ListOrders, orders_pb2.ListOrdersRequest()).orders]
+    out.emit(orders, lambda: _table(
+        [[o["id"][:16], o["action"] + (" (drill)" if o["drill"] else ""), ",".join(o["models"])[:40], o["state"],
+          f"{len(o['signed_by'])}/{o['threshold']}", o["proposed_by"]] for o in orders],
+        ["ORDER", "ACTION", "MODELS", "STATE", "SIGS", "PROPOSED BY"]))
+    return 0
+
+
+def _report(c: Conn, order_id: str, fmt: str) -> tuple[str, bool]:
+    from custos.v1 import orders_pb2
+
+    r = c.call(_orders(c).GetReport, orders_pb2.GetReportRequest(order_id=order_id, format=fmt))
+    return r.content, r.complete
+
+
+def cmd_order_report(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    fmt = "json" if out.json or ns.format == "json" else "markdown"
+    content, _ = _report(c, ns.order, fmt)
+    if ns.png:
+        from custos.reports import time_to_halt_png
+
+        Path(ns.png).write_bytes(time_to_halt_png(json.loads(_report(c, ns.order, "json")[0])))
+    print(content)
+    return 0
+
+
+def cmd_drill(ns: argparse.Namespace, out: Out) -> int:
+    """Propose a drill, sign it with the given keys, wait for completion, print the report."""
+    from custos.v1 import orders_pb2
+
+    c = Conn(ns)
+    o = c.call(_orders(c).Propose, orders_pb2.ProposeRequest(
+        action=ns.action, models=ns.model, reason=ns.reason, expires_seconds=_duration(ns.expires),
+        drill=ns.action == "drill")).order
+    print(f"proposed {ns.action} order {o.id[:16]} over {', '.join(o.models)}", file=sys.stderr)
+    from custos.core.orders import Order
+    from custos.core.signers import load_private_key
+
+    order = Order.decode(o.body)
+    d = _order_json(o)
+    for path in ns.key or []:
+        d = _attach(c, order.id, [order.sign(load_private_key(path, _passphrase(ns)))])
+        print(f"signed with {path}: {len(d['signed_by'])}/{d['threshold']}", file=sys.stderr)
+        if d["state"] != "proposed":
+            break
+    deadline = time.monotonic() + ns.wait
+    while d["state"] in ("quorum", "executing") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        d = _order_json(c.call(_orders(c).GetOrder, orders_pb2.GetOrderRequest(order_id=order.id)).order)
+    if d["state"] == "proposed":
+        out.emit(d, _order_text(d) + "\nnot yet at quorum: more executives sign with `custos order sign`")
+        return 0
+    content, _ = _report(c, order.id, "json" if out.json else "markdown")
+    if ns.png:
+        from custos.reports import time_to_halt_png
+
+        Path(ns.png).write_bytes(time_to_halt_png(json.loads(_report(c, order.id, "json")[0])))
+    print(content)
+    return 0
+
+
 # -- commands: audit ---------------------------------------------------------------
 
 
@@ -735,8 +1004,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", choices=["text", "json"], default=os.environ.get("CUSTOS_OUTPUT", "text"))
     g.add_argument("--addr", help="control plane host:port (env CUSTOS_ADDR)")
     g.add_argument("--ca", help="CA certificate (env CUSTOS_CA)")
-    g.add_argument("--cert", help="client certificate (env CUSTOS_CERT)")
-    g.add_argument("--key", help="client key (env CUSTOS_KEY)")
+    g.add_argument("--tls-cert", help="client certificate (env CUSTOS_CERT)")
+    g.add_argument("--tls-key", help="client key (env CUSTOS_KEY)")
     g.add_argument("--role", help="pick ROLE.pem/ROLE.key from CUSTOS_CERT_DIR (env CUSTOS_ROLE)")
     g.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -802,6 +1071,65 @@ def build_parser() -> argparse.ArgumentParser:
             raise
     else:
         add_commands(sub, common)
+
+    sg = sub.add_parser("signer", help="executive signer keys and the signer set").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    sk = sg.add_parser("keygen", parents=[common], help="make an Ed25519 signer key (encrypted with a passphrase)")
+    sk.add_argument("out", help="private key file to write (the public key goes to OUT.pub)")
+    sk.add_argument("--name", required=True, help="signer name in the signer set, e.g. exec1")
+    sk.add_argument("--passphrase-file")
+    sk.add_argument("--no-passphrase", action="store_true", help="leave the key unencrypted (not recommended)")
+    sk.set_defaults(fn=cmd_signer_keygen)
+    ssh_ = sg.add_parser("show", parents=[common], help="the current signer set")
+    ssh_.set_defaults(fn=cmd_signer_show)
+
+    od = sub.add_parser("order", help="quorum-signed orders: drill, halt, lift, destroy").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    op = od.add_parser("propose", parents=[common], help="propose an order; prints its id")
+    op.add_argument("--action", required=True, choices=["drill", "halt", "lift", "destroy"])
+    op.add_argument("--model", action="append", required=True, help="model (derivatives are included)")
+    op.add_argument("--reason", required=True)
+    op.add_argument("--expires", default="1h", help="e.g. 30m, 1h, 2d (max 7d)")
+    op.add_argument("--drill", action="store_true", help="drill: only the drill model really halts")
+    op.set_defaults(fn=cmd_order_propose)
+    osn = od.add_parser("sign", parents=[common], help="sign an order online with a signer key")
+    osn.add_argument("order")
+    osn.add_argument("--key", required=True)
+    osn.add_argument("--passphrase-file")
+    osn.set_defaults(fn=cmd_order_sign)
+    oe = od.add_parser("export", parents=[common], help="write the exact bytes to sign (for offline signing)")
+    oe.add_argument("order")
+    oe.add_argument("--file", help="write here instead of stdout")
+    oe.set_defaults(fn=cmd_order_export)
+    osf = od.add_parser("sign-file", parents=[common], help="sign an exported order offline")
+    osf.add_argument("file")
+    osf.add_argument("--key", required=True)
+    osf.add_argument("--out", help="signature file (default FILE.sig.json)")
+    osf.add_argument("--passphrase-file")
+    osf.set_defaults(fn=cmd_order_sign_file)
+    oa = od.add_parser("attach", parents=[common],
+                       help="attach a signature file (sign-file output or ssh-keygen -Y sign -n custos-order)")
+    oa.add_argument("order")
+    oa.add_argument("sigfile")
+    oa.set_defaults(fn=cmd_order_attach)
+    ost = od.add_parser("status", parents=[common], help="one order, or all")
+    ost.add_argument("order", nargs="?")
+    ost.set_defaults(fn=cmd_order_status)
+    orp = od.add_parser("report", parents=[common], help="completion report (Markdown, or JSON with -o json)")
+    orp.add_argument("order")
+    orp.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    orp.add_argument("--png", help="also write a time-to-halt plot here")
+    orp.set_defaults(fn=cmd_order_report)
+    dr = sub.add_parser("drill", parents=[common], help="propose, sign and follow a shutdown drill (or halt)")
+    dr.add_argument("--model", action="append", required=True)
+    dr.add_argument("--reason", default="scheduled shutdown drill")
+    dr.add_argument("--action", default="drill", choices=["drill", "halt"])
+    dr.add_argument("--key", action="append", help="signer key to sign with (repeat for a quorum)")
+    dr.add_argument("--expires", default="1h")
+    dr.add_argument("--wait", type=float, default=60.0, help="seconds to wait for completion")
+    dr.add_argument("--png", help="write a time-to-halt plot here")
+    dr.add_argument("--passphrase-file")
+    dr.set_defaults(fn=cmd_drill)
 
     a = sub.add_parser("artifact", help="weight artifacts (manifests)").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")

@@ -44,6 +44,8 @@ from custos.v1 import (
     custody_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -496,6 +498,72 @@ class AlertsServicer(custody_pb2_grpc.AlertsServicer):
         return custody_pb2.ListAlertsResponse(alerts=[custody_pb2.Alert(
             id=a["id"], rule=a["rule"], severity=a["severity"], model=a["model"], artifact_id=a["artifact_id"],
             host=a["host"], detail=a["detail"], at_unix_ns=a["at_ns"], state=a["state"]) for a in alerts])
+
+
+def order_pb(d: dict[str, Any]) -> orders_pb2.OrderInfo:
+    o = d["order"]
+    return orders_pb2.OrderInfo(
+        id=o.id, body=d["body"].encode(), action=o.action, models=list(o.models), artifacts=list(o.artifacts),
+        reason=o.reason, issued_at=o.issued_at, not_after=o.not_after, sequence=o.sequence,
+        signer_set_version=o.signer_set_version, drill=o.drill, state=d["state"], signed_by=d["signed_by"],
+        threshold=d["threshold"], missing=d["missing"], proposed_by=d["proposed_by"],
+        quorum_at_unix_ns=d["quorum_at_ns"], completed_at_unix_ns=d["completed_at_ns"],
+        problems=d.get("problems", []))
+
+
+class OrdersServicer(orders_pb2_grpc.OrdersServicer):
+    def __init__(self, orders: Any) -> None:
+        self.o = orders
+
+    async def _set_info(self) -> orders_pb2.SignerSetInfo:
+        chain = await self.o.chain()
+        if not chain:
+            from custos.controlplane.orders import NoSignerSet
+
+            raise NoSignerSet("no signer set installed")
+        from custos.core.signers import SignerSet
+
+        current = SignerSet.decode(chain[-1][0])
+        return orders_pb2.SignerSetInfo(
+            signer_set=chain[-1][0], version=current.version,
+            chain=[orders_pb2.SignedRotation(signer_set=s, signatures=g) for s, g in chain])
+
+    async def GetSignerSet(self, req: orders_pb2.GetSignerSetRequest, ctx: Any) -> Any:
+        return await self._set_info()
+
+    async def RotateSignerSet(self, req: orders_pb2.RotateSignerSetRequest, ctx: Any) -> Any:
+        await self.o.rotate(current_caller.get(), new_set=req.signer_set, signatures=req.signatures)
+        await self.o.refresh_chain()
+        return await self._set_info()
+
+    async def Propose(self, req: orders_pb2.ProposeRequest, ctx: Any) -> Any:
+        d = await self.o.propose(current_caller.get(), action=req.action, models=list(req.models),
+                                 reason=req.reason, expires_seconds=req.expires_seconds, drill=req.drill)
+        return orders_pb2.ProposeResponse(order=order_pb(d))
+
+    async def AttachSignature(self, req: orders_pb2.AttachSignatureRequest, ctx: Any) -> Any:
+        d = await self.o.attach(current_caller.get(), order_id=req.order_id, signatures=req.signatures)
+        return orders_pb2.AttachSignatureResponse(order=order_pb(d))
+
+    async def GetOrder(self, req: orders_pb2.GetOrderRequest, ctx: Any) -> Any:
+        return orders_pb2.GetOrderResponse(order=order_pb(await self.o.describe(await self.o.get(req.order_id))))
+
+    async def ListOrders(self, req: orders_pb2.ListOrdersRequest, ctx: Any) -> Any:
+        return orders_pb2.ListOrdersResponse(orders=[order_pb(d) for d in await self.o.list()])
+
+    async def GetReport(self, req: orders_pb2.GetReportRequest, ctx: Any) -> Any:
+        from custos.reports import order_report_markdown
+
+        data = await self.o.report(req.order_id)
+        if req.format in ("", "json"):
+            import json
+
+            content = json.dumps(data, indent=2, sort_keys=True)
+        elif req.format == "markdown":
+            content = order_report_markdown(data)
+        else:
+            raise InvalidInput("format must be json or markdown")
+        return orders_pb2.GetReportResponse(content=content, complete=data["state"] == "complete")
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):

@@ -41,6 +41,15 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Custody/ListHosts": _READERS,
     "/custos.v1.Custody/Stream": frozenset({AGENT}),
     "/custos.v1.Alerts/ListAlerts": frozenset({SECURITY, AUDITOR, ADMIN}),
+    # Orders: executives propose and sign; everyone who reads the registry may
+    # follow an order and its report. Rotation is signed by a threshold anyway.
+    "/custos.v1.Orders/GetSignerSet": frozenset({SECURITY, EXECUTIVE, AUDITOR, ADMIN, AGENT}),
+    "/custos.v1.Orders/RotateSignerSet": frozenset({EXECUTIVE, ADMIN}),
+    "/custos.v1.Orders/Propose": frozenset({EXECUTIVE}),
+    "/custos.v1.Orders/AttachSignature": frozenset({EXECUTIVE}),
+    "/custos.v1.Orders/GetOrder": _READERS,
+    "/custos.v1.Orders/ListOrders": _READERS,
+    "/custos.v1.Orders/GetReport": _READERS,
     # Audit: the log is for auditors and the security team (and admins).
     "/custos.v1.Audit/ListEvents": frozenset({AUDITOR, SECURITY, ADMIN}),
     "/custos.v1.Audit/GetCheckpoints": frozenset({AUDITOR, SECURITY, ADMIN}),

@@ -13,6 +13,7 @@ Example (deploy/controlplane.example.toml):
             (or url = "file:///var/lib/custos/blobs")
     [custody] lease_ttl = 30, sweep_interval = 1, ca_cert = ..., ca_key = ...  (signs agent CSRs)
     enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
+    [orders] signer_set_file = ...   # canonical bytes of signer set v1, installed once
     [log]   level = "info"
 """
 
@@ -26,8 +27,9 @@ from typing import Any
 from custos.errors import InvalidInput
 
 _KNOWN = {
-    "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody"},
+    "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody", "orders"},
     "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key"},
+    "orders": {"signer_set_file"},
     "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify"},
     "blobs": {"url", "access_key", "secret_key_file"},
     "tls": {"ca_file", "cert_file", "key_file"},
@@ -52,6 +54,7 @@ class ServerConfig:
     log_format: str = "json"
     dev: bool = False
     enroll_listen: str = ""
+    signer_set_file: Path | None = None
     lease_ttl: float = 30.0
     sweep_interval: float = 1.0
     ca_cert: Path | None = None
@@ -112,6 +115,7 @@ def load_config(path: Path | None) -> ServerConfig:
     if not 1 <= cfg.lease_ttl <= 3600 or not 0 < cfg.sweep_interval <= 60:
         raise InvalidInput(f"config {path}: custody.lease_ttl must be 1..3600 s, sweep_interval 0..60 s")
     cfg.ca_cert, cfg.ca_key = p(custody.get("ca_cert")), p(custody.get("ca_key"))
+    cfg.signer_set_file = p(raw.get("orders", {}).get("signer_set_file"))
     cfg.keys = dict(raw.get("keys", {}))
     for k in ("token_file", "path"):
         if k in cfg.keys:

@@ -28,6 +28,7 @@ from custos.controlplane.api import (
     EnrollmentServicer,
     GuardInterceptor,
     KeysServicer,
+    OrdersServicer,
     RegistryServicer,
 )
 from custos.controlplane.audit import AuditLog, load_or_create_signing_key
@@ -46,6 +47,8 @@ from custos.v1 import (
     custody_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -58,6 +61,7 @@ SERVICE_NAMES = (
     keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
     custody_pb2.DESCRIPTOR.services_by_name["Custody"].full_name,
     custody_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
+    orders_pb2.DESCRIPTOR.services_by_name["Orders"].full_name,
 )
 
 GRPC_OPTIONS = [
@@ -198,6 +202,17 @@ class ControlPlane:
                 raise InvalidInput(f"cannot load the enrollment CA: {exc}") from None
         self.custody = Custody(self.registry, ca=enroll_ca, lease_ttl=cfg.lease_ttl)
         self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url, custody=self.custody)
+        from custos.controlplane.orders import OrdersService, bootstrap_dev_signers
+
+        self.orders = OrdersService(self.registry, self.custody, keys=self.keys, blobs=self.blobs)
+        if cfg.dev and cfg.data_dir is not None:
+            await self.orders.install_bootstrap(bootstrap_dev_signers(cfg.data_dir / "signers"))
+        elif cfg.signer_set_file is not None:
+            from custos.core.signers import SignerSet
+
+            await self.orders.install_bootstrap(SignerSet.decode(_read(cfg.signer_set_file, "signer set")))
+        await self.orders._refresh_pinned()
+        await self.orders.refresh_chain()
 
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit)], options=GRPC_OPTIONS)
         registry_pb2_grpc.add_RegistryServicer_to_server(
@@ -205,6 +220,7 @@ class ControlPlane:
         custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody), self.server)
         custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
+        orders_pb2_grpc.add_OrdersServicer_to_server(OrdersServicer(self.orders), self.server)
         audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -230,6 +246,8 @@ class ControlPlane:
                 raise InvalidInput(f"cannot listen on {cfg.enroll_listen}: {exc}") from None
             await self.enroll_server.start()
         self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
+        self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
+        await self.orders.resume_pending()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(
