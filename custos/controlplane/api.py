@@ -549,7 +549,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServicer):
         return orders_pb2.GetOrderResponse(order=order_pb(await self.o.describe(await self.o.get(req.order_id))))
 
     async def ListOrders(self, req: orders_pb2.ListOrdersRequest, ctx: Any) -> Any:
-        return orders_pb2.ListOrdersResponse(orders=[order_pb(d) for d in await self.o.list()])
+        return orders_pb2.ListOrdersResponse(orders=[order_pb(d) for d in await self.o.list_orders()])
 
     async def GetReport(self, req: orders_pb2.GetReportRequest, ctx: Any) -> Any:
         from custos.reports import order_report_markdown

@@ -232,8 +232,8 @@ class Custody:
             raise HostNotEnrolled(f"host {caller.principal!r}: certificate not accepted (removed or re-enrolled)")
         if need_lease:
             lease = await self.store.get(f"leases/{caller.principal}")
-            rec = decode_canonical(lease.value) if lease else {"state": "none", "expires_ns": 0}
-            if rec["state"] != "live" or rec["expires_ns"] < time.time_ns():
+            rec: dict[str, Any] = decode_canonical(lease.value) if lease else {"state": "none", "expires_ns": 0}
+            if rec["state"] != "live" or int(rec["expires_ns"]) < time.time_ns():
                 raise LeaseNotLive(f"host {caller.principal!r} has no live custody lease")
         return host
 

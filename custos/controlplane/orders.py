@@ -216,7 +216,7 @@ class OrdersService:
             raise InvalidInput(f"order id prefix {oid} is ambiguous")
         return dict(decode_canonical(found[0].value))
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list_orders(self) -> list[dict[str, Any]]:
         return [await self.describe(dict(decode_canonical(e.value))) for e in await self.store.range("orders/")]
 
     async def verify(self, record: dict[str, Any]) -> Any:
