@@ -96,6 +96,7 @@ class OrdersService:
         custody.signer_set = self._pinned_bytes_cached
         self._pinned_cache = b""
         self._chain_cache: list[tuple[bytes, bytes]] = []
+        self._sent: dict[str, set[str]] = {}  # order id -> hosts whose current stream has it
 
     # -- signer sets ----------------------------------------------------------------
 
@@ -392,9 +393,30 @@ class OrdersService:
                 await self.store.commit(Txn(puts={e.key: encode_canonical(c)}))
 
     def broadcast(self, record: dict[str, Any]) -> None:
+        """Send a signed order to every agent connected to this replica, once per stream."""
         msg = self._signed_message(record)
-        for q in list(self.custody.streams.values()):
-            q.put_nowait(msg)
+        sent = self._sent.setdefault(record["id"], set())
+        for host, q in list(self.custody.streams.items()):
+            if host not in sent:
+                sent.add(host)
+                q.put_nowait(msg)
+
+    async def run_fanout(self, stop: asyncio.Event) -> None:
+        """Replicas learn of orders executed elsewhere through the Store's watch
+        (etcd watch) and push them to their own agents."""
+        while not stop.is_set():
+            try:
+                async for key in self.store.watch("orders/"):
+                    entry = await self.store.get(key)
+                    if entry is None:
+                        continue
+                    rec = dict(decode_canonical(entry.value))
+                    if rec["state"] in ("executing", "complete"):
+                        await self.refresh_chain()
+                        self.broadcast(rec)
+            except CustosError as exc:
+                log.warning("order watch failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
 
     def _signed_message(self, record: dict[str, Any]) -> Any:
         from custos.v1 import custody_pb2
@@ -426,9 +448,12 @@ class OrdersService:
         q = self.custody.streams.get(host)
         for _, rec in sorted(pending, key=lambda p: p[0]):
             if q is not None:
+                self._sent.setdefault(rec["id"], set()).add(host)
                 q.put_nowait(self._signed_message(rec))
 
     def _on_attach(self, host: str) -> None:
+        for hosts in self._sent.values():
+            hosts.discard(host)  # a new stream: what the old one had may be lost
         asyncio.get_running_loop().create_task(self._on_attach_async(host))
 
     # -- acks, completion, reports ---------------------------------------------------

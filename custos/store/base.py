@@ -9,7 +9,7 @@ pass one conformance suite (tests/store/). A multi-key change is one
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from custos.errors import BackendUnavailable, InvalidInput
@@ -83,6 +83,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def watch(self, prefix: str) -> AsyncIterator[str]:
+        """Keys under ``prefix`` written (created or updated) after the call, as they
+        happen — across every process sharing the store. Deletions are not reported.
+        The iterator ends only when the caller stops iterating. Raises StoreUnavailable."""
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         out: dict[str, Entry] = {}

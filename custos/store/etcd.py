@@ -9,6 +9,7 @@ success branch, so a crash at any moment leaves all of a change or none of it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aetcd
@@ -133,6 +134,21 @@ class EtcdStore(Store):
 
         resp = await self._call(run())
         return int(resp.header.revision)
+
+    async def watch(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        start = self._k(prefix)
+        try:
+            watch = await self._client.watch_prefix(start)
+        except (aetcd.exceptions.ClientError, grpc.RpcError, OSError) as exc:
+            raise StoreUnavailable(f"etcd {self.endpoint}: watch failed: {exc}") from None
+        try:
+            async for event in watch:
+                yield self._unk(bytes(event.kv.key))
+        except (aetcd.exceptions.ClientError, grpc.RpcError) as exc:
+            raise StoreUnavailable(f"etcd {self.endpoint}: watch ended: {exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await watch.cancel()
 
     async def close(self) -> None:
         # Closing a dead channel must not mask the error that brought us here.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from custos.store.base import Entry, Store, StoreUnavailable, Txn, check_key, prefix_end
@@ -119,6 +120,24 @@ class SQLiteStore(Store):
             return int(self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
 
         return await self._run(q)
+
+    async def watch(self, prefix: str, *, poll: float = 0.1) -> AsyncIterator[str]:  # type: ignore[override]
+        """Polls: SQLite has no change feed across processes."""
+        check_key(prefix)
+        last = await self.revision()
+        hi = prefix_end(prefix)
+        while True:
+            await asyncio.sleep(poll)
+            since = last
+
+            def q() -> list[tuple[str, int]]:
+                return [(str(k), int(r)) for k, r in self._db.execute(
+                    "SELECT key, mod_revision FROM kv WHERE key >= ? AND key < ? AND mod_revision > ? "
+                    "ORDER BY mod_revision", (prefix, hi, since))]
+
+            for key, rev in await self._run(q):
+                last = max(last, rev)
+                yield key
 
     async def close(self) -> None:
         def q() -> None:

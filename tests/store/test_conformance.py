@@ -97,3 +97,25 @@ async def test_unreachable_etcd_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await s.get("x")
     await s.close()
+
+
+async def test_watch_reports_writes_under_prefix(store: Store) -> None:
+    import contextlib
+
+    seen: list[str] = []
+
+    async def consume() -> None:
+        async for key in store.watch("w/"):
+            seen.append(key)
+            if len(seen) >= 2:
+                return
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)  # the watch is established
+    await store.commit(Txn(puts={"x/1": b"outside"}))
+    await store.commit(Txn(puts={"w/a": b"1"}))
+    await store.commit(Txn(puts={"w/b": b"2"}))
+    await asyncio.wait_for(task, 10)
+    assert seen == ["w/a", "w/b"]
+    with contextlib.suppress(asyncio.CancelledError):
+        task.cancel()
