@@ -128,14 +128,12 @@ class SQLiteStore(Store):
         hi = prefix_end(prefix)
         while True:
             await asyncio.sleep(poll)
-            since = last
-
-            def q() -> list[tuple[str, int]]:
+            def q(since: int) -> list[tuple[str, int]]:
                 return [(str(k), int(r)) for k, r in self._db.execute(
                     "SELECT key, mod_revision FROM kv WHERE key >= ? AND key < ? AND mod_revision > ? "
                     "ORDER BY mod_revision", (prefix, hi, since))]
 
-            for key, rev in await self._run(q):
+            for key, rev in await self._run(q, last):
                 last = max(last, rev)
                 yield key
 
