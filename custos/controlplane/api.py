@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -454,6 +455,7 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
     async def _read(self, it: Any, host: str, caller: Caller, q: asyncio.Queue[Any]) -> None:
         try:
             async for msg in it:
+                received = time.time_ns()
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":
                     await self.c.check_agent(caller, need_lease=False)
@@ -463,7 +465,7 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                 elif kind == "inventory":
                     await self.c.ingest(host, msg.inventory)
                 elif kind == "ack" and self.c.on_ack is not None:
-                    await self.c.on_ack(host, msg.ack)
+                    await self.c.on_ack(host, msg.ack, received)
         except CustosError as exc:
             log.warning("custody stream of %s: %s", host, exc)
             q.put_nowait(("notice", str(exc)))

@@ -91,7 +91,7 @@ class Custody:
         self._index: Any = None
         self._index_rev = -1
         self._index_lock = asyncio.Lock()
-        self.on_ack: Callable[[str, Any], Any] | None = None
+        self.on_ack: Callable[[str, Any, int], Any] | None = None
         self.on_attach: Callable[[str], Any] | None = None
 
     # -- hosts -------------------------------------------------------------------
@@ -255,9 +255,8 @@ class Custody:
         raise Conflict(f"could not renew the lease of {host!r}")
 
     async def revoke_leases(self, hosts: list[str]) -> None:
-        for host in hosts:
-            await self.store.commit(Txn(puts={f"leases/{host}": encode_canonical(
-                {"expires_ns": 0, "state": "revoked"})}))
+        revoked = encode_canonical({"expires_ns": 0, "state": "revoked"})
+        await self._write_batches({f"leases/{h}": revoked for h in hosts}, [])
 
     async def sweep(self) -> list[str]:
         """Mark lapsed leases and their hosts' copies stale. Returns the hosts that lapsed now."""

@@ -91,7 +91,8 @@ class OrdersService:
         self.keys = keys
         self.blobs = blobs
         self._effects: dict[str, asyncio.Task[None]] = {}
-        custody.on_ack = self.record_ack
+        custody.on_ack = self.enqueue_ack
+        self._acks: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
         custody.on_attach = self._on_attach
         custody.signer_set = self._pinned_bytes_cached
         self._pinned_cache = b""
@@ -329,6 +330,10 @@ class OrdersService:
         try:
             record = await self.get(oid)
             order = Order.decode(record["body"].encode())
+            # Agents first: each verifies the order itself, so nothing below needs to
+            # happen before they can start stopping processes.
+            await self.refresh_chain()
+            self.broadcast(record)
             drill_models = await self._drill_models()
             real = set(self._model_states(order, drill_models))
             for model in order.models:
@@ -348,9 +353,8 @@ class OrdersService:
                 await self._shred(order)
             hosts = await self._hosts_with_copies(order.artifacts)
             if order.action != "lift":
-                await self.custody.revoke_leases([h for h in hosts if h])
+                await self.custody.revoke_leases(sorted(h for h in hosts if h))
             await self._mark_object_copies(order, real)
-            self.broadcast(record)
             await self.audit.record(SYSTEM, "ExecuteOrder", f"order/{oid}",
                                     f"{order.action}: keys and leases done; sent to {len(self.custody.streams)} agents")
             await self.check_complete(oid)
@@ -458,7 +462,27 @@ class OrdersService:
 
     # -- acks, completion, reports ---------------------------------------------------
 
-    async def record_ack(self, host: str, ack: Any) -> None:
+    async def enqueue_ack(self, host: str, ack: Any, received_ns: int) -> None:
+        """Called from stream readers: acks are recorded by one worker, so a flood
+        of 10,000 acks never starves the RPCs (like refused unwraps) behind it."""
+        self._acks.put_nowait((host, ack, received_ns))
+
+    async def run_ack_worker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            host, ack, received = await self._acks.get()
+            try:
+                await self.record_ack(host, ack, received)
+            except Exception:
+                log.exception("recording the ack of %s failed", host)
+
+    async def record_ack(self, host: str, ack: Any, received_ns: int = 0) -> None:
+        """Store an agent's ack and apply its evidence to that host's copies.
+
+        Acks are evidence, not commands: they are stored per host (the
+        completion event in the audit chain commits to all of them by digest)
+        rather than each appending to the serialized audit chain, so 10,000
+        agents can ack within seconds.
+        """
         from custos.store.base import Txn
 
         try:
@@ -466,20 +490,19 @@ class OrdersService:
         except CustosError:
             log.warning("ack from %s for unknown order %s", host, ack.order_id[:16])
             return
-        now = time.time_ns()
+        now = received_ns or time.time_ns()  # when the ack reached the control plane
         value = {
-            "done_ns": ack.done_unix_ns or now, "host": host, "outcome": ack.outcome,
-            "paths_wiped": list(ack.paths_wiped), "pids_stopped": list(ack.pids_stopped),
-            "reason": ack.reason, "received_ns": ack.received_unix_ns, "recorded_ns": now,
-            "remaining": list(ack.remaining), "verified": ack.verified, "would_stop": list(ack.would_stop),
+            "done_ns": ack.done_unix_ns or now, "host": host, "outcome": ack.outcome[:32],
+            "paths_wiped": list(ack.paths_wiped)[:10_000], "pids_stopped": list(ack.pids_stopped)[:10_000],
+            "reason": ack.reason[:2000], "received_ns": ack.received_unix_ns, "recorded_ns": now,
+            "remaining": list(ack.remaining)[:1000], "verified": bool(ack.verified),
+            "would_stop": list(ack.would_stop)[:1000],
         }
-        await self.store.commit(Txn(puts={f"orderacks/{record['id']}/{host}": encode_canonical(value)}))
+        key = f"orderacks/{record['id']}/{host}"
+        if await self.store.get(key) is not None:
+            return  # the first ack of a host stands; a resent order is re-acked
+        await self.store.commit(Txn(checks={key: 0}, puts={key: encode_canonical(value)}))
         await self._apply_ack_to_copies(record, host, value)
-        await self.audit.record(Caller(principal=host, role="agent", host=host, request_id=""),
-                                "AckOrder", f"order/{record['id']}",
-                                f"{ack.outcome}: {len(ack.pids_stopped)} pids stopped, "
-                                f"{len(ack.paths_wiped)} paths wiped, verified={ack.verified}")
-        await self.check_complete(record["id"])
 
     async def _apply_ack_to_copies(self, record: dict[str, Any], host: str, ack: dict[str, Any]) -> None:
         from custos.store.base import Txn
@@ -488,29 +511,37 @@ class OrdersService:
         if ack["outcome"] in ("dry-run", "lifted", "already-executed"):
             return  # nothing was stopped: copies keep their state; the report shows would_stop
         real = set(self._model_states(order, await self._drill_models()))
+        scoped = set(order.artifacts)
         wiped = set(ack["paths_wiped"])
         pids = {str(p) for p in ack["pids_stopped"]}
-        for aid in order.artifacts:
-            for e in await self.store.range(f"copies/{aid}/"):
-                c = dict(decode_canonical(e.value))
-                if c["host"] != host or c["location_kind"] == "object-store" or c["model"] not in real:
-                    continue
-                if c["state"] in ("gone", "wiped", "stopped"):
-                    continue
-                where = c["location"].split(":", 1)[1]
-                if c["location_kind"] == "process" and where in pids:
-                    c["state"], ev = "stopped", f"pid {where} stopped"
-                elif c["location_kind"] == "host-path" and (where in wiped or any(w.startswith(where + "/")
-                                                                                   for w in wiped)):
-                    c["state"], ev = "wiped", f"plaintext at {where} wiped"
-                elif ack["outcome"] in ("halted", "destroyed"):
-                    c["state"] = "residual"
-                    why = "; ".join(ack["remaining"])[:500] or "no reason given"
-                    ev = f"not stopped or wiped by the agent: {why}"
-                else:
-                    c["state"], ev = "residual", f"agent outcome {ack['outcome']}: {ack['reason'][:300]}"
-                c["evidence"] = f"order {order.id[:16]}: {ev}"
-                await self.store.commit(Txn(puts={e.key: encode_canonical(c)}))
+        puts: dict[str, bytes] = {}
+        for e in await self.store.range(f"hostcopies/{host}/"):
+            aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
+            if aid not in scoped:
+                continue
+            entry = await self.store.get(f"copies/{aid}/{cid}")
+            if entry is None:
+                continue
+            c = dict(decode_canonical(entry.value))
+            if c["location_kind"] == "object-store" or c["model"] not in real:
+                continue
+            if c["state"] in ("gone", "wiped", "stopped"):
+                continue
+            where = c["location"].split(":", 1)[1]
+            if c["location_kind"] == "process" and where in pids:
+                c["state"], ev = "stopped", f"pid {where} stopped"
+            elif c["location_kind"] == "host-path" and (where in wiped or any(w.startswith(where + "/")
+                                                                               for w in wiped)):
+                c["state"], ev = "wiped", f"plaintext at {where} wiped"
+            elif ack["outcome"] in ("halted", "destroyed"):
+                why = "; ".join(ack["remaining"])[:500] or "no reason given"
+                c["state"], ev = "residual", f"not stopped or wiped by the agent: {why}"
+            else:
+                c["state"], ev = "residual", f"agent outcome {ack['outcome']}: {ack['reason'][:300]}"
+            c["evidence"] = f"order {order.id[:16]}: {ev}"
+            puts[f"copies/{aid}/{cid}"] = encode_canonical(c)
+        if puts:
+            await self.store.commit(Txn(puts=puts))
 
     async def _copy_states(self, order: Order) -> list[dict[str, Any]]:
         out = []
@@ -554,11 +585,17 @@ class OrdersService:
                     continue
                 done = False
         if done:
+            import hashlib
+
+            acks = await self.store.range(f"orderacks/{oid}/")
+            digest = hashlib.sha256(b"".join(e.key.encode() + b"\x00" + e.value + b"\x00" for e in acks)).hexdigest()
             record["state"] = "complete"
             record["completed_at_ns"] = time.time_ns()
+            record["acks_digest"] = digest
             if await self.store.commit(Txn(checks={f"orders/{oid}": entry.mod_revision},
                                            puts={f"orders/{oid}": encode_canonical(record)})):
-                await self.audit.record(SYSTEM, "CompleteOrder", f"order/{oid}", "every copy in a final state")
+                await self.audit.record(SYSTEM, "CompleteOrder", f"order/{oid}",
+                                        f"every copy in a final state; {len(acks)} acks, sha256 {digest}")
         return done
 
     async def run_completion(self, interval: float, stop: asyncio.Event) -> None:

@@ -248,6 +248,7 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_fanout(self._stop)))
+        self._tasks.append(asyncio.create_task(self.orders.run_ack_worker(self._stop)))
         await self.orders.resume_pending()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
