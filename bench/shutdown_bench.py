@@ -217,7 +217,7 @@ def main() -> None:
     ns = ap.parse_args()
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for n in ns.agents or [1000]:
         with tempfile.TemporaryDirectory(prefix="custos-shutdown-bench-") as tmp:
