@@ -116,6 +116,25 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
         _run(env, "model", "list")
         _run(env, "lineage", "frontier-base")
         _run(env, "copies", "frontier-base")
+
+        # Shutdown: a drill on the designated drill model (2-of-5), then a real halt
+        # of the base model and every derivative (3-of-5), each with its report.
+        drill_dir = root / "weights" / "drill-model"
+        generate_model(drill_dir, seed=3, layers=2, width=64, shards=1)
+        _run(env, "model", "register", "drill-model", "--training-flops", "2e26", "--drill")
+        _run(env, "push", "drill-model", str(drill_dir), show=False)
+        signers = root / "server" / "signers"
+        exec_env = {**env, "CUSTOS_ROLE": "executive"}
+        _run(exec_env, "drill", "--model", "drill-model", "--model", "frontier-base",
+             "--reason", "quarterly shutdown drill", "--key", str(signers / "exec1.key"),
+             "--key", str(signers / "exec2.key"), "--png", str(root / "drill.png"))
+        _run(exec_env, "drill", "--action", "halt", "--model", "frontier-base",
+             "--reason", "demo: halt frontier-base and its derivatives",
+             *[a for i in (1, 2, 3) for a in ("--key", str(signers / f"exec{i}.key"))])
+        refused = subprocess.run([sys.executable, "-m", "custos.cli.main", "pull", base_id[:12],
+                                  str(root / "pulled" / "after-halt")], env=env, capture_output=True, text=True,
+                                 check=False)
+        print(f"\n$ custos pull {base_id[:12]} ...   # after the halt\n{refused.stderr.strip()}")
         _run(env, "audit", "list")
         time.sleep(0.7)  # let the server sign a checkpoint over the newest event
         _run(env, "audit", "verify")

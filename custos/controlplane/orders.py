@@ -351,15 +351,19 @@ class OrdersService:
                     log.info("order %s: key of %s: %s", oid[:16], model, exc)
             if order.action == "destroy":
                 await self._shred(order)
-            hosts = await self._hosts_with_copies(order.artifacts)
+            hosts = await self._hosts_with_copies(order.artifacts) & await self._enrolled_hosts()
             if order.action != "lift":
-                await self.custody.revoke_leases(sorted(h for h in hosts if h))
+                await self.custody.revoke_leases(sorted(hosts))
             await self._mark_object_copies(order, real)
             await self.audit.record(SYSTEM, "ExecuteOrder", f"order/{oid}",
                                     f"{order.action}: keys and leases done; sent to {len(self.custody.streams)} agents")
             await self.check_complete(oid)
         except Exception:
             log.exception("order %s: execution failed; will resume", oid[:16])
+
+    async def _enrolled_hosts(self) -> set[str]:
+        return {decode_canonical(e.value)["name"] for e in await self.store.range("hosts/")
+                if decode_canonical(e.value)["state"] == "enrolled"}
 
     async def _shred(self, order: Order) -> None:
         for aid in order.artifacts:
@@ -570,8 +574,19 @@ class OrdersService:
             for c in await self._copy_states(order):
                 if c["location_kind"] != "object-store" and c["state"] != "gone":
                     by_host.setdefault(c["host"], []).append(c)
+            enrolled = await self._enrolled_hosts()
             for host, copies in by_host.items():
                 if await self.store.get(f"orderacks/{oid}/{host}") is not None:
+                    continue
+                if host not in enrolled:
+                    # No custody agent can act there: the copy is residual, for people to deal with.
+                    for c in copies:
+                        if c["model"] in real and c["state"] not in FINAL_COPY_STATES:
+                            c["state"] = "residual"
+                            c["evidence"] = (f"order {oid[:16]}: no custody agent is enrolled on {host}; "
+                                             "this copy must be removed by hand")
+                            await self.store.commit(Txn(puts={
+                                f"copies/{c['artifact_id']}/{c['id']}": encode_canonical(c)}))
                     continue
                 lease = leases.get(host, {"expires_ns": 0, "state": "none"})
                 if host not in self.custody.streams and lease["expires_ns"] < now:
@@ -619,12 +634,8 @@ class OrdersService:
         order: Order = desc["order"]
         acks = {e.key.rsplit("/", 1)[1]: dict(decode_canonical(e.value))
                 for e in await self.store.range(f"orderacks/{record['id']}/")}
-        hosts = await self._hosts_with_copies(order.artifacts)
+        hosts = await self._enrolled_hosts()
         leases = {e.key[len("leases/"):]: decode_canonical(e.value) for e in await self.store.range("leases/")}
-        for e in await self.store.range("hosts/"):
-            h = decode_canonical(e.value)
-            if h["state"] == "enrolled":
-                hosts.add(h["name"])
         host_rows = []
         for h in sorted(x for x in hosts if x):
             ack = acks.get(h)

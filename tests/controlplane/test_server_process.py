@@ -77,6 +77,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "[fine-tune]" in res.stdout
     assert "audit log OK" in res.stdout and "signed checkpoints" in res.stdout
     assert "frontier-chat" in res.stdout
+    assert "# Drill report: drill drill-model" in res.stdout and "# Order report: halt frontier-base" in res.stdout
+    assert "is halted: data keys are refused" in res.stdout
+    assert (tmp_path / "demo" / "drill.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
