@@ -101,7 +101,8 @@ def hash_file(path: str, display: str | None = None) -> tuple[int, str]:
     """
     name = display or path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO swapped in after the walk must not hang a hashing thread.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise InvalidInput(f"cannot open {name}: {exc.strerror}") from None
     try:

@@ -58,6 +58,9 @@ def order_report_markdown(data: dict[str, Any]) -> str:
         f"- time from quorum to halt: p50 {st['p50']:.3f} s, p99 {st['p99']:.3f} s, max {st['max']:.3f} s "
         f"over {st['acked']} of {st['hosts']} hosts",
         f"- unreachable hosts: {', '.join(st['unreachable']) or 'none'}",
+        *([f"- dry run (drill; nothing stopped): {', '.join(data['dry_run']['models'])} — "
+           f"{len(data['dry_run']['artifacts'])} artifacts; what agents would stop is under Hosts"]
+          if data.get("dry_run", {}).get("models") else []),
         "",
         "## Hosts",
         "",

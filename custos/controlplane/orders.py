@@ -173,15 +173,37 @@ class OrdersService:
         """Create an order over ``models`` and all their derivatives. Raises InvalidInput, NotFound."""
         if not models:
             raise InvalidInput("an order needs at least one model")
-        scope_models: list[str] = []
-        scope_artifacts: list[str] = []
-        for name in models:
-            m = await self.registry.get_model(name)
-            if action == "lift" and m["state"] == "destroyed":
-                raise FailedPrecondition(f"model {name!r} was destroyed: a destroy cannot be lifted")
-            ms, arts = await self.registry.derivative_scope(name)
-            scope_models += [x for x in ms if x not in scope_models]
-            scope_artifacts += [a for a in arts if a not in scope_artifacts]
+        if drill and action == "halt":
+            action = "drill"  # a halt marked as a drill is a drill
+        if drill and action == "destroy":
+            raise InvalidInput("a destroy cannot be a drill")
+        is_drill = action == "drill" or bool(drill)
+        real_names, dry_names = list(models), []
+        if is_drill:
+            # A drill really halts only models registered as drill models (and what
+            # derives from them); the rest of its scope runs in dry-run, unsigned.
+            real_names, dry_names = [], []
+            for name in models:
+                (real_names if (await self.registry.get_model(name)).get("drill") else dry_names).append(name)
+            if not real_names:
+                raise InvalidInput("a drill needs at least one model registered with --drill")
+
+        async def resolve(names: list[str]) -> tuple[list[str], list[str]]:
+            out_models: list[str] = []
+            out_artifacts: list[str] = []
+            for name in names:
+                m = await self.registry.get_model(name)
+                if action == "lift" and m["state"] == "destroyed":
+                    raise FailedPrecondition(f"model {name!r} was destroyed: a destroy cannot be lifted")
+                ms, arts = await self.registry.derivative_scope(name)
+                out_models += [x for x in ms if x not in out_models]
+                out_artifacts += [a for a in arts if a not in out_artifacts]
+            return out_models, out_artifacts
+
+        scope_models, scope_artifacts = await resolve(real_names)
+        dry_models, dry_artifacts = await resolve(dry_names)
+        dry_models = [m for m in dry_models if m not in scope_models]
+        dry_artifacts = [a for a in dry_artifacts if a not in scope_artifacts]
         current = await self.current_set()
 
         async def plan() -> tuple[Plan, dict[str, Any]]:
@@ -193,9 +215,10 @@ class OrdersService:
             order = Order.create(
                 action=action, models=scope_models, artifacts=scope_artifacts, reason=reason,
                 issued_at=int(time.time()), sequence=seq, signer_set_version=current.version,
-                lifetime=expires_seconds or 3600, drill=bool(drill) or action == "drill")
+                lifetime=expires_seconds or 3600, drill=is_drill)
             record = {
                 "body": order.encode().decode(), "completed_at_ns": 0, "id": order.id,
+                "dry_run": {"artifacts": dry_artifacts, "models": dry_models},
                 "problems": [], "proposed_at_ns": time.time_ns(), "proposed_by": caller.principal,
                 "quorum_at_ns": 0, "signatures": "[]", "state": "proposed",
             }
@@ -303,14 +326,13 @@ class OrdersService:
         return {m["name"] for m in await self.registry.list_models() if m.get("drill")}
 
     @staticmethod
-    def _model_states(order: Order, drill_models: set[str]) -> dict[str, str]:
+    def _model_states(order: Order, drill_models: set[str] | None = None) -> dict[str, str]:
+        """What executing the order does to each model in its signed scope. (A drill's
+        signed scope holds only drill models and their derivatives: they really halt.)"""
         if order.action == "lift":
             return dict.fromkeys(order.models, "active")
         if order.action == "destroy":
             return dict.fromkeys(order.models, "destroyed")
-        if order.drill or order.action == "drill":
-            # A drill really halts only the designated drill model(s); the rest run in dry-run.
-            return {m: "halted" for m in order.models if m in drill_models}
         return dict.fromkeys(order.models, "halted")
 
     # -- execution side effects ------------------------------------------------------
@@ -431,7 +453,9 @@ class OrdersService:
 
         sigs = decode_signatures(record["signatures"].encode())
         chain = self._chain_cache
+        dry = record.get("dry_run") or {"artifacts": [], "models": []}
         return custody_pb2.ControlMessage(order=custody_pb2.SignedOrder(
+            dry_run_models=dry["models"], dry_run_artifacts=dry["artifacts"],
             body=record["body"].encode(),
             signatures=[custody_pb2.OrderSignature(key_id=s.key_id, signature=s.sig.encode()) for s in sigs],
             signer_set=chain[-1][0] if chain else b"",
@@ -652,9 +676,12 @@ class OrdersService:
                            lease_state=lease["state"], fail_closed_deadline_ns=lease["expires_ns"])
             host_rows.append(row)
         copies = await self._copy_states(order)
+        for aid in (record.get("dry_run") or {}).get("artifacts", []):
+            copies += [dict(decode_canonical(e.value)) for e in await self.store.range(f"copies/{aid}/")]
         return {
             "order": {**order.to_json(), "id": order.id, "models": list(order.models),
                       "artifacts": list(order.artifacts)},
+            "dry_run": record.get("dry_run") or {"artifacts": [], "models": []},
             "state": desc["state"],
             "proposed_by": record["proposed_by"], "signed_by": desc["signed_by"],
             "quorum_at_ns": record["quorum_at_ns"], "completed_at_ns": record["completed_at_ns"],
