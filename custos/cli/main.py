@@ -697,6 +697,71 @@ def cmd_signer_show(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+def cmd_signer_new_set(ns: argparse.Namespace, out: Out) -> int:
+    """Write version n+1 of the signer set (unsigned) for executives to review and sign."""
+    from custos.core.signers import SignerKey, SignerSet
+    from custos.v1 import orders_pb2
+
+    c = Conn(ns)
+    current = SignerSet.decode(c.call(_orders(c).GetSignerSet, orders_pb2.GetSignerSetRequest()).signer_set)
+    keys = {k.name: k for k in current.keys}
+    for name in ns.remove or []:
+        if keys.pop(name, None) is None:
+            raise InvalidInput(f"no signer named {name!r} in version {current.version}")
+    for item in ns.add or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"bad --add {item!r}: want NAME=PUBLIC_KEY_FILE (OpenSSH format)")
+        try:
+            keys[name] = SignerKey.from_openssh(Path(path).read_text().strip(), name=name)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    thresholds = dict(current.thresholds)
+    for item in ns.threshold or []:
+        action, sep, n = item.partition("=")
+        if not sep or not n.isdigit():
+            raise InvalidInput(f"bad --threshold {item!r}: want ACTION=N")
+        thresholds[action] = int(n)
+    new = current.successor(list(keys.values()), thresholds=thresholds)
+    Path(ns.out).write_bytes(new.encode())
+    out.emit({"version": new.version, "file": ns.out, "keys": sorted(keys), "thresholds": thresholds},
+             f"signer set v{new.version} written to {ns.out}: keys {', '.join(sorted(keys))}; "
+             + ", ".join(f"{a} {t}" for a, t in sorted(thresholds.items())))
+    return 0
+
+
+def cmd_signer_sign_set(ns: argparse.Namespace, out: Out) -> int:
+    from custos.core.signers import SignerSet, encode_signatures, sign_raw
+
+    try:
+        new = SignerSet.decode(Path(ns.file).read_bytes())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {ns.file}: {exc.strerror}") from None
+    sig = sign_raw(_load_signer(ns), new.signature_input())
+    target = Path(ns.out or f"{ns.file}.{sig.key_id[:12]}.sig.json")
+    target.write_bytes(encode_signatures([sig]))
+    out.emit({"key_id": sig.key_id, "signature_file": str(target), "version": new.version},
+             f"signed signer set v{new.version}: {target}")
+    return 0
+
+
+def cmd_signer_rotate(ns: argparse.Namespace, out: Out) -> int:
+    from custos.core.signers import SignerSet, decode_signatures, encode_signatures
+    from custos.v1 import orders_pb2
+
+    try:
+        new_bytes = Path(ns.file).read_bytes()
+        sigs = [s for f in ns.sig for s in decode_signatures(Path(f).read_bytes())]
+    except OSError as exc:
+        raise InvalidInput(f"cannot read a file: {exc.strerror}") from None
+    c = Conn(ns)
+    info = c.call(_orders(c).RotateSignerSet, orders_pb2.RotateSignerSetRequest(
+        signer_set=new_bytes, signatures=encode_signatures(sigs)))
+    ss = SignerSet.decode(info.signer_set)
+    out.emit({"version": ss.version, "id": ss.id}, f"signer set rotated to v{ss.version} ({ss.id[:16]})")
+    return 0
+
+
 def _order_json(o: Any) -> dict[str, Any]:
     return {"id": o.id, "action": o.action, "models": list(o.models), "artifacts": len(o.artifacts),
             "reason": o.reason, "issued_at": o.issued_at, "not_after": o.not_after, "sequence": o.sequence,
@@ -1082,6 +1147,22 @@ def build_parser() -> argparse.ArgumentParser:
     sk.set_defaults(fn=cmd_signer_keygen)
     ssh_ = sg.add_parser("show", parents=[common], help="the current signer set")
     ssh_.set_defaults(fn=cmd_signer_show)
+    sn = sg.add_parser("new-set", parents=[common], help="write version n+1 (unsigned) for review")
+    sn.add_argument("--out", required=True)
+    sn.add_argument("--add", action="append", help="NAME=OPENSSH_PUBLIC_KEY_FILE")
+    sn.add_argument("--remove", action="append", help="signer name to drop")
+    sn.add_argument("--threshold", action="append", help="ACTION=N (drill, halt, lift, destroy, rotate)")
+    sn.set_defaults(fn=cmd_signer_new_set)
+    sss = sg.add_parser("sign-set", parents=[common], help="sign a new signer set (old and new signers both do)")
+    sss.add_argument("file")
+    sss.add_argument("--key", required=True)
+    sss.add_argument("--out")
+    sss.add_argument("--passphrase-file")
+    sss.set_defaults(fn=cmd_signer_sign_set)
+    sr = sg.add_parser("rotate", parents=[common], help="install a new signer set with its signatures")
+    sr.add_argument("file")
+    sr.add_argument("--sig", action="append", required=True, help="signature file (repeat)")
+    sr.set_defaults(fn=cmd_signer_rotate)
 
     od = sub.add_parser("order", help="quorum-signed orders: drill, halt, lift, destroy").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
