@@ -24,8 +24,10 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Registry/RecordDerivation": frozenset({SECURITY}),
     "/custos.v1.Registry/GetModel": _READERS,
     "/custos.v1.Registry/ListModels": _READERS,
-    "/custos.v1.Registry/GetArtifact": _READERS,
-    "/custos.v1.Registry/ListArtifacts": _READERS,
+    # Agents read artifacts: manifests to recognise copies (checked against the id
+    # they hash to) and the newest stored artifact of a model for `custos run`.
+    "/custos.v1.Registry/GetArtifact": _READERS | {AGENT},
+    "/custos.v1.Registry/ListArtifacts": _READERS | {AGENT},
     "/custos.v1.Registry/GetLineage": _READERS,
     "/custos.v1.Registry/ListCopies": _READERS,
     "/custos.v1.Registry/RegisterStoredArtifact": frozenset({SECURITY}),
