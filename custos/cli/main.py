@@ -1129,6 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
     alp.add_argument("--host")
     alp.add_argument("--model")
     alp.set_defaults(fn=cmd_alerts)
+    from custos.cli.incidents import add_commands as add_incident_commands
+
+    add_incident_commands(sub, common)
     try:
         from custos.agent.cli import add_commands
     except ModuleNotFoundError as exc:

@@ -52,6 +52,11 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Orders/GetOrder": _READERS,
     "/custos.v1.Orders/ListOrders": _READERS,
     "/custos.v1.Orders/GetReport": _READERS,
+    # Incidents: the security team triages and reports; auditors and admins read.
+    "/custos.v1.Incidents/ListIncidents": frozenset({SECURITY, AUDITOR, ADMIN}),
+    "/custos.v1.Incidents/GetIncident": frozenset({SECURITY, AUDITOR, ADMIN}),
+    "/custos.v1.Incidents/ExportIncident": frozenset({SECURITY, AUDITOR, ADMIN}),
+    "/custos.v1.Incidents/UpdateIncident": frozenset({SECURITY}),
     # Audit: the log is for auditors and the security team (and admins).
     "/custos.v1.Audit/ListEvents": frozenset({AUDITOR, SECURITY, ADMIN}),
     "/custos.v1.Audit/GetCheckpoints": frozenset({AUDITOR, SECURITY, ADMIN}),

@@ -14,6 +14,7 @@ Example (deploy/controlplane.example.toml):
     [custody] lease_ttl = 30, sweep_interval = 1, ca_cert = ..., ca_key = ...  (signs agent CSRs)
     enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
     [orders] signer_set_file = ...   # canonical bytes of signer set v1, installed once
+    [rules], [notify], [metrics]     # anomaly rules, webhooks, Prometheus (docs/incidents.md)
     [log]   level = "info"
 """
 
@@ -27,7 +28,8 @@ from typing import Any
 from custos.errors import InvalidInput
 
 _KNOWN = {
-    "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody", "orders"},
+    "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody", "orders",
+         "rules", "notify", "metrics"},
     "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key"},
     "orders": {"signer_set_file"},
     "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify"},
@@ -61,6 +63,10 @@ class ServerConfig:
     ca_key: Path | None = None
     keys: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, Any] = field(default_factory=dict)
+    rules: dict[str, Any] = field(default_factory=dict)
+    notify: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config_dir: Path | None = None
 
 
 def load_config(path: Path | None) -> ServerConfig:
@@ -125,6 +131,19 @@ def load_config(path: Path | None) -> ServerConfig:
     cfg.blobs = dict(raw.get("blobs", {}))
     if "secret_key_file" in cfg.blobs:
         cfg.blobs["secret_key_file"] = str(p(cfg.blobs["secret_key_file"]))
+    cfg.config_dir = base
+    for name in ("rules", "notify", "metrics"):
+        setattr(cfg, name, dict(raw.get(name, {})))
+    from custos.controlplane.metrics import parse_metrics_config
+    from custos.controlplane.notify import parse_notify_config
+    from custos.controlplane.rules import parse_rules_config
+
+    try:
+        parse_rules_config(cfg.rules, base_dir=base)
+        parse_notify_config(cfg.notify, base_dir=base)
+        parse_metrics_config(cfg.metrics, base_dir=base)
+    except InvalidInput as exc:
+        raise InvalidInput(f"config {path}: {exc}") from None
     lg = raw.get("log", {})
     cfg.log_level = str(lg.get("level", cfg.log_level))
     cfg.log_format = str(lg.get("format", cfg.log_format))

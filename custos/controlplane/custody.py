@@ -28,7 +28,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cryptography import x509
@@ -93,6 +93,7 @@ class Custody:
         self._index_lock = asyncio.Lock()
         self.on_ack: Callable[[str, Any, int], Any] | None = None
         self.on_attach: Callable[[str], Any] | None = None
+        self.on_inventory: Callable[[str, Any], Awaitable[Any]] | None = None  # the rules engine's hook
 
     # -- hosts -------------------------------------------------------------------
 
@@ -317,6 +318,8 @@ class Custody:
             records.append(FileRecord(path=f.path, size=f.size, sha256=f.sha256, device=0, inode=0,
                                       mtime_ns=0, ctime_ns=0, form=f.form))
         match = index.match(records)
+        if self.on_inventory is not None:
+            await self.on_inventory(host, inv)
         now = time.time_ns()
         policy_cache: dict[str, dict[str, Any]] = {}
 

@@ -400,6 +400,10 @@ class IncidentService:
         self._linked: set[str] | None = None
         self._ignored: set[str] = set()
 
+    def forget(self) -> None:
+        """Drop cached knowledge of which alerts are linked (another replica may have linked more)."""
+        self._linked = None
+
     # -- reading ---------------------------------------------------------------------
 
     async def _states(self) -> list[dict[str, Any]]:
@@ -551,6 +555,9 @@ class IncidentService:
             setting = self.config.setting(str(a.get("rule", "")))
             if not setting.enabled or not setting.incident:
                 self._ignored.add(aid)
+                continue
+            if await self.store.get(f"alertlinks/{aid}") is not None:
+                self._linked.add(aid)  # linked by another replica since we last looked
                 continue
             fresh.append(alert_summary(a, self.config))
         # Alerts naming a model first, so that a model-less alert on the same host finds their incident.
@@ -777,8 +784,13 @@ class IncidentsRuntime:
             self.leader = False
             return False
         value = encode_canonical({"expires_ns": now + ttl, "owner": self.owner})
+        was = self.leader
         self.leader = await self.store.commit(Txn(checks={LEADER_KEY: entry.mod_revision if entry else 0},
                                                   puts={LEADER_KEY: value}))
+        if self.leader and not was:
+            # Another replica may have led meanwhile: drop what we cached of its work.
+            self.service.forget()
+            self.engine.forget()
         return self.leader
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -573,6 +573,11 @@ class RulesEngine:
 
             self.vault = VaultAuditTail(store, config.vault_audit)
 
+    def forget(self) -> None:
+        """Drop in-memory state (rate window, examined alerts): another replica may have moved on."""
+        self._warm = False
+        self._examined.clear()
+
     # -- cursor --------------------------------------------------------------------
 
     async def cursor(self) -> tuple[Any, dict[str, Any]]:

@@ -45,6 +45,8 @@ from custos.v1 import (
     audit_pb2_grpc,
     custody_pb2,
     custody_pb2_grpc,
+    incidents_pb2,
+    incidents_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
     orders_pb2,
@@ -62,6 +64,7 @@ SERVICE_NAMES = (
     custody_pb2.DESCRIPTOR.services_by_name["Custody"].full_name,
     custody_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
     orders_pb2.DESCRIPTOR.services_by_name["Orders"].full_name,
+    incidents_pb2.DESCRIPTOR.services_by_name["Incidents"].full_name,
 )
 
 GRPC_OPTIONS = [
@@ -214,6 +217,11 @@ class ControlPlane:
         await self.orders._refresh_pinned()
         await self.orders.refresh_chain()
 
+        from custos.controlplane.incidents import attach as attach_incidents
+
+        self.incidents = await attach_incidents(
+            store=self.store, audit=self.audit, stop=self._stop, custody=self.custody, rules=cfg.rules,
+            notify=cfg.notify, metrics=cfg.metrics, base_dir=cfg.config_dir, start=False)
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit)], options=GRPC_OPTIONS)
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryServicer(self.registry, self.broker, self.custody), self.server)
@@ -221,6 +229,7 @@ class ControlPlane:
         custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
         orders_pb2_grpc.add_OrdersServicer_to_server(OrdersServicer(self.orders), self.server)
+        incidents_pb2_grpc.add_IncidentsServicer_to_server(self.incidents.servicer, self.server)
         audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -233,6 +242,8 @@ class ControlPlane:
         except RuntimeError as exc:
             raise InvalidInput(f"cannot listen on {cfg.listen}: {exc}") from None
         await self.server.start()
+        await self.incidents.start(self._stop)
+        self._tasks += self.incidents.tasks
         self.enroll_port = 0
         self.enroll_server = None
         if cfg.enroll_listen:
@@ -277,6 +288,8 @@ class ControlPlane:
         await self.server.stop(grace)
         for t in self._tasks:
             t.cancel()
+        if getattr(self, "incidents", None) is not None:
+            await self.incidents.close()
         try:
             await self.audit.checkpoint()
         except Exception as exc:  # noqa: BLE001 - best effort on the way out

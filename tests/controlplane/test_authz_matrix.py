@@ -8,14 +8,16 @@ from google.protobuf import message_factory
 
 from custos.controlplane import authz
 from custos.pki import ROLES, CertificateAuthority
-from custos.v1 import audit_pb2, custody_pb2, keys_pb2, registry_pb2
+from custos.v1 import audit_pb2, custody_pb2, incidents_pb2, keys_pb2, orders_pb2, registry_pb2
 from tests.servers.custos import DevServer
 
 SERVICES = [registry_pb2.DESCRIPTOR.services_by_name["Registry"],
             audit_pb2.DESCRIPTOR.services_by_name["Audit"],
             keys_pb2.DESCRIPTOR.services_by_name["Keys"],
             custody_pb2.DESCRIPTOR.services_by_name["Custody"],
-            custody_pb2.DESCRIPTOR.services_by_name["Alerts"]]
+            custody_pb2.DESCRIPTOR.services_by_name["Alerts"],
+            orders_pb2.DESCRIPTOR.services_by_name["Orders"],
+            incidents_pb2.DESCRIPTOR.services_by_name["Incidents"]]
 ALL_METHODS = [(f"/{s.full_name}/{m.name}", m) for s in SERVICES for m in s.methods]
 # Streaming RPCs are checked on their own below.
 METHODS = [(p, m) for p, m in ALL_METHODS if not (m.client_streaming or m.server_streaming)]
