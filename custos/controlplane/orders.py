@@ -536,7 +536,7 @@ class OrdersService:
         from custos.store.base import Txn
 
         order = Order.decode(record["body"].encode())
-        if ack["outcome"] in ("dry-run", "lifted", "already-executed"):
+        if ack["outcome"] in ("dry-run", "lifted"):
             return  # nothing was stopped: copies keep their state; the report shows would_stop
         real = set(self._model_states(order, await self._drill_models()))
         scoped = set(order.artifacts)
@@ -561,7 +561,7 @@ class OrdersService:
             elif c["location_kind"] == "host-path" and (where in wiped or any(w.startswith(where + "/")
                                                                                for w in wiped)):
                 c["state"], ev = "wiped", f"plaintext at {where} wiped"
-            elif ack["outcome"] in ("halted", "destroyed"):
+            elif ack["outcome"] in ("halted", "destroyed", "already-executed"):
                 why = "; ".join(ack["remaining"])[:500] or "no reason given"
                 c["state"], ev = "residual", f"not stopped or wiped by the agent: {why}"
             else:
