@@ -1,0 +1,234 @@
+"""Enrollment: trade a one-time token and a CSR for this host's client certificate.
+
+The EC key is generated here and never leaves the host (written 0600 before
+the CSR is sent). The enrollment listener is server-authenticated TLS only:
+the agent verifies the control plane against the CA it was given and has no
+client certificate yet. What enrollment stores, in STATE_DIR/identity/ (0700):
+
+    agent.key         the host's private key (0600)
+    agent.pem         its certificate (CN = host name, OU = agent)
+    ca.pem            the CA that verifies the control plane
+    client-ca.pem     the CA that signed agent.pem (as returned by the server)
+    signer-set.bin    the signer set to pin for order verification (may be empty)
+    enrollment.json   host name, fingerprint, lease TTL, enrollment time
+
+Every file is written to a temporary name and renamed, the key last, so a
+failed enrollment leaves the previous identity (if any) intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from custos.agent.config import validate_host_name
+from custos.agent.stream import Credentials, open_channel, rpc_error
+from custos.errors import FailedPrecondition, IntegrityError, InvalidInput
+from custos.v1 import custody_pb2, custody_pb2_grpc
+
+IDENTITY_DIR = "identity"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An enrolled host identity on disk."""
+
+    name: str
+    directory: Path
+    fingerprint: str
+    lease_ttl: int
+    signer_set: bytes
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / "agent.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.directory / "agent.pem"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.pem"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` 0700 (parents too) or check an existing one is ours and private.
+
+    Raises FailedPrecondition (owned by someone else, not a directory, a symlink).
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise FailedPrecondition(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise FailedPrecondition(f"{path} is owned by uid {st.st_uid}, not by this agent (uid {os.geteuid()})")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Atomically write ``data`` to ``path`` with ``mode`` (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cert_fingerprint(pem: bytes) -> str:
+    """SHA-256 of the certificate's DER, hex (what the control plane pins). Raises InvalidInput."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise InvalidInput("unreadable certificate") from None
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def make_key_and_csr(name: str) -> tuple[bytes, bytes]:
+    """A fresh P-256 key (PKCS#8 PEM) and a CSR for CN=``name``. Raises InvalidInput."""
+    validate_host_name(name)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+async def request_certificate(enroll_addr: str, ca_pem: bytes, *, name: str, token: str, csr_pem: bytes,
+                              server_name: str = "", call_timeout: float = 30.0) -> custody_pb2.EnrollResponse:
+    """Call Enrollment.Enroll over server-authenticated TLS.
+
+    Raises Unauthorized (bad, used or expired token), InvalidInput, FailedPrecondition,
+    BackendUnavailable (cannot reach or verify the enrollment listener).
+    """
+    channel = open_channel(enroll_addr, grpc.ssl_channel_credentials(root_certificates=ca_pem), server_name)
+    try:
+        stub = custody_pb2_grpc.EnrollmentStub(channel)
+        return await stub.Enroll(custody_pb2.EnrollRequest(name=name, token=token, csr_pem=csr_pem),
+                                 timeout=call_timeout)
+    except grpc.aio.AioRpcError as exc:
+        raise rpc_error(exc, f"enrollment of {name!r} at {enroll_addr}") from None
+    finally:
+        await channel.close()
+
+
+def _check_issued(cert_pem: bytes, key_pem: bytes, name: str) -> None:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError:
+        raise IntegrityError("the control plane returned an unreadable certificate") from None
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1 or cns[0].value != name:
+        raise IntegrityError(f"the certificate returned is not for host {name!r}")
+    ours = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    theirs = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    if ours != theirs:
+        raise IntegrityError("the certificate returned does not carry this host's key")
+
+
+async def enroll(*, enroll_addr: str, ca_file: Path, name: str, token: str, state_dir: Path,
+                 server_name: str = "", call_timeout: float = 30.0) -> Identity:
+    """Enroll this host and store its identity under ``state_dir``.
+
+    Raises InvalidInput (bad name, token or CA file), Unauthorized (refused token),
+    BackendUnavailable, IntegrityError (a certificate that is not ours), FailedPrecondition.
+    """
+    validate_host_name(name)
+    if not token or len(token) > 512:
+        raise InvalidInput("an enrollment token is required (from `custos host add NAME`)")
+    try:
+        ca_pem = ca_file.read_bytes()  # noqa: ASYNC240 - a small local file, once
+        x509.load_pem_x509_certificate(ca_pem)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read CA certificate {ca_file}: {exc.strerror}") from None
+    except ValueError:
+        raise InvalidInput(f"{ca_file} is not a PEM certificate") from None
+    ident_dir = ensure_private_dir(ensure_private_dir(state_dir) / IDENTITY_DIR)
+    key_pem, csr_pem = make_key_and_csr(name)
+    pending_key = ident_dir / "agent.key.pending"
+    write_private(pending_key, key_pem)  # on disk (0600) before the CSR leaves
+    try:
+        resp = await request_certificate(enroll_addr, ca_pem, name=name, token=token, csr_pem=csr_pem,
+                                         server_name=server_name, call_timeout=call_timeout)
+        cert_pem = bytes(resp.certificate_pem)
+        _check_issued(cert_pem, key_pem, name)
+        fp = cert_fingerprint(cert_pem)
+        write_private(ident_dir / "ca.pem", ca_pem, 0o644)
+        write_private(ident_dir / "client-ca.pem", bytes(resp.ca_pem), 0o644)
+        write_private(ident_dir / "signer-set.bin", bytes(resp.signer_set))
+        meta = {"name": name, "cert_sha256": fp, "lease_ttl_seconds": int(resp.lease_ttl_seconds),
+                "enrolled_at_unix_ns": time.time_ns(), "enroll_addr": enroll_addr}
+        write_private(ident_dir / "enrollment.json", json.dumps(meta, sort_keys=True).encode())
+        # Certificate and key are swapped in last, key first: a reader holding
+        # the old certificate then fails its handshake and retries.
+        os.replace(pending_key, ident_dir / "agent.key")
+        write_private(ident_dir / "agent.pem", cert_pem, 0o644)
+    finally:
+        pending_key.unlink(missing_ok=True)
+    return Identity(name=name, directory=ident_dir, fingerprint=fp, lease_ttl=int(resp.lease_ttl_seconds),
+                    signer_set=bytes(resp.signer_set))
+
+
+def load_identity(state_dir: Path, name: str) -> Identity | None:
+    """The enrolled identity for host ``name`` in ``state_dir``, or None if there is none.
+
+    Raises FailedPrecondition (an identity for another host, unreadable files).
+    """
+    d = state_dir / IDENTITY_DIR
+    meta_path = d / "enrollment.json"
+    if not meta_path.exists() or not (d / "agent.pem").exists() or not (d / "agent.key").exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        cert_pem = (d / "agent.pem").read_bytes()
+        signer_set = (d / "signer-set.bin").read_bytes() if (d / "signer-set.bin").exists() else b""
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(f"cannot read the identity in {d}: {exc}") from None
+    if meta.get("name") != name:
+        raise FailedPrecondition(f"{d} holds the identity of host {meta.get('name')!r}, not {name!r}: "
+                                 "use another state_dir or enroll again")
+    try:
+        fp = cert_fingerprint(cert_pem)
+    except InvalidInput:
+        raise FailedPrecondition(f"{d / 'agent.pem'} is not a readable certificate") from None
+    return Identity(name=name, directory=d, fingerprint=fp, lease_ttl=int(meta.get("lease_ttl_seconds", 0)),
+                    signer_set=signer_set)
+
+
+def read_credentials(*, ca_file: Path, cert_file: Path, key_file: Path) -> Credentials:
+    """The mTLS material for one connection attempt. Raises FailedPrecondition (missing, unreadable)."""
+    try:
+        ca = ca_file.read_bytes()
+        cert = cert_file.read_bytes()
+        key = key_file.read_bytes()
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot read this host's identity ({exc.filename}: {exc.strerror}): "
+                                 "enroll first with `custos agent enroll`") from None
+    try:
+        fp = cert_fingerprint(cert)
+    except InvalidInput:
+        raise FailedPrecondition(f"{cert_file} is not a readable certificate") from None
+    return Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=fp)
