@@ -117,7 +117,10 @@ def cmd_agent_run(ns: argparse.Namespace, out: Any) -> int:
         logs.setup(ns.log_level or cfg.log_level, json_format=cfg.log_format == "json")
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    return asyncio.run(Agent(cfg).run())
+    from custos.agent.orders import VerifyingOrderHandler
+
+    # Orders are acted on only after this agent's own verification against its pinned signer set.
+    return asyncio.run(Agent(cfg, order_handler_factory=VerifyingOrderHandler).run())
 
 
 # -- run --------------------------------------------------------------------------------------

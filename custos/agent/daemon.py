@@ -104,6 +104,14 @@ class AgentCalls:
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc, f"recording the copy at {path}") from None
 
+    async def get_artifact(self, artifact: str) -> registry_pb2.Artifact:
+        try:
+            resp = await registry_pb2_grpc.RegistryStub(self._channel()).GetArtifact(
+                registry_pb2.GetArtifactRequest(id=artifact), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc, f"reading artifact {artifact[:12]}") from None
+        return resp.artifact
+
     async def newest_artifact(self, model: str) -> str:
         try:
             resp = await registry_pb2_grpc.RegistryStub(self._channel()).ListArtifacts(

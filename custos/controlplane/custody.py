@@ -88,6 +88,9 @@ class Custody:
         self.lease_ttl = lease_ttl
         self.signer_set = signer_set or (lambda: b"")
         self.streams: dict[str, asyncio.Queue[Any]] = {}
+        self._files: dict[str, dict[str, Any]] = {}  # host -> path -> file record (this replica's view)
+        self._digests: dict[str, str] = {}  # host -> digest of the last report ingested
+        self._summaries: dict[str, dict[str, Any]] = {}  # host -> last report summary, not yet written
         self._index: Any = None
         self._index_rev = -1
         self._index_lock = asyncio.Lock()
@@ -163,6 +166,7 @@ class Custody:
         out = []
         leases = {e.key[len("leases/"):]: decode_canonical(e.value) for e in await self.store.range("leases/")}
         inv = {e.key[len("inventory/"):]: decode_canonical(e.value) for e in await self.store.range("inventory/")}
+        inv.update(self._summaries)  # this replica's newest, not yet flushed
         now = time.time_ns()
         for e in await self.store.range("hosts/"):
             h = dict(decode_canonical(e.value))
@@ -214,7 +218,7 @@ class Custody:
                           cert_fingerprint=cert_fingerprint(cert))
             assert entry is not None
             txn = Txn(checks={f"hosts/{name}": entry.mod_revision},
-                      puts={f"hosts/{name}": encode_canonical(record)})
+                      puts={f"hosts/{name}": encode_canonical(record)}, deletes=[f"leases/{name}"])
             return Plan(txn), cert
 
         cert = await self.audit.mutate(who, "Enroll", f"host/{name}", plan)
@@ -240,23 +244,33 @@ class Custody:
 
     # -- leases -------------------------------------------------------------------
 
-    async def renew_lease(self, host: str) -> int:
-        """Extend the host's lease by the TTL. A revoked lease stays revoked."""
+    async def renew_lease(self, host: str) -> int | None:
+        """Extend the host's lease by the TTL; None while it stays revoked.
+
+        A lease revoked by an order stays revoked until the host acks that order:
+        an agent that does not (stuck, cut off, compromised) gets no lease and
+        fails closed at its deadline. A removed host's lease is never renewed.
+        """
         key = f"leases/{host}"
         for _ in range(20):
             entry = await self.store.get(key)
-            if entry is not None and decode_canonical(entry.value)["state"] == "revoked":
-                h = await self.get_host(host)
-                if h["state"] != "enrolled":
-                    raise HostNotEnrolled(f"host {host!r} was removed")
+            if entry is not None:
+                rec = decode_canonical(entry.value)
+                if rec["state"] == "revoked":
+                    h = await self.get_host(host)
+                    if h["state"] != "enrolled":
+                        raise HostNotEnrolled(f"host {host!r} was removed")
+                    order = rec.get("order", "")
+                    if order and await self.store.get(f"orderacks/{order}/{host}") is None:
+                        return None
             expires = time.time_ns() + int(self.lease_ttl * 1e9)
             value = encode_canonical({"expires_ns": expires, "state": "live"})
             if await self.store.commit(Txn(checks={key: entry.mod_revision if entry else 0}, puts={key: value})):
                 return expires
         raise Conflict(f"could not renew the lease of {host!r}")
 
-    async def revoke_leases(self, hosts: list[str]) -> None:
-        revoked = encode_canonical({"expires_ns": 0, "state": "revoked"})
+    async def revoke_leases(self, hosts: list[str], order_id: str = "") -> None:
+        revoked = encode_canonical({"expires_ns": 0, "order": order_id, "state": "revoked"})
         await self._write_batches({f"leases/{h}": revoked for h in hosts}, [])
 
     async def sweep(self) -> list[str]:
@@ -275,6 +289,24 @@ class Custody:
                     await self.audit.record(SYSTEM, "LeaseLapsed", f"host/{host}",
                                             f"lease expired at {rec['expires_ns']}")
         return lapsed
+
+    async def flush_summaries(self) -> None:
+        """Write the latest report summaries (last-report time, counts) in batches."""
+        pending, self._summaries = self._summaries, {}
+        if pending:
+            await self._write_batches({f"inventory/{h}": encode_canonical(v) for h, v in pending.items()}, [])
+
+    async def run_flusher(self, interval: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush_summaries()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive a bad round
+                log.warning("writing report summaries failed: %s", exc)
+        await self.flush_summaries()
 
     async def run_sweeper(self, interval: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -311,16 +343,32 @@ class Custody:
         from custos.agent.scanner import FileRecord
 
         index, models = await self._manifest_index()
-        records = []
+        # A delta is only a complete view if this replica holds the host's last full report.
+        complete_view = bool(inv.full) or host in self._files
+        files = {} if inv.full else dict(self._files.get(host, {}))
+        for path in inv.removed_paths:
+            files.pop(path, None)
         for f in inv.files:
             if f.form not in ("plaintext", "ciphertext") or not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
                 continue
-            records.append(FileRecord(path=f.path, size=f.size, sha256=f.sha256, device=0, inode=0,
-                                      mtime_ns=0, ctime_ns=0, form=f.form))
+            files[f.path] = {"form": f.form, "sha256": f.sha256, "size": int(f.size)}
+        self._files[host] = files
+        # An unchanged report (same files, processes and managed roots, same registry)
+        # changes nothing but the report time: skip the matching and the writes.
+        digest = hashlib.sha256(encode_canonical({
+            "files": files, "index": self._index_rev, "managed": sorted(inv.managed_roots),
+            "procs": sorted([p.pid, p.how, p.workload_id, sorted(p.paths)] for p in inv.processes),
+        })).hexdigest()
+        summary = {"at_ns": time.time_ns(), "files": len(files), "processes": len(inv.processes),
+                   "problems": list(inv.problems)[:50]}
+        if self._digests.get(host) == digest:
+            self._summaries[host] = summary  # written by flush_summaries, batched
+            return {"copies": -1, "alerts": 0, "unregistered": 0}
+        records = [FileRecord(path=path, size=f["size"], sha256=f["sha256"], device=0, inode=0, mtime_ns=0,
+                              ctime_ns=0, form=f["form"]) for path, f in files.items()]
         match = index.match(records)
         if self.on_inventory is not None:
-            await self.on_inventory(host, inv)
-        now = time.time_ns()
+            await self.on_inventory(host, inv)  # rules that need exact hashes (tampering)
         policy_cache: dict[str, dict[str, Any]] = {}
 
         async def policy(model: str) -> dict[str, Any]:
@@ -388,12 +436,10 @@ class Custody:
             key = f"alerts/{a['id']}"
             if await self.store.get(key) is None:
                 puts[key] = encode_canonical(a)
-        puts[f"inventory/{host}"] = encode_canonical({
-            "at_ns": now, "files": len(inv.files), "processes": len(inv.processes),
-            "problems": list(inv.problems)[:50]})
-        # Copies this host reported before but not now are gone (full reports only).
+        self._summaries[host] = summary
+        # Copies this host reported before but not now are gone.
         deletes: list[str] = []
-        if inv.full:
+        if complete_view:
             for e in await self.store.range(f"hostcopies/{host}/"):
                 aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
                 ck = f"copies/{aid}/{cid}"
@@ -406,6 +452,7 @@ class Custody:
                             puts[ck] = encode_canonical(rec)
                     deletes.append(e.key)
         await self._write_batches(puts, deletes)
+        self._digests[host] = digest
         return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}
 
     async def _write_batches(self, puts: dict[str, bytes], deletes: list[str]) -> None:

@@ -178,7 +178,8 @@ class OrdersService:
         if drill and action == "destroy":
             raise InvalidInput("a destroy cannot be a drill")
         is_drill = action == "drill" or bool(drill)
-        real_names, dry_names = list(models), []
+        real_names: list[str] = list(models)
+        dry_names: list[str] = []
         if is_drill:
             # A drill really halts only models registered as drill models (and what
             # derives from them); the rest of its scope runs in dry-run, unsigned.
@@ -375,7 +376,7 @@ class OrdersService:
                 await self._shred(order)
             hosts = await self._hosts_with_copies(order.artifacts) & await self._enrolled_hosts()
             if order.action != "lift":
-                await self.custody.revoke_leases(sorted(hosts))
+                await self.custody.revoke_leases(sorted(hosts), oid)
             await self._mark_object_copies(order, real)
             await self.audit.record(SYSTEM, "ExecuteOrder", f"order/{oid}",
                                     f"{order.action}: keys and leases done; sent to {len(self.custody.streams)} agents")

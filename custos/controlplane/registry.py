@@ -144,7 +144,8 @@ class Registry:
             record["custody_hosts"] = sorted(set(hosts))
             record["custody_paths"] = sorted(set(paths))
             txn = Txn(checks={f"models/{name}": entry.mod_revision},
-                      puts={f"models/{name}": encode_canonical(record)})
+                      # meta/artifacts moves whenever what inventories are judged against changes.
+                      puts={f"models/{name}": encode_canonical(record), "meta/artifacts": b"{}"})
             return Plan(txn), record
 
         return await self.audit.mutate(caller, "SetCustodyPolicy", f"model/{name}", plan)

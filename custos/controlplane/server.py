@@ -257,6 +257,7 @@ class ControlPlane:
                 raise InvalidInput(f"cannot listen on {cfg.enroll_listen}: {exc}") from None
             await self.enroll_server.start()
         self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
+        self._tasks.append(asyncio.create_task(self.custody.run_flusher(0.25, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_fanout(self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_ack_worker(self._stop)))
