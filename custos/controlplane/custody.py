@@ -90,7 +90,8 @@ class Custody:
         self.streams: dict[str, asyncio.Queue[Any]] = {}
         self._files: dict[str, dict[str, Any]] = {}  # host -> path -> file record (this replica's view)
         self._digests: dict[str, str] = {}  # host -> digest of the last report ingested
-        self._summaries: dict[str, dict[str, Any]] = {}  # host -> last report summary, not yet written
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._host_locks: dict[str, asyncio.Lock] = {}  # host -> last report summary, not yet written
         self._index: Any = None
         self._index_rev = -1
         self._index_lock = asyncio.Lock()
@@ -114,7 +115,8 @@ class Custody:
         Raises InvalidInput, Conflict (an enrolled or pending host of that name).
         """
         ttl = token_ttl or DEFAULT_TOKEN_TTL
-        token = secrets.token_urlsafe(32)
+        # A fixed prefix: a token is never mistaken for a command-line option (urlsafe can start with "-").
+        token = "cet_" + secrets.token_urlsafe(32)
         expires = time.time_ns() + int(ttl) * 1_000_000_000
 
         async def plan() -> tuple[Plan, dict[str, Any]]:
@@ -338,8 +340,21 @@ class Custody:
                 self._index_rev = rev
             return self._index
 
+    def host_lock(self, host: str) -> asyncio.Lock:
+        """Serializes the read-modify-write of one host's copy records: its inventory
+        reports and its order acks (both arrive on that host's one stream, so on
+        this replica)."""
+        lock = self._host_locks.get(host)
+        if lock is None:
+            lock = self._host_locks[host] = asyncio.Lock()
+        return lock
+
     async def ingest(self, host: str, inv: Any) -> dict[str, int]:
         """Match a report against every registered manifest; record copies and alerts."""
+        async with self.host_lock(host):
+            return await self._ingest(host, inv)
+
+    async def _ingest(self, host: str, inv: Any) -> dict[str, int]:
         from custos.agent.scanner import FileRecord
 
         index, models = await self._manifest_index()
@@ -390,7 +405,11 @@ class Custody:
             seen.add(ck)
             old = await self.store.get(ck)
             if old is not None:
-                copy["first_seen_ns"] = decode_canonical(old.value)["first_seen_ns"]
+                prev = decode_canonical(old.value)
+                copy["first_seen_ns"] = prev["first_seen_ns"]
+                if prev["state"] == "residual":
+                    # Still there after a halt: it stays residual, with the halt's evidence.
+                    copy["state"], copy["evidence"] = "residual", prev["evidence"]
             puts[ck] = encode_canonical(copy)
             puts[f"hostcopies/{host}/{c.artifact_id}/{copy['id']}"] = b"{}"
             if not authorized:
@@ -447,10 +466,11 @@ class Custody:
                     old = await self.store.get(ck)
                     if old is not None:
                         rec = dict(decode_canonical(old.value))
-                        if rec["state"] not in ("gone", "wiped"):
+                        # A halt's evidence (wiped, stopped) stands; anything else that vanished is gone.
+                        if rec["state"] not in ("gone", "wiped", "stopped"):
                             rec["state"] = "gone"
                             puts[ck] = encode_canonical(rec)
-                    deletes.append(e.key)
+                    # The index entry stays: an order's ack may still name this copy.
         await self._write_batches(puts, deletes)
         self._digests[host] = digest
         return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}

@@ -531,7 +531,8 @@ class OrdersService:
         if await self.store.get(key) is not None:
             return  # the first ack of a host stands; a resent order is re-acked
         await self.store.commit(Txn(checks={key: 0}, puts={key: encode_canonical(value)}))
-        await self._apply_ack_to_copies(record, host, value)
+        async with self.custody.host_lock(host):
+            await self._apply_ack_to_copies(record, host, value)
 
     async def _apply_ack_to_copies(self, record: dict[str, Any], host: str, ack: dict[str, Any]) -> None:
         from custos.store.base import Txn
@@ -554,9 +555,13 @@ class OrdersService:
             c = dict(decode_canonical(entry.value))
             if c["location_kind"] == "object-store" or c["model"] not in real:
                 continue
-            if c["state"] in ("gone", "wiped", "stopped"):
+            if c["state"] in ("wiped", "stopped"):
                 continue
             where = c["location"].split(":", 1)[1]
+            named = (c["location_kind"] == "process" and where in pids) or (
+                c["location_kind"] == "host-path" and (where in wiped or any(w.startswith(where + "/") for w in wiped)))
+            if c["state"] == "gone" and not named:
+                continue  # vanished before the ack, and the ack does not claim it
             if c["location_kind"] == "process" and where in pids:
                 c["state"], ev = "stopped", f"pid {where} stopped"
             elif c["location_kind"] == "host-path" and (where in wiped or any(w.startswith(where + "/")
