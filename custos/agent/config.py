@@ -38,6 +38,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
                   "allowed_gids": (list,)},
     "blobs": {"access_key": (str,), "secret_key_file": (str,)},
     "log": {"level": (str,), "format": (str,)},
+    "metrics": {"listen": (str,)},
 }
 
 
@@ -87,6 +88,7 @@ class AgentConfig:
     blobs_secret_key_file: Path | None = None
     log_level: str = "info"
     log_format: str = "json"
+    metrics_listen: str = ""  # "HOST:PORT" serves Prometheus /metrics; empty: off
     dev: bool = False
     # Dev mode only: the security-team credentials used to add this host.
     dev_admin_cert: Path | None = None
@@ -250,6 +252,7 @@ def config_from_dict(raw: dict[str, Any], *, path: Path, dev: bool = False) -> A
         blobs_secret_key_file=p(blobs["secret_key_file"]) if blobs.get("secret_key_file") else None,
         log_level=level,
         log_format=fmt,
+        metrics_listen=str(raw.get("metrics", {}).get("listen", "")),
         dev=dev,
         extra={"set": sorted(k for k in ("name", "state_dir", "socket") if raw.get(k))},
     )

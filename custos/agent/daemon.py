@@ -629,6 +629,11 @@ class Agent:
         self.api = LocalApi(cfg.socket_path, status=self.status, supervisor=self.supervisor,
                             allowed_uids=cfg.allowed_uids, allowed_gids=cfg.allowed_gids)
         await self.api.start()
+        self.metrics_port = 0
+        if cfg.metrics_listen:
+            from custos.agent.metrics import start_metrics
+
+            self._metrics_server, self.metrics_port = start_metrics(cfg.metrics_listen, self.status)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
