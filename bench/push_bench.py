@@ -140,7 +140,9 @@ def rss_child(server_json: str, gib: int, workdir: Path) -> int:
         f"sys.path.insert(0,{str(ROOT)!r});"
         "from bench.push_bench import push_pull;"
         f"push_pull({server_json!r}, Path({str(src)!r}), Path({str(workdir / f'rss-out-{gib}')!r}));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        # VmHWM, not ru_maxrss: Linux carries the parent's peak RSS across fork+exec into
+        # ru_maxrss, so a child of this (large) process would report the parent's peak.
+        "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     shutil.rmtree(src, ignore_errors=True)

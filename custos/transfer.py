@@ -45,7 +45,8 @@ from custos.keys.base import zeroize
 CHUNK_SIZE = chunked.DEFAULT_CHUNK_SIZE
 PART_CHUNKS = 8  # 8 MiB of plaintext per part: above S3's 5 MiB minimum
 MAX_PARTS = 10_000
-IN_FLIGHT = 8  # parts buffered at once: bounds memory at ~IN_FLIGHT x part size
+IN_FLIGHT = 4  # parts buffered at once: bounds memory at ~IN_FLIGHT x part size (x2 inside botocore)
+PULL_FILES = 2  # files decrypted at once on a pull; each prefetches 3 ranges of 8 chunks
 
 
 def object_key(artifact_id: str, index: int) -> str:
@@ -422,7 +423,7 @@ def pull_into(blobs: BlobStore, *, data_key: bytearray, artifact_id: str, manife
     t0 = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custos-fetch") as prefetch, \
-                ThreadPoolExecutor(max_workers=min(4, max(1, len(manifest.files))),
+                ThreadPoolExecutor(max_workers=min(PULL_FILES, max(1, len(manifest.files))),
                                    thread_name_prefix="custos-decrypt") as pool:
             def one(f: FileEntry) -> None:
                 okey = objects.get(f.path)
