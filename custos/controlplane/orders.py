@@ -380,9 +380,23 @@ class OrdersService:
             await self._mark_object_copies(order, real)
             await self.audit.record(SYSTEM, "ExecuteOrder", f"order/{oid}",
                                     f"{order.action}: keys and leases done; sent to {len(self.custody.streams)} agents")
+            await self._mark_effects_done(oid)
             await self.check_complete(oid)
         except Exception:
             log.exception("order %s: execution failed; will resume", oid[:16])
+
+    async def _mark_effects_done(self, oid: str) -> None:
+        from custos.store.base import Txn
+
+        for _ in range(10):
+            entry = await self.store.get(f"orders/{oid}")
+            if entry is None:
+                return
+            rec = dict(decode_canonical(entry.value))
+            rec["effects_done_ns"] = time.time_ns()
+            if await self.store.commit(Txn(checks={entry.key: entry.mod_revision},
+                                           puts={entry.key: encode_canonical(rec)})):
+                return
 
     async def _enrolled_hosts(self) -> set[str]:
         return {decode_canonical(e.value)["name"] for e in await self.store.range("hosts/")
@@ -594,6 +608,8 @@ class OrdersService:
         record = dict(decode_canonical(entry.value))
         if record["state"] != "executing":
             return record["state"] == "complete"
+        if not record.get("effects_done_ns"):
+            return False  # keys, ciphertext and leases first
         order = Order.decode(record["body"].encode())
         done = True
         if order.action != "lift":
@@ -652,8 +668,13 @@ class OrdersService:
             try:
                 for e in await self.store.range("orders/"):
                     rec = decode_canonical(e.value)
-                    if rec["state"] == "executing":
-                        await self.check_complete(rec["id"])
+                    if rec["state"] != "executing":
+                        continue
+                    # Any replica finishes the side effects (idempotent) of an order whose
+                    # executing replica died before it could.
+                    if not rec.get("effects_done_ns") and time.time_ns() - rec["quorum_at_ns"] > 10_000_000_000:
+                        self.start_effects(rec["id"])
+                    await self.check_complete(rec["id"])
             except Exception as exc:  # noqa: BLE001 - the loop must outlive a bad round
                 log.warning("order completion check failed: %s", exc)
 
