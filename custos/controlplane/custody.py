@@ -91,7 +91,9 @@ class Custody:
         self._files: dict[str, dict[str, Any]] = {}  # host -> path -> file record (this replica's view)
         self._digests: dict[str, str] = {}  # host -> digest of the last report ingested
         self._summaries: dict[str, dict[str, Any]] = {}
-        self._host_locks: dict[str, asyncio.Lock] = {}  # host -> last report summary, not yet written
+        self._host_locks: dict[str, asyncio.Lock] = {}
+        self._policies: dict[str, dict[str, Any]] = {}  # model -> record, for the current registry revision
+        self._policies_rev = -1  # host -> last report summary, not yet written
         self._index: Any = None
         self._index_rev = -1
         self._index_lock = asyncio.Lock()
@@ -384,34 +386,25 @@ class Custody:
         match = index.match(records)
         if self.on_inventory is not None:
             await self.on_inventory(host, inv)  # rules that need exact hashes (tampering)
-        policy_cache: dict[str, dict[str, Any]] = {}
+        if self._policies_rev != self._index_rev:
+            self._policies, self._policies_rev = {}, self._index_rev
+        policies = self._policies
 
         async def policy(model: str) -> dict[str, Any]:
-            if model not in policy_cache:
-                policy_cache[model] = await self.registry.get_model(model)
-            return policy_cache[model]
+            if model not in policies:
+                policies[model] = await self.registry.get_model(model)
+            return policies[model]
 
-        puts: dict[str, bytes] = {}
-        seen: set[str] = set()
+        # Build every record first, read what exists in one round trip, then write in batches.
+        found: list[tuple[str, dict[str, Any], bool]] = []  # (copy key, record, keeps residual)
         alerts: list[dict[str, Any]] = []
         managed = {p.rstrip("/") for p in getattr(inv, "managed_roots", [])}
         for c in match.complete:
             model = models.get(c.artifact_id, "")
-            m = await policy(model)
-            authorized = c.root in managed or _authorized(m, host, c.root)
+            authorized = c.root in managed or _authorized(await policy(model), host, c.root)
             copy = new_copy(c.artifact_id, model, "host-path", f"{host}:{c.root}", host, "plaintext",
                             authorized=authorized, evidence=f"{len(c.paths)} files match the manifest by SHA-256")
-            ck = f"copies/{c.artifact_id}/{copy['id']}"
-            seen.add(ck)
-            old = await self.store.get(ck)
-            if old is not None:
-                prev = decode_canonical(old.value)
-                copy["first_seen_ns"] = prev["first_seen_ns"]
-                if prev["state"] == "residual":
-                    # Still there after a halt: it stays residual, with the halt's evidence.
-                    copy["state"], copy["evidence"] = "residual", prev["evidence"]
-            puts[ck] = encode_canonical(copy)
-            puts[f"hostcopies/{host}/{c.artifact_id}/{copy['id']}"] = b"{}"
+            found.append((f"copies/{c.artifact_id}/{copy['id']}", copy, True))
             if not authorized:
                 alerts.append(_alert("unauthorized-copy", host, model, c.artifact_id,
                                      f"complete plaintext copy at {c.root} is outside the model's custody policy"))
@@ -419,15 +412,11 @@ class Custody:
             if p.covered_by:
                 continue
             model = models.get(p.artifact_id, "")
-            m = await policy(model)
-            authorized = p.root in managed or _authorized(m, host, p.root)
+            authorized = p.root in managed or _authorized(await policy(model), host, p.root)
             copy = new_copy(p.artifact_id, model, "host-path", f"{host}:{p.root}", host, "plaintext",
                             authorized=authorized,
                             evidence=f"partial: {len(p.present)} of {len(p.present) + len(p.missing)} files")
-            ck = f"copies/{p.artifact_id}/{copy['id']}"
-            seen.add(ck)
-            puts[ck] = encode_canonical(copy)
-            puts[f"hostcopies/{host}/{p.artifact_id}/{copy['id']}"] = b"{}"
+            found.append((f"copies/{p.artifact_id}/{copy['id']}", copy, False))
             if not authorized:
                 alerts.append(_alert("unauthorized-copy", host, model, p.artifact_id,
                                      f"partial plaintext copy at {p.root} is outside the model's custody policy"))
@@ -444,34 +433,46 @@ class Custody:
                                 authorized=bool(proc.workload_id) or _authorized(await policy(model), host, ""),
                                 evidence=f"pid {proc.pid} ({proc.user}) holds {len(proc.paths)} weight files "
                                          f"({proc.how}): {proc.cmdline[:200]}")
-                ck = f"copies/{aid}/{copy['id']}"
-                seen.add(ck)
-                puts[ck] = encode_canonical(copy)
-                puts[f"hostcopies/{host}/{aid}/{copy['id']}"] = b"{}"
+                found.append((f"copies/{aid}/{copy['id']}", copy, False))
         for u in match.unregistered:
             alerts.append(_alert("unregistered-weights", host, "", "",
                                  f"{u.path} ({u.size} bytes, sha256 {u.sha256[:16]}) matches no registered artifact"))
-        for a in alerts:
-            key = f"alerts/{a['id']}"
-            if await self.store.get(key) is None:
-                puts[key] = encode_canonical(a)
-        self._summaries[host] = summary
-        # Copies this host reported before but not now are gone.
-        deletes: list[str] = []
+        seen = {ck for ck, _, _ in found}
+        # Copies this host reported before but not now are gone (only with a complete view).
+        vanished: list[str] = []
         if complete_view:
             for e in await self.store.range(f"hostcopies/{host}/"):
                 aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
-                ck = f"copies/{aid}/{cid}"
-                if ck not in seen:
-                    old = await self.store.get(ck)
-                    if old is not None:
-                        rec = dict(decode_canonical(old.value))
-                        # A halt's evidence (wiped, stopped) stands; anything else that vanished is gone.
-                        if rec["state"] not in ("gone", "wiped", "stopped"):
-                            rec["state"] = "gone"
-                            puts[ck] = encode_canonical(rec)
-                    # The index entry stays: an order's ack may still name this copy.
-        await self._write_batches(puts, deletes)
+                if f"copies/{aid}/{cid}" not in seen:
+                    vanished.append(f"copies/{aid}/{cid}")
+        existing = await self.store.get_many(
+            [*seen, *vanished, *(f"alerts/{a['id']}" for a in alerts)])
+        puts: dict[str, bytes] = {}
+        for ck, copy, keeps_residual in found:
+            old = existing.get(ck)
+            if old is not None:
+                prev = decode_canonical(old.value)
+                copy["first_seen_ns"] = prev["first_seen_ns"]
+                if keeps_residual and prev["state"] == "residual":
+                    # Still there after a halt: it stays residual, with the halt's evidence.
+                    copy["state"], copy["evidence"] = "residual", prev["evidence"]
+            puts[ck] = encode_canonical(copy)
+            aid, cid = ck[len("copies/"):].split("/", 1)
+            puts[f"hostcopies/{host}/{aid}/{cid}"] = b"{}"
+        for ck in vanished:
+            old = existing.get(ck)
+            if old is not None:
+                rec = dict(decode_canonical(old.value))
+                # A halt's evidence (wiped, stopped) stands; anything else that vanished is gone.
+                # (The index entry stays: an order's ack may still name this copy.)
+                if rec["state"] not in ("gone", "wiped", "stopped"):
+                    rec["state"] = "gone"
+                    puts[ck] = encode_canonical(rec)
+        for a in alerts:
+            if f"alerts/{a['id']}" not in existing:
+                puts[f"alerts/{a['id']}"] = encode_canonical(a)
+        self._summaries[host] = summary
+        await self._write_batches(puts, [])
         self._digests[host] = digest
         return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}
 

@@ -263,6 +263,6 @@ def test_auditor_cannot_unwrap_or_suspend(setup: Setup) -> None:
 
 
 def test_a_bad_token_is_unauthorized(setup: Setup) -> None:
-    with VaultTransitProvider(url=setup.server.address, token="not-a-token") as provider:  # noqa: S106
+    with VaultTransitProvider(url=setup.server.address, token="not-a-token") as provider:
         with pytest.raises(Unauthorized):
             provider.state("policy-key")

@@ -119,3 +119,12 @@ async def test_watch_reports_writes_under_prefix(store: Store) -> None:
     assert seen == ["w/a", "w/b"]
     with contextlib.suppress(asyncio.CancelledError):
         task.cancel()
+
+
+async def test_get_many(store: Store) -> None:
+    await store.commit(Txn(puts={f"gm/{i:03d}": str(i).encode() for i in range(105)}))
+    keys = [f"gm/{i:03d}" for i in range(0, 105, 2)] + ["gm/missing", "gm/000"]
+    got = await store.get_many(keys)
+    assert set(got) == {f"gm/{i:03d}" for i in range(0, 105, 2)}
+    assert got["gm/004"].value == b"4" and got["gm/004"].mod_revision > 0
+    assert await store.get_many([]) == {}
