@@ -46,6 +46,7 @@ log = logging.getLogger("custos.custody")
 
 HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 DEFAULT_TOKEN_TTL = 3600
+STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
 AGENT_CERT_DAYS = 365
 
 
@@ -456,6 +457,11 @@ class Custody:
                 if keeps_residual and prev["state"] == "residual":
                     # Still there after a halt: it stays residual, with the halt's evidence.
                     copy["state"], copy["evidence"] = "residual", prev["evidence"]
+                elif prev["state"] in ("wiped", "stopped") and \
+                        time.time_ns() - int(prev.get("final_at_ns", 0)) < STALE_REPORT_NS:
+                    # A report taken before the halt but arriving after its ack: the
+                    # halt's evidence stands. Seen again later, the copy is really back.
+                    continue
             puts[ck] = encode_canonical(copy)
             aid, cid = ck[len("copies/"):].split("/", 1)
             puts[f"hostcopies/{host}/{aid}/{cid}"] = b"{}"

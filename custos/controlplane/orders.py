@@ -587,6 +587,7 @@ class OrdersService:
             else:
                 c["state"], ev = "residual", f"agent outcome {ack['outcome']}: {ack['reason'][:300]}"
             c["evidence"] = f"order {order.id[:16]}: {ev}"
+            c["final_at_ns"] = time.time_ns()
             puts[f"copies/{aid}/{cid}"] = encode_canonical(c)
         if puts:
             await self.store.commit(Txn(puts=puts))
