@@ -186,15 +186,9 @@ class AuditLog:
         return seq
 
     async def run_checkpoints(self, interval: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            try:
-                await self.checkpoint()
-            except CustosError as exc:
-                log.warning("audit checkpoint failed: %s", exc)
+        from custos.controlplane.periodic import every
+
+        await every(interval, stop, self.checkpoint, "audit checkpoint")
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from custos.controlplane.audit import SYSTEM, Caller, Plan
+from custos.controlplane.periodic import every
 from custos.controlplane.registry import Registry, new_copy
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
@@ -302,27 +303,10 @@ class Custody:
             await self._write_batches({f"inventory/{h}": encode_canonical(v) for h, v in pending.items()}, [])
 
     async def run_flusher(self, interval: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            try:
-                await self.flush_summaries()
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive a bad round
-                log.warning("writing report summaries failed: %s", exc)
-        await self.flush_summaries()
+        await every(interval, stop, self.flush_summaries, "writing report summaries", final=True)
 
     async def run_sweeper(self, interval: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            try:
-                await self.sweep()
-            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive a bad round
-                log.warning("lease sweep failed: %s", exc)
+        await every(interval, stop, self.sweep, "lease sweep")
 
     # -- inventory ----------------------------------------------------------------
 

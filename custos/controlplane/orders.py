@@ -36,6 +36,7 @@ from typing import Any
 
 from custos.controlplane.audit import SYSTEM, Caller, Plan
 from custos.controlplane.custody import Custody
+from custos.controlplane.periodic import every
 from custos.controlplane.registry import Registry
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.orders import ExecutedOrders, Order, apply_executed, verify_order
@@ -661,23 +662,18 @@ class OrdersService:
         return done
 
     async def run_completion(self, interval: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            try:
-                for e in await self.store.range("orders/"):
-                    rec = decode_canonical(e.value)
-                    if rec["state"] != "executing":
-                        continue
-                    # Any replica finishes the side effects (idempotent) of an order whose
-                    # executing replica died before it could.
-                    if not rec.get("effects_done_ns") and time.time_ns() - rec["quorum_at_ns"] > 10_000_000_000:
-                        self.start_effects(rec["id"])
-                    await self.check_complete(rec["id"])
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive a bad round
-                log.warning("order completion check failed: %s", exc)
+        await every(interval, stop, self.completion_round, "order completion check")
+
+    async def completion_round(self) -> None:
+        for e in await self.store.range("orders/"):
+            rec = decode_canonical(e.value)
+            if rec["state"] != "executing":
+                continue
+            # Any replica finishes the side effects (idempotent) of an order whose
+            # executing replica died before it could.
+            if not rec.get("effects_done_ns") and time.time_ns() - rec["quorum_at_ns"] > 10_000_000_000:
+                self.start_effects(rec["id"])
+            await self.check_complete(rec["id"])
 
     async def report(self, order_id: str) -> dict[str, Any]:
         """Everything the completion report needs, as data (see custos.reports)."""
