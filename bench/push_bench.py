@@ -77,7 +77,7 @@ def push_pull(server_json: str, src: Path, dest: Path) -> dict[str, float]:
     Pusher(blobs=blobs, data_key=key, artifact_id=manifest.artifact_id, manifest=manifest, root=src,
            state=PushState(dest.parent / "state.json"), resumed=False).run()
     t_push = time.perf_counter() - t
-    from custos.transfer import object_key
+    from custos.storage import object_key
 
     objects = {f.path: object_key(manifest.artifact_id, i) for i, f in enumerate(manifest.files)}
     t = time.perf_counter()

@@ -17,6 +17,13 @@ from urllib.parse import parse_qs, urlsplit
 from custos.blobs.base import BlobStore
 from custos.errors import InvalidInput
 
+OBJECT_PREFIX = "artifacts/"
+
+
+def object_key(artifact_id: str, index: int) -> str:
+    """Where file ``index`` (manifest order) of an artifact's ciphertext is stored."""
+    return f"{OBJECT_PREFIX}{artifact_id}/{index:06d}"
+
 
 def open_blob_store(url: str, *, access_key: str | None = None, secret_key: str | None = None) -> BlobStore:
     """Raises InvalidInput for a malformed URL or missing S3 credentials."""

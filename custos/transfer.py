@@ -41,18 +41,13 @@ from custos.core import chunked
 from custos.core.manifest import FileEntry, Manifest, decode_manifest
 from custos.errors import CustosError, IntegrityError, InvalidInput
 from custos.keys.base import zeroize
+from custos.storage import object_key
 
 CHUNK_SIZE = chunked.DEFAULT_CHUNK_SIZE
 PART_CHUNKS = 8  # 8 MiB of plaintext per part: above S3's 5 MiB minimum
 MAX_PARTS = 10_000
 IN_FLIGHT = 4  # parts buffered at once: bounds memory at ~IN_FLIGHT x part size (x2 inside botocore)
 PULL_FILES = 2  # files decrypted at once on a pull; each prefetches 3 ranges of 8 chunks
-
-
-def object_key(artifact_id: str, index: int) -> str:
-    from custos.controlplane.keys import object_key as key
-
-    return key(artifact_id, index)
 
 
 def _part_chunks(header: chunked.FileHeader) -> int:

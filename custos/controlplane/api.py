@@ -22,7 +22,7 @@ import grpc
 
 from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
-from custos.controlplane.custody import Custody
+from custos.controlplane.custody import Custody, cert_fingerprint
 from custos.controlplane.keys import KeyBroker
 from custos.controlplane.registry import ArtifactRecord, Registry
 from custos.core.audit_chain import parse_stored
@@ -81,16 +81,6 @@ def _peer_host(peer: str) -> str:
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     return rest or peer
-
-
-def _der_sha256(pem: bytes) -> str:
-    import hashlib
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_pem_x509_certificate(pem)
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
@@ -158,7 +148,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         caller = Caller(principal=ident.principal, role=ident.role,
                         host=_peer_host(context.peer() or ""), request_id=rid,
-                        cert_sha256=_der_sha256(pems[0]))
+                        cert_sha256=cert_fingerprint(pems[0]))
         if not authz.is_allowed(method, ident.role):
             if authz.is_mutating(method):
                 try:

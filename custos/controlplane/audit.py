@@ -120,13 +120,10 @@ class AuditLog:
 
     async def record(self, caller: Caller, action: str, obj: str, result: str) -> None:
         """Append an event with no other change (denials, failures)."""
-        async with self._local:
-            for attempt in range(200):
-                head_entry, seq, prev = await self._head()
-                if await self._commit(caller, action, obj, Plan(result=result), head_entry, seq, prev):
-                    return
-                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))  # noqa: S311
-        raise BackendUnavailable("store too contended: could not append audit event")
+        async def plan() -> tuple[Plan, None]:
+            return Plan(result=result), None
+
+        await self.mutate(caller, action, obj, plan)
 
     async def _commit(
         self,

@@ -277,7 +277,7 @@ class Custody:
 
     async def revoke_leases(self, hosts: list[str], order_id: str = "") -> None:
         revoked = encode_canonical({"expires_ns": 0, "order": order_id, "state": "revoked"})
-        await self._write_batches({f"leases/{h}": revoked for h in hosts}, [])
+        await self.write_batches({f"leases/{h}": revoked for h in hosts})
 
     async def sweep(self) -> list[str]:
         """Mark lapsed leases and their hosts' copies stale. Returns the hosts that lapsed now."""
@@ -300,7 +300,7 @@ class Custody:
         """Write the latest report summaries (last-report time, counts) in batches."""
         pending, self._summaries = self._summaries, {}
         if pending:
-            await self._write_batches({f"inventory/{h}": encode_canonical(v) for h, v in pending.items()}, [])
+            await self.write_batches({f"inventory/{h}": encode_canonical(v) for h, v in pending.items()})
 
     async def run_flusher(self, interval: float, stop: asyncio.Event) -> None:
         await every(interval, stop, self.flush_summaries, "writing report summaries", final=True)
@@ -426,10 +426,7 @@ class Custody:
         # Copies this host reported before but not now are gone (only with a complete view).
         vanished: list[str] = []
         if complete_view:
-            for e in await self.store.range(f"hostcopies/{host}/"):
-                aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
-                if f"copies/{aid}/{cid}" not in seen:
-                    vanished.append(f"copies/{aid}/{cid}")
+            vanished = [k for k in await self.host_copy_keys(host) if k not in seen]
         existing = await self.store.get_many(
             [*seen, *vanished, *(f"alerts/{a['id']}" for a in alerts)])
         puts: dict[str, bytes] = {}
@@ -462,33 +459,30 @@ class Custody:
             if f"alerts/{a['id']}" not in existing:
                 puts[f"alerts/{a['id']}"] = encode_canonical(a)
         self._summaries[host] = summary
-        await self._write_batches(puts, [])
+        await self.write_batches(puts)
         self._digests[host] = digest
         return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}
 
-    async def _write_batches(self, puts: dict[str, bytes], deletes: list[str]) -> None:
+    async def write_batches(self, puts: dict[str, bytes]) -> None:
+        """Many puts in as few transactions as the Store allows (not atomic as a whole)."""
         items = list(puts.items())
         step = MAX_TXN_OPS - 10
-        for i in range(0, max(len(items), 1), step):
-            batch = dict(items[i:i + step])
-            dels = deletes if i == 0 else []
-            if batch or dels:
-                await self.store.commit(Txn(puts=batch, deletes=dels[:step]))
-        for i in range(step, len(deletes), step):
-            await self.store.commit(Txn(deletes=deletes[i:i + step]))
+        for i in range(0, len(items), step):
+            await self.store.commit(Txn(puts=dict(items[i:i + step])))
+
+    async def host_copy_keys(self, host: str) -> list[str]:
+        """Store keys (``copies/{artifact}/{id}``) of every copy ever seen on ``host``."""
+        prefix = f"hostcopies/{host}/"
+        return [f"copies/{e.key[len(prefix):]}" for e in await self.store.range(prefix)]
 
     async def _mark_host_copies(self, host: str, state: str) -> None:
         puts: dict[str, bytes] = {}
-        for e in await self.store.range(f"hostcopies/{host}/"):
-            aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
-            old = await self.store.get(f"copies/{aid}/{cid}")
-            if old is None:
-                continue
+        for key, old in (await self.store.get_many(await self.host_copy_keys(host))).items():
             rec = dict(decode_canonical(old.value))
             if rec["state"] == "present":
                 rec["state"] = state
-                puts[f"copies/{aid}/{cid}"] = encode_canonical(rec)
-        await self._write_batches(puts, [])
+                puts[key] = encode_canonical(rec)
+        await self.write_batches(puts)
 
     # -- streams ------------------------------------------------------------------
 

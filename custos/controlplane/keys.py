@@ -24,14 +24,8 @@ from custos.core import chunked
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.errors import Conflict, CustosError, FailedPrecondition, IntegrityError, NotFound
 from custos.keys.base import KeyProvider, zeroize
+from custos.storage import OBJECT_PREFIX, object_key
 from custos.store.base import Txn
-
-OBJECT_PREFIX = "artifacts/"
-
-
-def object_key(artifact_id: str, index: int) -> str:
-    """Where file ``index`` (manifest order) of an artifact is stored."""
-    return f"{OBJECT_PREFIX}{artifact_id}/{index:06d}"
 
 
 class ModelNotActive(FailedPrecondition):

@@ -302,7 +302,7 @@ class OrdersService:
                 txn.puts[META] = encode_canonical(meta)
                 record["state"] = "executing"
                 record["quorum_at_ns"] = time.time_ns()
-                for name, state in self._model_states(order, await self._drill_models()).items():
+                for name, state in self._model_states(order).items():
                     key = f"models/{name}"
                     m_entry = await self.store.get(key)
                     if m_entry is None:
@@ -324,11 +324,8 @@ class OrdersService:
             self.start_effects(oid)
         return await self.describe(record)
 
-    async def _drill_models(self) -> set[str]:
-        return {m["name"] for m in await self.registry.list_models() if m.get("drill")}
-
     @staticmethod
-    def _model_states(order: Order, drill_models: set[str] | None = None) -> dict[str, str]:
+    def _model_states(order: Order) -> dict[str, str]:
         """What executing the order does to each model in its signed scope. (A drill's
         signed scope holds only drill models and their derivatives: they really halt.)"""
         if order.action == "lift":
@@ -358,8 +355,7 @@ class OrdersService:
             # happen before they can start stopping processes.
             await self.refresh_chain()
             self.broadcast(record)
-            drill_models = await self._drill_models()
-            real = set(self._model_states(order, drill_models))
+            real = set(order.models)  # every model in the signed scope really changes state
             for model in order.models:
                 if model not in real:
                     continue
@@ -550,37 +546,31 @@ class OrdersService:
             await self._apply_ack_to_copies(record, host, value)
 
     async def _apply_ack_to_copies(self, record: dict[str, Any], host: str, ack: dict[str, Any]) -> None:
-        from custos.store.base import Txn
 
         order = Order.decode(record["body"].encode())
         if ack["outcome"] in ("dry-run", "lifted"):
             return  # nothing was stopped: copies keep their state; the report shows would_stop
-        real = set(self._model_states(order, await self._drill_models()))
+        real = set(order.models)
         scoped = set(order.artifacts)
         wiped = set(ack["paths_wiped"])
         pids = {str(p) for p in ack["pids_stopped"]}
         puts: dict[str, bytes] = {}
-        for e in await self.store.range(f"hostcopies/{host}/"):
-            aid, cid = e.key[len(f"hostcopies/{host}/"):].split("/", 1)
-            if aid not in scoped:
-                continue
-            entry = await self.store.get(f"copies/{aid}/{cid}")
-            if entry is None:
-                continue
+        keys = [k for k in await self.custody.host_copy_keys(host) if k.split("/", 2)[1] in scoped]
+        for key, entry in (await self.store.get_many(keys)).items():
             c = dict(decode_canonical(entry.value))
             if c["location_kind"] == "object-store" or c["model"] not in real:
                 continue
             if c["state"] in ("wiped", "stopped"):
                 continue
             where = c["location"].split(":", 1)[1]
-            named = (c["location_kind"] == "process" and where in pids) or (
-                c["location_kind"] == "host-path" and (where in wiped or any(w.startswith(where + "/") for w in wiped)))
-            if c["state"] == "gone" and not named:
+            stopped = c["location_kind"] == "process" and where in pids
+            was_wiped = c["location_kind"] == "host-path" and (
+                where in wiped or any(w.startswith(where + "/") for w in wiped))
+            if c["state"] == "gone" and not (stopped or was_wiped):
                 continue  # vanished before the ack, and the ack does not claim it
-            if c["location_kind"] == "process" and where in pids:
+            if stopped:
                 c["state"], ev = "stopped", f"pid {where} stopped"
-            elif c["location_kind"] == "host-path" and (where in wiped or any(w.startswith(where + "/")
-                                                                               for w in wiped)):
+            elif was_wiped:
                 c["state"], ev = "wiped", f"plaintext at {where} wiped"
             elif ack["outcome"] in ("halted", "destroyed", "already-executed"):
                 why = "; ".join(ack["remaining"])[:500] or "no reason given"
@@ -589,9 +579,8 @@ class OrdersService:
                 c["state"], ev = "residual", f"agent outcome {ack['outcome']}: {ack['reason'][:300]}"
             c["evidence"] = f"order {order.id[:16]}: {ev}"
             c["final_at_ns"] = time.time_ns()
-            puts[f"copies/{aid}/{cid}"] = encode_canonical(c)
-        if puts:
-            await self.store.commit(Txn(puts=puts))
+            puts[key] = encode_canonical(c)
+        await self.custody.write_batches(puts)
 
     async def _copy_states(self, order: Order) -> list[dict[str, Any]]:
         out = []
@@ -615,7 +604,7 @@ class OrdersService:
         order = Order.decode(record["body"].encode())
         done = True
         if order.action != "lift":
-            real = set(self._model_states(order, await self._drill_models()))
+            real = set(order.models)
             leases = {e.key[len("leases/"):]: decode_canonical(e.value) for e in await self.store.range("leases/")}
             now = time.time_ns()
             by_host: dict[str, list[dict[str, Any]]] = {}

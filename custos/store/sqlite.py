@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,20 +44,18 @@ class SQLiteStore(Store):
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite store {self._path}: {exc}") from None
-        self._lock = threading.Lock()
-        # One connection, one thread: every call queues on a single worker instead of
-        # waking a pool of threads to fight over the connection's lock.
+        # One connection, one thread: every call queues on a single worker, which is
+        # also what serializes use of the connection (no lock needed).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-sqlite")
 
     def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        def locked():  # type: ignore[no-untyped-def]
-            with self._lock:
-                try:
-                    return fn(*args)
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"sqlite store: {exc}") from None
+        def guarded():  # type: ignore[no-untyped-def]
+            try:
+                return fn(*args)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite store: {exc}") from None
 
-        return asyncio.get_running_loop().run_in_executor(self._executor, locked)
+        return asyncio.get_running_loop().run_in_executor(self._executor, guarded)
 
     async def get(self, key: str) -> Entry | None:
         check_key(key)

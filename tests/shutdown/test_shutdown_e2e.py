@@ -80,7 +80,6 @@ token_file = "{tmp_path / 'vault-token'}"
     srv = DevServer(tmp_path / "cp", extra=["--config", str(cfg)]).start()
     agents: list[AgentProc] = []
     stray: subprocess.Popen[bytes] | None = None
-    runs: list[subprocess.Popen[str]] = []
     try:
         srv.cli("model", "register", "base", "--training-flops", "3e26", check=True)
         srv.cli("model", "register", "chat", "--training-flops", "3e26", check=True)
@@ -171,8 +170,6 @@ token_file = "{tmp_path / 'vault-token'}"
     finally:
         if stray is not None and stray.poll() is None:
             stray.kill()
-        for r in runs:
-            r.kill()
         for ag in agents:
             ag.stop()
         srv.stop()
