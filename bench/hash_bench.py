@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from custos.hashing import build_manifest
+from custos.fs.hashing import build_manifest
 
 
 def hashlib_limit(n_bytes: int) -> float:

@@ -57,8 +57,8 @@ def s3_store(server):  # type: ignore[no-untyped-def]
 
 def push_pull(server_json: str, src: Path, dest: Path) -> dict[str, float]:
     """Push then pull ``src`` with the library, as the CLI does; returns timings."""
-    from custos.hashing import build_manifest
-    from custos.transfer import Pusher, PushState, pull_into
+    from custos.client.transfer import Pusher, PushState, pull_into
+    from custos.fs.hashing import build_manifest
     from tests.servers.seaweedfs import S3Identity, SeaweedFS  # noqa: F401
 
     info = json.loads(server_json)
@@ -77,7 +77,7 @@ def push_pull(server_json: str, src: Path, dest: Path) -> dict[str, float]:
     Pusher(blobs=blobs, data_key=key, artifact_id=manifest.artifact_id, manifest=manifest, root=src,
            state=PushState(dest.parent / "state.json"), resumed=False).run()
     t_push = time.perf_counter() - t
-    from custos.storage import object_key
+    from custos.blobs.url import object_key
 
     objects = {f.path: object_key(manifest.artifact_id, i) for i, f in enumerate(manifest.files)}
     t = time.perf_counter()

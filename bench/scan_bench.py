@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from custos.agent.processes import inspect_holders
 from custos.agent.scanner import ScanConfig, Scanner
-from custos.hashing import build_manifest
+from custos.fs.hashing import build_manifest
 
 
 def row(label: str, rest: str) -> None:
@@ -103,7 +103,7 @@ def bench_first_scan(base: Path, files: int, size_mib: int, cores: int) -> None:
     # nice 10) is the same speed on an idle host and yields to workloads on a busy one.
     ours = total / best_of(lambda: scan(False), setup=fresh)
     low = total / best_of(lambda: scan(True), setup=fresh)
-    # The hasher alone (custos.hashing, same pool shape): what the scanner adds is the rest.
+    # The hasher alone (custos.fs.hashing, same pool shape): what the scanner adds is the rest.
     manifest = total / best_of(lambda: build_manifest(root))
     print(f"(a) first scan: {files} files x {size_mib} MiB = {total / 2**30:.2f} GiB, {cores} cores, warm cache")
     row("hashlib sha256, 1 core, in memory", f"{one / 1e9:6.2f} GB/s")
@@ -118,7 +118,7 @@ def bench_first_scan(base: Path, files: int, size_mib: int, cores: int) -> None:
         f"vs {cores} threads measured {ours / threaded:.2f}",
     )
     row("same, agent default (idle I/O, nice)", f"{low / 1e9:6.2f} GB/s  ratio vs limit {low / limit:.2f}")
-    row("custos.hashing.build_manifest", f"{manifest / 1e9:6.2f} GB/s  ratio vs limit {manifest / limit:.2f}")
+    row("custos.fs.hashing.build_manifest", f"{manifest / 1e9:6.2f} GB/s  ratio vs limit {manifest / limit:.2f}")
     row("scanner / build_manifest", f"{ours / manifest:6.2f}  (what the scanner adds to the hasher)")
 
 

@@ -38,11 +38,11 @@ async def store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[objec
     """A fresh, empty Store on each backend (etcd: a fresh key prefix)."""
     global _prefix_counter
     if request.param == "sqlite":
-        from custos.store.sqlite import SQLiteStore
+        from custos.controlplane.store.sqlite import SQLiteStore
 
         s: object = SQLiteStore(tmp_path / "custos.db")
     else:
-        from custos.store.etcd import EtcdStore
+        from custos.controlplane.store.etcd import EtcdStore
 
         server = request.getfixturevalue("etcd_server")
         _prefix_counter += 1

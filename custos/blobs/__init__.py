@@ -41,7 +41,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "S3BlobStore":
-        from custos.blobs.s3 import S3BlobStore
+        from custos.blobs.s3 import S3BlobStore  # optional: boto3 comes with the s3 extra
 
         return S3BlobStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

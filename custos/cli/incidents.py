@@ -12,24 +12,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from custos.cli.audit import all_events, pinned_key
+from custos.cli.common import Conn, table, ts
+from custos.core.audit_chain import verify_log
+from custos.core.incidents import rebuild_report, report_markdown
 from custos.errors import IntegrityError, InvalidInput
+from custos.v1 import audit_pb2, incidents_pb2
 
 
 class ReportMismatch(IntegrityError):
     """The server's incident report differs from the one rebuilt from the audit log (exit 7)."""
-
-
-def _stub(c: Any) -> Any:
-    from custos.v1 import incidents_pb2_grpc
-
-    return incidents_pb2_grpc.IncidentsStub(c.channel)
-
-
-def _ts(ns: int) -> str:
-    from custos.cli.main import _ts as ts
-
-    return ts(ns)
-
 
 def time_left(seconds: int, status: str) -> str:
     """``47h 12m``; ``!! 23h 59m`` under 24 hours; ``OVERDUE 2h 5m``; ``-`` once reported or closed."""
@@ -46,20 +40,20 @@ def incident_json(i: Any) -> dict[str, Any]:
     return {
         "id": i.id, "model": i.model, "covered": i.covered, "limited_duty_exemption": i.limited_duty_exemption,
         "category": i.category, "category_title": i.category_title, "severity": i.severity, "status": i.status,
-        "discovered_at": _ts(i.discovered_at_unix_ns), "discovered_at_ns": i.discovered_at_unix_ns,
-        "report_deadline": _ts(i.report_deadline_unix_ns), "report_deadline_ns": i.report_deadline_unix_ns,
+        "discovered_at": ts(i.discovered_at_unix_ns), "discovered_at_ns": i.discovered_at_unix_ns,
+        "report_deadline": ts(i.report_deadline_unix_ns), "report_deadline_ns": i.report_deadline_unix_ns,
         "seconds_left": i.seconds_left, "time_left": time_left(i.seconds_left, i.status),
         "under_24h": i.under_24h, "overdue": i.overdue, "hosts": list(i.hosts), "artifacts": list(i.artifact_ids),
         "alerts": [{"id": a.id, "rule": a.rule, "category": a.category, "severity": a.severity, "model": a.model,
                     "artifact_id": a.artifact_id, "host": a.host, "principal": a.principal, "detail": a.detail,
-                    "at": _ts(a.at_unix_ns), "evidence": list(a.evidence_seqs)} for a in i.alerts],
+                    "at": ts(a.at_unix_ns), "evidence": list(a.evidence_seqs)} for a in i.alerts],
         "copies": [{"id": c.id, "artifact_id": c.artifact_id, "host": c.host, "location": c.location,
                     "kind": c.location_kind, "form": c.form, "state": c.state, "authorized": c.authorized}
                    for c in i.copies],
         "actions": [{"order": o.order_id, "action": o.action, "state": o.state, "models": list(o.models),
                      "drill": o.drill} for o in i.actions],
         "history": [{"status": h.status, "from": h.from_status, "category": h.category, "note": h.note,
-                     "by": h.by, "at": _ts(h.at_unix_ns)} for h in i.history],
+                     "by": h.by, "at": ts(h.at_unix_ns)} for h in i.history],
         "alerts_dropped": i.alerts_dropped,
     }
 
@@ -92,14 +86,11 @@ def _show_text(d: dict[str, Any]) -> str:
 
 
 def cmd_incident_list(ns: argparse.Namespace, out: Any) -> int:
-    from custos.cli.main import Conn, _table
-    from custos.v1 import incidents_pb2
-
     c = Conn(ns)
-    resp = c.call(_stub(c).ListIncidents, incidents_pb2.ListIncidentsRequest(
+    resp = c.call(c.incidents().ListIncidents, incidents_pb2.ListIncidentsRequest(
         status=ns.status or [], model=ns.model or "", all=ns.all))
     rows = [incident_json(i) for i in resp.incidents]
-    out.emit(rows, lambda: _table(
+    out.emit(rows, lambda: table(
         [[d["id"], d["status"], d["category"], d["severity"], d["model"] or "-", d["discovered_at"],
           d["report_deadline"], d["time_left"], str(len(d["alerts"]))] for d in rows],
         ["INCIDENT", "STATUS", "CAT", "SEVERITY", "MODEL", "DISCOVERED", "REPORT DUE", "TIME LEFT", "ALERTS"])
@@ -108,23 +99,17 @@ def cmd_incident_list(ns: argparse.Namespace, out: Any) -> int:
 
 
 def cmd_incident_show(ns: argparse.Namespace, out: Any) -> int:
-    from custos.cli.main import Conn
-    from custos.v1 import incidents_pb2
-
     c = Conn(ns)
-    d = incident_json(c.call(_stub(c).GetIncident, incidents_pb2.GetIncidentRequest(id=ns.id)).incident)
+    d = incident_json(c.call(c.incidents().GetIncident, incidents_pb2.GetIncidentRequest(id=ns.id)).incident)
     out.emit(d, lambda: _show_text(d))
     return 0
 
 
 def cmd_incident_update(ns: argparse.Namespace, out: Any) -> int:
-    from custos.cli.main import Conn
-    from custos.v1 import incidents_pb2
-
     if not (ns.status or ns.note or ns.category):
         raise InvalidInput("give --status, --category and/or --note")
     c = Conn(ns)
-    d = incident_json(c.call(_stub(c).UpdateIncident, incidents_pb2.UpdateIncidentRequest(
+    d = incident_json(c.call(c.incidents().UpdateIncident, incidents_pb2.UpdateIncidentRequest(
         id=ns.id, status=ns.status or "", note=ns.note or "", category=ns.category or "")).incident)
     out.emit(d, lambda: f"incident {d['id']} is {d['status']} ({d['category']}); time left: {d['time_left']}")
     return 0
@@ -132,15 +117,10 @@ def cmd_incident_update(ns: argparse.Namespace, out: Any) -> int:
 
 def _audit_events(c: Any) -> list[Any]:
     """Every audit event, after verifying the chain and checkpoints. Raises IntegrityError."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from custos.cli.main import _all_events, _pinned_key
-    from custos.core.audit_chain import verify_log
-    from custos.v1 import audit_pb2
 
     cps = c.call(c.audit().GetCheckpoints, audit_pb2.GetCheckpointsRequest())
-    events = _all_events(c)
-    key = _pinned_key() or (Ed25519PublicKey.from_public_bytes(cps.public_key) if cps.public_key else None)
+    events = all_events(c)
+    key = pinned_key() or (Ed25519PublicKey.from_public_bytes(cps.public_key) if cps.public_key else None)
     result = verify_log([e.stored for e in events], [(cp.body, cp.signature) for cp in cps.checkpoints], key)
     if not result:
         raise IntegrityError(f"the audit log fails verification at event {result.first_bad_seq}: "
@@ -160,9 +140,6 @@ def _resolve_in_log(ref: str, events: list[Any]) -> str:
 def cmd_incident_export(ns: argparse.Namespace, out: Any) -> int:
     """The report, from the server; or rebuilt here from the verified audit log (--from-audit);
     or both, compared (--verify, exit 7 if they differ)."""
-    from custos.cli.main import Conn
-    from custos.controlplane.incidents import rebuild_report, report_markdown
-    from custos.v1 import incidents_pb2
 
     c = Conn(ns)
     fmt = "json" if out.json or ns.format == "json" else "markdown"
@@ -172,7 +149,7 @@ def cmd_incident_export(ns: argparse.Namespace, out: Any) -> int:
         rebuilt = rebuild_report(_resolve_in_log(ns.id, events), [e.stored for e in events])
     if ns.verify:
         assert rebuilt is not None
-        served = json.loads(c.call(_stub(c).ExportIncident, incidents_pb2.ExportIncidentRequest(
+        served = json.loads(c.call(c.incidents().ExportIncident, incidents_pb2.ExportIncidentRequest(
             id=rebuilt["incident"], format="json")).content)
         diff = sorted(k for k in set(served) | set(rebuilt) if served.get(k) != rebuilt.get(k))
         if diff:
@@ -186,7 +163,8 @@ def cmd_incident_export(ns: argparse.Namespace, out: Any) -> int:
     if rebuilt is not None:
         content = json.dumps(rebuilt, indent=2, sort_keys=True) if fmt == "json" else report_markdown(rebuilt)
     else:
-        content = c.call(_stub(c).ExportIncident, incidents_pb2.ExportIncidentRequest(id=ns.id, format=fmt)).content
+        req = incidents_pb2.ExportIncidentRequest(id=ns.id, format=fmt)
+        content = c.call(c.incidents().ExportIncident, req).content
     if ns.out:
         try:
             Path(ns.out).write_text(content if content.endswith("\n") else content + "\n")

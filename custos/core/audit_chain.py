@@ -13,12 +13,13 @@ it never raises for bad data, it reports it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.errors import InvalidInput
@@ -91,8 +92,6 @@ def parse_stored(stored: bytes) -> tuple[dict[str, Any], str]:
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -217,3 +216,43 @@ def verify_log(
                 f"checkpoint at event {cp_seq} does not match: history up to it was rewritten",
             )
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audit event, parsed (see docs/audit.md)."""
+
+    seq: int
+    time_ns: int
+    principal: str
+    role: str
+    host: str
+    action: str
+    object: str
+    result: str
+
+    @classmethod
+    def from_stored(cls, stored: bytes) -> Event:
+        """Raises InvalidInput if the stored bytes are not an audit event."""
+        rec, _ = parse_stored(stored)
+        try:
+            return cls(seq=int(rec["seq"]), time_ns=int(rec["time_ns"]), principal=str(rec["principal"]),
+                       role=str(rec["role"]), host=str(rec["host"]), action=str(rec["action"]),
+                       object=str(rec["object"]), result=str(rec["result"]))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidInput("audit event: bad field types") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "host": self.host, "object": self.object, "principal": self.principal,
+                "result": self.result, "role": self.role, "seq": self.seq, "time_ns": self.time_ns}
+
+
+def parse_events(stored: Iterable[bytes]) -> list[Event]:
+    """Parse what parses; an unreadable event is the audit-chain rule's business."""
+    out = []
+    for s in stored:
+        try:
+            out.append(Event.from_stored(s))
+        except InvalidInput:
+            continue
+    return out

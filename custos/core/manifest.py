@@ -5,7 +5,7 @@ bytes registered twice get the same id and any change to any file gives a new
 one. The encoding is specified in docs/manifest.md; known-answer vectors live in
 tests/core/test_manifest.py and must keep passing across releases.
 
-Pure logic: nothing here touches the file system (see custos.hashing).
+Pure logic: nothing here touches the file system (see custos.fs.hashing).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ OUT_PACKAGE = ROOT / "custos" / "v1"
 
 
 def generate(out_root: Path) -> list[Path]:
-    from grpc_tools import protoc  # dev dependency (grpcio-tools, pinned)
+    from grpc_tools import protoc  # optional: a dev dependency (grpcio-tools, pinned)
 
     protos = sorted((PROTO_DIR / "custos" / "v1").glob("*.proto"))
     args = [

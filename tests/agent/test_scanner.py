@@ -24,7 +24,7 @@ from custos.agent.scanner import (
     lower_thread_priority,
 )
 from custos.errors import FailedPrecondition, InvalidInput
-from custos.hashing import hash_file
+from custos.fs.hashing import hash_file
 
 NOBODY = 65534
 

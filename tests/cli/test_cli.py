@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from custos.demo import generate_model
+from custos.cli.demo import generate_model
 from tests.servers.custos import DevServer
 from tests.servers.ports import free_port
 

@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import message_factory
 
 from custos.controlplane import authz
-from custos.pki import ROLES, CertificateAuthority
+from custos.controlplane.pki import ROLES, CertificateAuthority
 from custos.v1 import audit_pb2, custody_pb2, incidents_pb2, keys_pb2, orders_pb2, registry_pb2
 from tests.servers.custos import DevServer
 

@@ -10,12 +10,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custos.controlplane.audit import EVENTS_PREFIX, AuditLog, Caller
 from custos.controlplane.registry import Registry
+from custos.controlplane.store.base import Store, Txn
 from custos.core.audit_chain import verify_log
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.lineage import CycleError
 from custos.core.manifest import FileEntry, Manifest, ManifestError
 from custos.errors import Conflict, InvalidInput, NotFound
-from custos.store.base import Store, Txn
 
 ALICE = Caller(principal="alice", role="security-team", host="10.1.1.1", request_id="req-1")
 

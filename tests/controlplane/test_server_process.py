@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from custos.cli.demo import generate_model
 from custos.core.canonical import decode_canonical
-from custos.demo import generate_model
+from tests import ROOT
 from tests.servers.custos import CUSTOS, DevServer
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_is_up_to_date() -> None:
@@ -127,7 +126,7 @@ def test_kill_9_mid_registration_on_etcd_leaves_nothing_partial(tmp_path: Path, 
 def _check_consistent(srv: DevServer, endpoint: str, prefix: str, acknowledged: list[str]) -> None:
     import asyncio
 
-    from custos.store.etcd import EtcdStore
+    from custos.controlplane.store.etcd import EtcdStore
 
     async def read() -> dict[str, bytes]:
         s = EtcdStore(endpoint, prefix=f"/{prefix}/")

@@ -1,0 +1,716 @@
+"""`custos agent run`: the host agent daemon.
+
+One asyncio process that:
+
+- keeps the custody stream up (custos.agent.stream) and the custody lease live;
+- inventories weight files (custos.agent.scanner: a full scan at start and every
+  ``scan.interval``, inotify deltas in between) and the processes holding them
+  (custos.agent.processes, every ``scan.process_interval``), and reports them:
+  a full ``Inventory`` on every connection and after every full scan, deltas
+  otherwise;
+- runs supervised workloads for `custos run` (custos.agent.workloads) behind
+  its local socket (custos.agent.localapi);
+- executes halts (custos.agent.halt) and fails closed: when the lease is not
+  renewed by its deadline, or the control plane removes this host, it halts
+  everything it covers and refuses runs until a fresh lease arrives.
+
+Blocking work (hashing, /proc scans, stopping processes, wiping) runs in
+threads so heartbeats keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from custos.agent.config import AgentConfig
+from custos.agent.enroll import (
+    Identity,
+    enroll,
+    ensure_private_dir,
+    load_identity,
+    read_credentials,
+)
+from custos.agent.halt import HaltBlocks, Halter, HaltEvidence, ManifestCache, iso_utc
+from custos.agent.localapi import LocalApi
+from custos.agent.processes import inspect_holders
+from custos.agent.scanner import FileRecord, Hasher, Scanner, ScanProblem, Watcher
+from custos.agent.stream import (
+    Credentials,
+    CustodyStream,
+    LeaseGrant,
+    OrderHandler,
+    RefuseUnverifiedOrders,
+    open_channel,
+    rpc_error,
+)
+from custos.agent.workloads import Supervisor, become_subreaper
+from custos.blobs.base import BlobStore
+from custos.blobs.url import open_blob_store
+from custos.errors import Conflict, CustosError, FailedPrecondition, InvalidInput, NotFound, Unauthorized
+from custos.v1 import (
+    custody_pb2,
+    custody_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+log = logging.getLogger("custos.agent")
+
+CALL_TIMEOUT = 60.0
+MAX_PROBLEMS_REPORTED = 200
+
+
+# -- calls to the control plane as this host ------------------------------------------------
+
+
+class AgentCalls:
+    """Unary calls over the custody stream's channel (so they share its mTLS identity)."""
+
+    def __init__(self, stream: CustodyStream, timeout: float = CALL_TIMEOUT) -> None:
+        self.stream = stream
+        self.timeout = timeout
+
+    def _channel(self) -> grpc.aio.Channel:
+        ch = self.stream.channel
+        if ch is None or not self.stream.connected:
+            raise FailedPrecondition("not connected to the control plane")
+        return ch
+
+    async def unwrap(self, artifact: str, purpose: str) -> keys_pb2.UnwrapDataKeyResponse:
+        try:
+            return await keys_pb2_grpc.KeysStub(self._channel()).UnwrapDataKey(
+                keys_pb2.UnwrapDataKeyRequest(artifact_id=artifact, purpose=purpose[:64]), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc, f"unwrapping the key of artifact {artifact[:12]}") from None
+
+    async def record_copy(self, artifact_id: str, path: str, form: int) -> None:
+        try:
+            await registry_pb2_grpc.RegistryStub(self._channel()).RecordCopy(
+                registry_pb2.RecordCopyRequest(artifact_id=artifact_id, path=path, form=form),  # type: ignore[arg-type]
+                timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc, f"recording the copy at {path}") from None
+
+    async def get_artifact(self, artifact: str) -> registry_pb2.Artifact:
+        try:
+            resp = await registry_pb2_grpc.RegistryStub(self._channel()).GetArtifact(
+                registry_pb2.GetArtifactRequest(id=artifact), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc, f"reading artifact {artifact[:12]}") from None
+        return resp.artifact
+
+    async def newest_artifact(self, model: str) -> str:
+        try:
+            resp = await registry_pb2_grpc.RegistryStub(self._channel()).ListArtifacts(
+                registry_pb2.ListArtifactsRequest(model=model), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise Unauthorized(f"this agent may not look up the artifacts of model {model!r} "
+                                   "(role 'agent' lacks Registry.ListArtifacts): pass --artifact ID") from None
+            raise rpc_error(exc, f"listing the artifacts of model {model!r}") from None
+        stored = [a for a in resp.artifacts if a.stored]
+        if not stored:
+            raise NotFound(f"model {model!r} has no stored artifact to run")
+        return max(stored, key=lambda a: (a.created_at_unix_ns, a.id)).id
+
+
+# -- inventory ---------------------------------------------------------------------------------
+
+
+def _problem_text(p: ScanProblem) -> str:
+    return f"{p.kind}: {p.path}: {p.message}"
+
+
+def _user_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class Inventory:
+    """What this host holds: weight files (scanner + the agent's own runs) and the processes holding them.
+
+    Scans run in threads; the rest on the event loop. :meth:`records` is thread-safe.
+    """
+
+    def __init__(self, cfg: AgentConfig, supervisor: Supervisor, *, hasher: Hasher | None = None,
+                 extra_exclude: tuple[str, ...] = ()) -> None:
+        self.scan_config = cfg.scan_config(extra_exclude)
+        kw: dict[str, Any] = {"hasher": hasher} if hasher is not None else {}
+        self.scanner = Scanner(self.scan_config, cfg.state_dir / "scan-cache.sqlite", **kw)
+        self.supervisor = supervisor
+        self._lock = threading.Lock()
+        self._files: dict[str, FileRecord] = {}
+        self.processes: list[custody_pb2.ProcessRecord] = []
+        self.problems: dict[tuple[str, str], ScanProblem] = {}
+        self.ready = False
+        self.full_scans = 0
+        self._sent_files: dict[str, tuple[int, str, str]] | None = None
+        self._sent_procs: frozenset[Any] | None = None
+        self._sent_roots: tuple[str, ...] | None = None
+
+    def close(self) -> None:
+        self.scanner.close()
+
+    def records(self) -> list[FileRecord]:
+        """Every weight file known: the scanner's, then the agent's own runs (same path: the run wins)."""
+        with self._lock:
+            merged = dict(self._files)
+        for r in self.supervisor.managed_records():
+            merged[r.path] = r
+        return list(merged.values())
+
+    # - scanning -
+
+    async def full_scan(self) -> None:
+        result = await asyncio.to_thread(self.scanner.scan)
+        with self._lock:
+            self._files = result.by_path()
+        self._note_problems(result.problems, replace=True)
+        self.full_scans += 1
+        self.ready = True
+        log.info("full scan done", extra={"fields": {
+            "files": len(result.records), "hashed": result.stats.hashed, "cache_hits": result.stats.cache_hits,
+            "problems": len(result.problems), "elapsed_s": round(result.stats.elapsed_s, 3)}})
+
+    async def rescan(self, paths: list[str]) -> None:
+        result = await asyncio.to_thread(self.scanner.rescan_paths, paths)
+        with self._lock:
+            self._files = result.by_path()
+        self._note_problems(result.problems, replace=False)
+
+    def _note_problems(self, problems: tuple[ScanProblem, ...], *, replace: bool) -> None:
+        now: dict[tuple[str, str], ScanProblem] = {(p.path, p.kind): p for p in problems}
+        for key, p in now.items():
+            if key not in self.problems:
+                # One line per problem when it appears, not on every scan.
+                log.warning("scan problem", extra={"fields": {"path": p.path, "kind": p.kind, "problem": p.message}})
+        if replace:
+            for key, p in self.problems.items():
+                if key not in now:
+                    log.info("scan problem resolved", extra={"fields": {"path": p.path, "kind": p.kind}})
+            self.problems = now
+        else:
+            self.problems.update(now)
+
+    def _scan_processes_sync(self) -> list[custody_pb2.ProcessRecord]:
+        self.supervisor.refresh_members()
+        targets = self.records()
+        workload_of = self.supervisor.workload_of()
+        holds = inspect_holders(targets).holds if targets else ()
+        # One record per process: the control plane keys a LOADED copy by host and pid.
+        # A process that maps a file usually also holds it open (Python's mmap keeps a
+        # descriptor): "mmap" says more, so it wins.
+        by_pid: dict[int, custody_pb2.ProcessRecord] = {}
+        for h in holds:
+            rec = by_pid.get(h.pid)
+            if rec is None:
+                by_pid[h.pid] = custody_pb2.ProcessRecord(
+                    pid=h.pid, user=h.user, cmdline=" ".join(h.cmdline)[:4096],
+                    start_time_unix_ns=int(h.create_time * 1e9), cgroup=h.cgroup[:1024],
+                    container_id=h.container_id or "", paths=list(h.paths), how=h.how,
+                    workload_id=workload_of.get(h.pid, ""))
+                continue
+            rec.paths[:] = sorted(set(rec.paths) | set(h.paths))
+            if h.how == "mmap":
+                rec.how = "mmap"
+        out = list(by_pid.values())
+        # A supervised workload holds its artifact even when it read the files and closed them.
+        held = {(p.workload_id, p.pid) for p in out}
+        for w, _pids, paths in self.supervisor.supervised():
+            if paths and (w.id, w.pid) not in held:
+                out.append(custody_pb2.ProcessRecord(
+                    pid=w.pid, user=_user_of(w.uid), cmdline=" ".join(w.argv)[:4096],
+                    start_time_unix_ns=int(w.create_time * 1e9), paths=list(paths), how="supervised",
+                    workload_id=w.id))
+        out.sort(key=lambda p: (p.pid, p.how))
+        return out
+
+    async def scan_processes(self) -> None:
+        self.processes = await asyncio.to_thread(self._scan_processes_sync)
+
+    # - reports -
+
+    def _proc_key(self) -> frozenset[Any]:
+        return frozenset((p.pid, p.how, tuple(p.paths), p.workload_id) for p in self.processes)
+
+    def _problem_list(self) -> list[str]:
+        return [_problem_text(p) for p in list(self.problems.values())[:MAX_PROBLEMS_REPORTED]]
+
+    def full_report(self) -> custody_pb2.Inventory:
+        records = self.records()
+        roots: tuple[str, ...] = tuple(self.supervisor.managed_roots())
+        inv = custody_pb2.Inventory(
+            full=True,
+            files=[custody_pb2.FileRecord(path=r.path, size=r.size, sha256=r.sha256, form=r.form)
+                   for r in sorted(records, key=lambda r: r.path)],
+            processes=list(self.processes), problems=self._problem_list(), managed_roots=list(roots))
+        self._sent_files = {r.path: (r.size, r.sha256, r.form) for r in records}
+        self._sent_procs = self._proc_key()
+        self._sent_roots = roots
+        return inv
+
+    def delta_report(self) -> custody_pb2.Inventory | None:
+        """Changed and removed files since the last report, or None if nothing changed.
+
+        A changed process list or set of managed roots gives a full report: the
+        control plane attributes processes and managed roots against the files
+        of the same report.
+        """
+        if self._sent_files is None:
+            return self.full_report()
+        roots: tuple[str, ...] = tuple(self.supervisor.managed_roots())
+        if self._proc_key() != self._sent_procs or roots != self._sent_roots:
+            return self.full_report()
+        records = self.records()
+        now: dict[str, tuple[int, str, str]] = {r.path: (r.size, r.sha256, r.form) for r in records}
+        changed = [r for r in records if self._sent_files.get(r.path) != now[r.path]]
+        removed = sorted(p for p in self._sent_files if p not in now)
+        if not changed and not removed:
+            return None
+        self._sent_files = now
+        return custody_pb2.Inventory(
+            full=False,
+            files=[custody_pb2.FileRecord(path=r.path, size=r.size, sha256=r.sha256, form=r.form)
+                   for r in sorted(changed, key=lambda r: r.path)],
+            removed_paths=removed, processes=list(self.processes), problems=self._problem_list(),
+            managed_roots=list(roots))
+
+    def forget_sent(self) -> None:
+        """After a disconnect: the next report is a full one."""
+        self._sent_files = None
+        self._sent_procs = None
+        self._sent_roots = None
+
+
+# -- the agent ---------------------------------------------------------------------------------
+
+
+OrderHandlerFactory = Callable[["Agent"], OrderHandler]
+
+
+class Agent:
+    """The daemon. ``await Agent(cfg).run()`` until SIGTERM / :meth:`request_stop`.
+
+    ``order_handler_factory`` builds the handler for signed orders (it gets the
+    agent: ``agent.halt_local``, ``agent.lift_local``, ``agent.identity``); the
+    default refuses every order.
+    """
+
+    def __init__(self, cfg: AgentConfig, *, order_handler_factory: OrderHandlerFactory | None = None,
+                 hasher: Hasher | None = None) -> None:
+        self.cfg = cfg
+        self._order_handler_factory = order_handler_factory
+        self._hasher = hasher
+        self._stop = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._need_full = True
+        self._proc_kick = asyncio.Event()
+        self._lease_changed = asyncio.Event()
+        self._halt_lock = asyncio.Lock()
+        self._closing = threading.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.identity: Identity | None = None
+        self.lease: LeaseGrant | None = None
+        self.failed_closed: str | None = None
+        self.last_halt: HaltEvidence | None = None
+        self.stopping = False
+        self._resuming = False
+        self._blobs: dict[str, BlobStore] = {}
+        self.started_unix_ns = time.time_ns()
+
+    # - identity -
+
+    async def _ensure_identity(self) -> None:
+        cfg = self.cfg
+        ensure_private_dir(cfg.state_dir)
+        if cfg.cert_file is not None:
+            read_credentials(ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file or Path())
+            return
+        self.identity = load_identity(cfg.state_dir, cfg.name)
+        if self.identity is not None:
+            return
+        if not cfg.dev:
+            raise FailedPrecondition(
+                f"host {cfg.name!r} is not enrolled (no identity in {cfg.state_dir / 'identity'}): run "
+                f"`custos agent enroll --name {cfg.name} --state-dir {cfg.state_dir} ...` first")
+        self.identity = await dev_enroll(cfg)
+
+    def _credentials(self) -> Credentials:
+        cfg = self.cfg
+        if cfg.cert_file is not None:
+            return read_credentials(ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file or Path())
+        d = cfg.state_dir / "identity"
+        return read_credentials(ca_file=cfg.ca_file, cert_file=d / "agent.pem", key_file=d / "agent.key")
+
+    def _open_blobs(self, url: str) -> BlobStore:
+        if not url:
+            raise FailedPrecondition("the control plane did not say where the artifact's ciphertext is")
+        if url not in self._blobs:
+            secret = None
+            if self.cfg.blobs_secret_key_file is not None:
+                try:
+                    secret = self.cfg.blobs_secret_key_file.read_text().strip()
+                except OSError as exc:
+                    raise FailedPrecondition(f"cannot read {self.cfg.blobs_secret_key_file}: {exc.strerror}") from None
+            self._blobs[url] = open_blob_store(url, access_key=self.cfg.blobs_access_key or None, secret_key=secret)
+        return self._blobs[url]
+
+    # - lease and fail-closed -
+
+    def lease_live(self) -> bool:
+        return self.lease is not None and time.monotonic() < self.lease.expires_monotonic
+
+    def refusal(self) -> str | None:
+        """Why new runs are refused right now, or None."""
+        if self.stopping:
+            return "the agent is stopping"
+        if self.stream.removed is not None:
+            return "this host was removed from custody (re-enroll it)"
+        if self.failed_closed is not None:
+            return f"failed closed ({self.failed_closed}); waiting for a fresh custody lease"
+        if self.lease is None:
+            return "no custody lease yet (not connected to the control plane)"
+        if not self.lease_live():
+            return "the custody lease has expired"
+        return self.blocks.all_reason
+
+    def _on_lease(self, grant: LeaseGrant) -> None:
+        self.lease = grant
+        self._lease_changed.set()
+        if self.failed_closed is not None and not self._resuming:
+            self._resuming = True
+            self._spawn(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            async with self._halt_lock:
+                if self.failed_closed is not None and self.lease_live() and self.stream.removed is None:
+                    await asyncio.to_thread(self.halter.lift_local, None)
+                    log.warning("custody lease renewed: resuming service (stopped workloads are not restarted)",
+                                extra={"fields": {"was": self.failed_closed}})
+                    self.failed_closed = None
+        finally:
+            self._resuming = False
+
+    async def _watchdog(self) -> None:
+        while not self._stop.is_set():
+            self._lease_changed.clear()
+            grant = self.lease
+            if grant is None or self.failed_closed is not None:
+                await _wait(self._lease_changed, 1.0)
+                continue
+            delay = grant.expires_monotonic - time.monotonic()
+            if delay > 0:
+                await _wait(self._lease_changed, delay)
+                continue
+            if self.lease is not grant:
+                continue
+            expired_at = time.time() - (time.monotonic() - grant.expires_monotonic)
+            await self.fail_closed(f"custody lease expired at {iso_utc(expired_at)}")
+
+    async def fail_closed(self, reason: str) -> HaltEvidence | None:
+        """Halt everything this agent covers and refuse runs until a fresh lease. Idempotent."""
+        async with self._halt_lock:
+            if self.failed_closed is not None:
+                return None
+            self.failed_closed = reason
+            log.error("failing closed: halting every supervised workload and wiping managed plaintext",
+                      extra={"fields": {"reason": reason}})
+            ev = await asyncio.to_thread(self.halter.halt_local, None, reason=reason)
+            self.last_halt = ev
+            return ev
+
+    async def _on_removed(self, reason: str) -> None:
+        self.lease = None
+        self._lease_changed.set()
+        await self.fail_closed(f"host removed from custody by the control plane: {reason}")
+
+    # - public halt entry points (for the order handler) -
+
+    async def halt_local(self, scope: set[str] | None, *, reason: str, dry_run: bool = False) -> HaltEvidence:
+        """Run :meth:`Halter.halt_local` off the event loop. Raises InvalidInput."""
+        async with self._halt_lock:
+            ev = await asyncio.to_thread(self.halter.halt_local, scope, reason=reason, dry_run=dry_run)
+            if not dry_run:
+                self.last_halt = ev
+            return ev
+
+    async def lift_local(self, scope: set[str] | None) -> None:
+        """Run :meth:`Halter.lift_local`. Raises InvalidInput."""
+        async with self._halt_lock:
+            await asyncio.to_thread(self.halter.lift_local, scope)
+
+    # - status -
+
+    def status(self) -> dict[str, Any]:
+        lease: dict[str, Any] = {"state": "none"}
+        if self.stream.removed is not None:
+            lease = {"state": "removed"}
+        elif self.lease is not None:
+            left = self.lease.expires_monotonic - time.monotonic()
+            lease = {"state": "live" if left > 0 else "expired", "expires_in_s": round(left, 3),
+                     "ttl_s": self.lease.ttl_seconds, "server_expires_unix_ns": self.lease.server_expires_unix_ns}
+        return {
+            "host": self.cfg.name, "connected": self.stream.connected, "connections": self.stream.connections,
+            "lease": lease, "failed_closed": self.failed_closed, "refusing": self.refusal(),
+            "blocks": self.blocks.snapshot(), "workloads": self.supervisor.list_workloads(),
+            "managed_roots": self.supervisor.managed_roots(),
+            "inventory": {"files": len(self.inventory.records()), "processes": len(self.inventory.processes),
+                          "problems": sorted(_problem_text(p) for p in self.inventory.problems.values())[:50],
+                          "full_scans": self.inventory.full_scans, "ready": self.inventory.ready},
+            "last_halt": self.last_halt.as_dict() if self.last_halt is not None else None,
+            "dev": self.cfg.dev,
+        }
+
+    # - loops -
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.append(t)
+        t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    def _mark(self, *, full: bool = False) -> None:
+        if full:
+            self._need_full = True
+        self._dirty.set()
+
+    def _on_managed_change(self) -> None:
+        self._proc_kick.set()
+        self._mark(full=True)
+
+    async def _initial_messages(self) -> list[custody_pb2.AgentMessage]:
+        if not self.inventory.ready:
+            return []  # the first full scan sends it when done
+        self._need_full = False
+        return [custody_pb2.AgentMessage(inventory=self.inventory.full_report())]
+
+    def _on_connected(self) -> None:
+        # A re-enrollment may have replaced the identity (and the pinned signer set) on disk.
+        if self.cfg.cert_file is None:
+            try:
+                self.identity = load_identity(self.cfg.state_dir, self.cfg.name) or self.identity
+            except CustosError as exc:
+                log.warning("cannot re-read this host's identity", extra={"fields": {"error": str(exc)}})
+
+    def _on_disconnected(self, reason: str) -> None:
+        self.inventory.forget_sent()
+        self._need_full = True
+
+    async def _reporter(self) -> None:
+        while not self._stop.is_set():
+            await self._dirty.wait()
+            self._dirty.clear()
+            if not self.inventory.ready or not self.stream.connected:
+                continue
+            try:
+                if self._need_full:
+                    self._need_full = False
+                    inv: custody_pb2.Inventory | None = self.inventory.full_report()
+                else:
+                    inv = self.inventory.delta_report()
+            except Exception:
+                log.exception("building the inventory report failed")
+                continue
+            if inv is not None and not self.stream.send(custody_pb2.AgentMessage(inventory=inv)):
+                self.inventory.forget_sent()
+            elif inv is not None:
+                log.debug("inventory sent", extra={"fields": {
+                    "full": inv.full, "files": len(inv.files), "removed": len(inv.removed_paths),
+                    "processes": len(inv.processes)}})
+
+    async def _scan_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.inventory.full_scan()
+                await self.inventory.scan_processes()
+                self._mark(full=True)
+            except Exception:
+                log.exception("full scan failed")
+            await _wait(self._stop, self.cfg.scan_interval)
+
+    async def _process_loop(self) -> None:
+        while not self._stop.is_set():
+            await _wait(self._proc_kick, self.cfg.process_interval)
+            self._proc_kick.clear()
+            if not self.inventory.ready:
+                continue
+            try:
+                await self.inventory.scan_processes()
+                self._mark()
+            except Exception:
+                log.exception("process scan failed")
+
+    async def _watch_loop(self) -> None:
+        if not self.cfg.watch:
+            return
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[list[str]] = asyncio.Queue()
+        th = threading.Thread(target=self._watch_thread, args=(loop, q), name="custos-watch", daemon=True)
+        th.start()
+        while not self._stop.is_set():
+            batch = set(await q.get())
+            while not q.empty():
+                batch |= set(q.get_nowait())
+            if not self.inventory.ready:
+                continue  # the first full scan covers it
+            try:
+                await self.inventory.rescan(sorted(batch))
+                self._mark()
+            except Exception:
+                log.exception("rescan failed")
+
+    def _watch_thread(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[list[str]]) -> None:
+        try:
+            watcher = Watcher(self.inventory.scan_config, poll_interval=max(1.0, min(self.cfg.scan_interval, 60.0)))
+        except CustosError as exc:
+            log.warning("no file watching; relying on full scans", extra={"fields": {"error": str(exc)}})
+            return
+        with watcher:
+            log.info("watching scan roots", extra={"fields": {"mode": watcher.mode,
+                                                              "watches": watcher.watch_count}})
+            while not self._closing.is_set():
+                try:
+                    batch = watcher.poll(1.0)
+                except Exception:
+                    log.exception("file watcher failed")
+                    time.sleep(1.0)
+                    continue
+                if batch:
+                    loop.call_soon_threadsafe(q.put_nowait, batch)
+
+    # - run -
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped. Raises FailedPrecondition / InvalidInput for start-up problems
+        (not enrolled, unusable state dir or socket)."""
+        cfg = self.cfg
+        await self._ensure_identity()
+        become_subreaper()
+        self.blocks = HaltBlocks(cfg.state_dir / "halts.json")
+        self.manifests = ManifestCache(cfg.state_dir / "manifests")
+        self.stream = CustodyStream(
+            addr=cfg.addr, credentials=self._credentials, initial_messages=self._initial_messages,
+            on_lease=self._on_lease, on_removed=self._on_removed, on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+            heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
+            server_name=cfg.server_name)
+        self.calls = AgentCalls(self.stream)
+        self.supervisor = Supervisor(
+            name=cfg.name, state_dir=cfg.state_dir, plaintext_dir=cfg.plaintext_dir, calls=self.calls,
+            blocks=self.blocks, manifests=self.manifests, refusal=self.refusal, open_blobs=self._open_blobs,
+            stop_grace=cfg.stop_grace, on_change=self._on_managed_change)
+        bases = tuple(str(b) for b in self.supervisor.bases())
+        self.inventory = Inventory(cfg, self.supervisor, hasher=self._hasher, extra_exclude=bases)
+        self.halter = Halter(supervisor=self.supervisor, blocks=self.blocks, manifests=self.manifests,
+                             records=self.inventory.records, grace_s=cfg.stop_grace)
+        self.stream.order_handler = (self._order_handler_factory(self) if self._order_handler_factory
+                                     else RefuseUnverifiedOrders())
+        await asyncio.to_thread(self.supervisor.cleanup_leftovers)
+        self.api = LocalApi(cfg.socket_path, status=self.status, supervisor=self.supervisor,
+                            allowed_uids=cfg.allowed_uids, allowed_gids=cfg.allowed_gids)
+        await self.api.start()
+        self.metrics_port = 0
+        if cfg.metrics_listen:
+            from custos.agent.metrics import start_metrics  # optional: prometheus-client, the metrics extra
+
+            self._metrics_server, self.metrics_port = start_metrics(cfg.metrics_listen, self.status)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        if cfg.dev:
+            log.warning("DEVELOPMENT MODE: identity enrolled with the dev security-team certificate")
+        log.info("agent started", extra={"fields": {
+            "host": cfg.name, "addr": cfg.addr, "roots": [str(r) for r in cfg.scan_roots],
+            "socket": str(cfg.socket_path), "state_dir": str(cfg.state_dir), "pid": os.getpid()}})
+        for coro in (self.stream.run(self._stop), self._watchdog(), self._reporter(), self._scan_loop(),
+                     self._process_loop(), self._watch_loop()):
+            self._spawn(coro)
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+        return 0
+
+    async def _shutdown(self) -> None:
+        log.info("agent stopping: halting supervised workloads and wiping their plaintext")
+        self.stopping = True
+        self._closing.set()
+        try:
+            async with self._halt_lock:
+                if self.supervisor.active():
+                    await asyncio.to_thread(self.halter.halt_local, None, reason="the agent is stopping")
+                    self.blocks.unblock(None)  # in memory only; the next start has no lease until it connects
+        except Exception:
+            log.exception("halting on shutdown failed")
+        await self.api.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.supervisor.close()
+        self.inventory.close()
+        for b in self._blobs.values():
+            with contextlib.suppress(Exception):
+                b.close()  # type: ignore[attr-defined]
+        log.info("agent stopped")
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=max(0.0, seconds))
+
+
+# -- dev mode -----------------------------------------------------------------------------------
+
+
+async def dev_enroll(cfg: AgentConfig) -> Identity:
+    """DEVELOPMENT ONLY: add this host with the dev security-team certificate, then enroll it.
+
+    Raises Conflict (the host exists but this state dir has no identity for it),
+    InvalidInput, BackendUnavailable, Unauthorized.
+    """
+    if cfg.dev_admin_cert is None or cfg.dev_admin_key is None:
+        raise InvalidInput("dev enrollment needs the dev security-team certificate")
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cfg.ca_file.read_bytes(),
+                                             private_key=cfg.dev_admin_key.read_bytes(),
+                                             certificate_chain=cfg.dev_admin_cert.read_bytes())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the dev certificates ({exc.filename}: {exc.strerror})") from None
+    channel = open_channel(cfg.addr, creds, cfg.server_name)
+    try:
+        resp = await custody_pb2_grpc.CustodyStub(channel).AddHost(
+            custody_pb2.AddHostRequest(name=cfg.name, labels={"dev": "true"}), timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+            raise Conflict(f"host {cfg.name!r} already exists on the control plane but {cfg.state_dir} has no "
+                           f"identity for it: `custos host remove {cfg.name}` first, or pick another --name") from None
+        raise rpc_error(exc, f"adding host {cfg.name!r}") from None
+    finally:
+        await channel.close()
+    ident = await enroll(enroll_addr=cfg.enroll_addr, ca_file=cfg.ca_file, name=cfg.name,
+                         token=resp.enrollment_token, state_dir=cfg.state_dir, server_name=cfg.server_name)
+    log.warning("DEVELOPMENT MODE: added and enrolled this host with the dev security-team certificate",
+                extra={"fields": {"host": cfg.name, "cert_sha256": ident.fingerprint[:16]}})
+    return ident

@@ -1,0 +1,193 @@
+"""The agent's own verification of signed orders, then the local halt.
+
+A control plane cannot make an agent act on an order without a valid quorum:
+the agent checks every order with the same pure verifier the control plane
+uses (custos.core.orders.verify_order), against the signer set it pinned at
+enrollment — advanced only through a valid chain of signed rotations — and
+against its own record of executed orders (replay and stale-sequence
+protection survive restarts in STATE_DIR/orders.json).
+
+What an order does on this host, once verified:
+
+- halt / destroy / drill: stop and wipe every copy of the signed scope
+  (``Agent.halt_local``); a drill's unsigned dry-run scope is only reported on;
+- lift: stop refusing the scope (stopped workloads are not restarted).
+
+Every order, verified or not, gets an ack with the evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from custos.agent.enroll import write_private
+from custos.core.canonical import decode_canonical
+from custos.core.manifest import decode_manifest
+from custos.core.orders import ExecutedOrders, Order, apply_executed, order_id_of, verify_order
+from custos.core.signers import Signature, SignerSet, TrustedSignerSets, decode_signatures
+from custos.errors import CustosError
+from custos.v1 import custody_pb2
+
+log = logging.getLogger("custos.agent.orders")
+
+
+class AgentOrderState:
+    """What this agent executed, and the models it saw destroyed. No secrets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.executed = ExecutedOrders()
+        self.destroyed: set[str] = set()
+        self.acks: dict[str, dict[str, Any]] = {}
+        try:
+            raw = json.loads(path.read_text())
+            self.executed = ExecutedOrders.decode(raw["executed"].encode())
+            self.destroyed = set(raw["destroyed"])
+            self.acks = dict(raw.get("acks", {}))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, CustosError) as exc:
+            # Fail closed: an unreadable record must not let an old order replay.
+            raise CustosError(f"cannot read the executed-orders record {path}: {exc}") from None
+
+    def save(self) -> None:
+        data = {"acks": dict(list(self.acks.items())[-200:]), "destroyed": sorted(self.destroyed),
+                "executed": self.executed.encode().decode()}
+        tmp = self.path.with_suffix(".tmp")
+        write_private(tmp, json.dumps(data).encode())
+        os.replace(tmp, self.path)
+
+
+class VerifyingOrderHandler:
+    """The real OrderHandler (see custos.agent.stream.OrderHandler)."""
+
+    def __init__(self, agent: Any, *, clock: Any = time.time) -> None:
+        self.clock = clock  # seconds; injectable so tests can pin "now"
+        self.agent = agent
+        state_dir = Path(agent.cfg.state_dir)
+        self.state = AgentOrderState(state_dir / "orders.json")
+        self.trusted_path = state_dir / "trusted-signer-set.bin"
+        self._lock = asyncio.Lock()
+
+    def _trusted(self) -> TrustedSignerSets | None:
+        data = self.trusted_path.read_bytes() if self.trusted_path.exists() else b""
+        if not data:
+            data = bytes(getattr(self.agent.identity, "signer_set", b"") or b"")
+        if not data:
+            return None
+        return TrustedSignerSets.from_pinned_bytes(data)
+
+    def _advance(self, trusted: TrustedSignerSets, chain: list[bytes]) -> TrustedSignerSets:
+        """Follow signed rotations past the pinned version. Raises RotationRejected."""
+
+        moved = False
+        for item in chain:
+            rec = decode_canonical(bytes(item))
+
+            candidate = SignerSet.decode(rec["set"].encode())
+            if candidate.version <= trusted.version:
+                continue
+            trusted.update(rec["set"].encode(), decode_signatures(rec["signatures"].encode()))
+            moved = True
+        if moved:
+            write_private(self.trusted_path, trusted.current.encode())
+            log.warning("signer set advanced", extra={"fields": {"version": trusted.version}})
+        return trusted
+
+    async def handle(self, order: custody_pb2.SignedOrder, *, received_unix_ns: int) -> custody_pb2.OrderAck:
+        async with self._lock:
+            return await self._handle(order, received_unix_ns)
+
+    async def _handle(self, order: custody_pb2.SignedOrder, received: int) -> custody_pb2.OrderAck:
+        body = bytes(order.body)
+        try:
+            oid = order_id_of(body)
+        except CustosError:
+            oid = ""
+
+        def refuse(reason: str) -> custody_pb2.OrderAck:
+            log.error("order refused", extra={"fields": {"order_id": oid, "reason": reason}})
+            return custody_pb2.OrderAck(order_id=oid, verified=False, outcome="refused", reason=reason[:2000],
+                                        received_unix_ns=received, done_unix_ns=time.time_ns())
+
+        if oid in self.state.executed.executed_ids:
+            prev = self.state.acks.get(oid)
+            if prev is None:
+                return refuse("replayed: this order id was already executed")
+            # The same order again (a resend after a reconnect): repeat the evidence, act on nothing.
+            return custody_pb2.OrderAck(
+                order_id=oid, verified=True, outcome="already-executed", reason=prev.get("reason", ""),
+                pids_stopped=prev.get("pids_stopped", []), paths_wiped=prev.get("paths_wiped", []),
+                remaining=prev.get("remaining", []), received_unix_ns=received, done_unix_ns=time.time_ns())
+        try:
+            trusted = self._trusted()
+        except CustosError as exc:
+            return refuse(f"pinned signer set unreadable: {exc}")
+        if trusted is None:
+            return refuse("no signer set pinned at enrollment: cannot verify orders")
+        try:
+            trusted = self._advance(trusted, list(order.signer_chain))
+        except CustosError as exc:
+            return refuse(f"signer-set rotation chain rejected: {exc}")
+        try:
+            sigs = [Signature(key_id=s.key_id, sig=bytes(s.signature).decode()) for s in order.signatures]
+        except (CustosError, UnicodeDecodeError) as exc:
+            return refuse(f"malformed signatures: {exc}")
+        v = verify_order(body, sigs, trusted.current, now=int(self.clock()), state=self.state.executed,
+                         destroyed_models=frozenset(self.state.destroyed))
+        if not v:
+            return refuse("; ".join(f"{f.code}: {f.detail}" for f in v.failures))
+        verified: Order = v.raise_if_invalid()
+        # Record first: an order is executed at most once, even if the halt below crashes.
+        self.state.executed = apply_executed(self.state.executed, verified)
+        if verified.action == "destroy":
+            self.state.destroyed |= set(verified.models)
+        self.state.save()
+        scope = set(verified.artifacts)
+        reason = f"order {verified.id[:16]} ({verified.action}): {verified.reason}"[:2000]
+        await self._fetch_manifests(scope | set(order.dry_run_artifacts))
+        if verified.action == "lift":
+            await self.agent.lift_local(scope)
+            ack = custody_pb2.OrderAck(order_id=verified.id, verified=True, outcome="lifted", reason=reason,
+                                       received_unix_ns=received, done_unix_ns=time.time_ns())
+        else:
+            ev = await self.agent.halt_local(scope, reason=reason, dry_run=False)
+            outcome = "destroyed" if verified.action == "destroy" else "halted"
+            ack = ev.to_ack(order_id=verified.id, verified=True, outcome=outcome, received_unix_ns=received)
+            dry = set(order.dry_run_artifacts) - scope
+            if dry:
+                dev = await self.agent.halt_local(dry, reason=f"drill {verified.id[:16]}: dry run", dry_run=True)
+                ack.would_stop.extend(dev.would_stop)
+        self.state.acks[verified.id] = {
+            "outcome": ack.outcome, "paths_wiped": list(ack.paths_wiped)[:1000],
+            "pids_stopped": list(ack.pids_stopped)[:1000], "reason": ack.reason,
+            "remaining": list(ack.remaining)[:200]}
+        self.state.save()
+        log.warning("order executed", extra={"fields": {
+            "order_id": verified.id, "action": verified.action, "outcome": ack.outcome,
+            "pids_stopped": list(ack.pids_stopped), "paths_wiped": len(ack.paths_wiped),
+            "remaining": list(ack.remaining)[:20]}})
+        return ack
+
+    async def _fetch_manifests(self, artifacts: set[str]) -> None:
+        """Best effort: learn the scope's manifests so copies the agent does not manage
+        are recognised too. A manifest must hash to its id: the control plane cannot
+        make the agent attribute files to the wrong artifact."""
+        cache = getattr(self.agent, "manifests", None)
+        calls = getattr(self.agent, "calls", None)
+        if cache is None or calls is None:
+            return
+        for aid in sorted(artifacts):
+            if cache.get(aid) is not None:
+                continue
+            try:
+                art = await asyncio.wait_for(calls.get_artifact(aid), timeout=5)
+                cache.put(aid, decode_manifest(bytes(art.manifest)))
+            except (CustosError, TimeoutError, AttributeError) as exc:
+                log.info("manifest of %s unavailable: %s", aid[:12], exc)

@@ -1,0 +1,443 @@
+"""The custody stream: one long-lived bidi ``Custody.Stream`` per host (grpc.aio, mTLS).
+
+Up: a full inventory on every (re)connect, then deltas; a heartbeat every
+``ttl/3`` (or the configured interval, whichever is shorter); order acks.
+Down: a ``Lease`` answering the stream's opening and each heartbeat; signed
+orders (handed to an :class:`OrderHandler`); notices.
+
+The local lease deadline is measured on this host's monotonic clock from the
+moment the message that earned the lease was *sent* (the stream opening or a
+heartbeat), plus the TTL: the server's own deadline is always later, so the
+agent never believes in a lease the server has already let lapse, whatever the
+two wall clocks say.
+
+Reconnects use jittered exponential backoff (capped; reset once a connection
+has had a heartbeat answered). A "host removed" notice, or the server refusing
+the certificate, stops reconnecting until the identity on disk changes
+(re-enrollment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from custos.core.orders import order_id_of
+from custos.errors import (
+    BackendUnavailable,
+    Conflict,
+    CustosError,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
+from custos.v1 import custody_pb2, custody_pb2_grpc
+
+log = logging.getLogger("custos.agent.stream")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    # Notice a dead peer behind a silent network, not only a closed socket.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # This module owns reconnect pacing; keep gRPC's own backoff short.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+FIRST_LEASE_TIMEOUT = 15.0
+REMOVAL_MARKERS = ("host removed", "was removed", "certificate not accepted")
+
+_STATUS_ERRORS: dict[grpc.StatusCode, type[CustosError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: Conflict,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: Unauthorized,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthorized,
+    grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: BackendUnavailable,
+    grpc.StatusCode.CANCELLED: BackendUnavailable,
+}
+
+
+def rpc_error(exc: grpc.RpcError, what: str) -> CustosError:
+    """The CustosError for a failed call, its message prefixed with ``what``."""
+    code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
+    details = (exc.details() if hasattr(exc, "details") else "") or (code.name if code else "error")  # type: ignore[attr-defined]
+    cls = _STATUS_ERRORS.get(code, CustosError) if code is not None else CustosError
+    return cls(f"{what}: {details.splitlines()[0]}")
+
+
+def is_removal(text: str) -> bool:
+    """Does a notice or a refusal from the control plane say this host was removed?"""
+    low = text.lower()
+    return any(m in low for m in REMOVAL_MARKERS)
+
+
+class HostRemoved(Unauthorized):
+    """The control plane removed this host or no longer accepts its certificate."""
+
+
+# -- orders -----------------------------------------------------------------------
+
+
+class OrderHandler(Protocol):
+    """Verifies and executes one signed order; returns the ack to send (never raises on a bad order)."""
+
+    async def handle(self, order: custody_pb2.SignedOrder, *, received_unix_ns: int) -> custody_pb2.OrderAck:
+        ...
+
+
+class RefuseUnverifiedOrders:
+    """The default handler: without order verification installed, no order is acted on."""
+
+    async def handle(self, order: custody_pb2.SignedOrder, *, received_unix_ns: int) -> custody_pb2.OrderAck:
+        try:
+            oid = order_id_of(bytes(order.body))
+        except CustosError:
+            oid = ""
+        log.warning("order refused: no order verification installed", extra={"fields": {"order_id": oid}})
+        return custody_pb2.OrderAck(order_id=oid, verified=False, outcome="refused",
+                                    reason="order verification not installed",
+                                    received_unix_ns=received_unix_ns, done_unix_ns=time.time_ns())
+
+
+# -- connection -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """This host's mTLS material, read from disk for each connection attempt."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    fingerprint: str
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca_pem, private_key=self.key_pem,
+                                            certificate_chain=self.cert_pem)
+
+
+def open_channel(addr: str, creds: grpc.ChannelCredentials, server_name: str = "") -> grpc.aio.Channel:
+    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(addr, creds, options=options)
+
+
+class Backoff:
+    """Jittered exponential backoff: each delay is uniform in [d/2, d], d doubling up to ``cap``."""
+
+    def __init__(self, *, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
+        if base <= 0 or cap < base:
+            raise InvalidInput("backoff: want 0 < base <= cap")
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+
+    def next(self) -> float:
+        d = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return self._rng.uniform(d / 2, d)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A lease as this agent sees it: the local monotonic deadline and the server's numbers."""
+
+    expires_monotonic: float
+    ttl_seconds: int
+    server_expires_unix_ns: int
+    received_monotonic: float
+
+
+class _Reconnect(Exception):
+    """End this connection attempt and try again after the backoff."""
+
+
+class CustodyStream:
+    """Keeps the custody stream up. Run :meth:`run` as one task; it returns when ``stop`` is set.
+
+    Callbacks (all called on the event loop):
+      ``initial_messages()``  -> the full inventory to send first on each connection;
+      ``on_lease(grant)``     every lease;
+      ``on_connected()``, ``on_disconnected(reason)``;
+      ``on_removed(reason)``  the host was removed: the owner fails closed.
+    ``credentials()`` raises FailedPrecondition when there is no identity to connect with.
+    """
+
+    def __init__(
+        self,
+        *,
+        addr: str,
+        credentials: Callable[[], Credentials],
+        initial_messages: Callable[[], Awaitable[list[custody_pb2.AgentMessage]]],
+        on_lease: Callable[[LeaseGrant], None],
+        on_removed: Callable[[str], Awaitable[None]],
+        on_connected: Callable[[], None] | None = None,
+        on_disconnected: Callable[[str], None] | None = None,
+        order_handler: OrderHandler | None = None,
+        heartbeat_interval: float = 0.0,
+        reconnect_base: float = 0.5,
+        reconnect_max: float = 30.0,
+        server_name: str = "",
+        identity_poll: float = 2.0,
+    ) -> None:
+        self.addr = addr
+        self._credentials = credentials
+        self._initial = initial_messages
+        self._on_lease = on_lease
+        self._on_removed = on_removed
+        self._on_connected = on_connected or (lambda: None)
+        self._on_disconnected = on_disconnected or (lambda reason: None)
+        self.order_handler: OrderHandler = order_handler or RefuseUnverifiedOrders()
+        self.heartbeat_interval = heartbeat_interval
+        self.backoff = Backoff(base=reconnect_base, cap=reconnect_max)
+        self.server_name = server_name
+        self.identity_poll = identity_poll
+        self.channel: grpc.aio.Channel | None = None  # set while a stream is up
+        self.connected = False
+        self.removed: str | None = None
+        self.connections = 0
+        self._out: asyncio.Queue[custody_pb2.AgentMessage | None] | None = None
+        self._pending_sent: collections.deque[float] = collections.deque()
+        self._last_lease = 0.0
+        self._conn_leases = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # - sending -
+
+    def send(self, msg: custody_pb2.AgentMessage) -> bool:
+        """Queue a message on the current stream; False when there is none (a full report follows on reconnect)."""
+        if self._out is None or not self.connected:
+            return False
+        self._out.put_nowait(msg)
+        return True
+
+    # - main loop -
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.removed is not None:
+                await self._wait_for_new_identity(stop)
+                continue
+            fingerprint = ""
+            try:
+                creds = self._credentials()
+                fingerprint = creds.fingerprint
+                await self._connect_once(creds, stop)
+                reason = "the control plane closed the stream"
+            except HostRemoved as exc:
+                await self._removed(str(exc), fingerprint)
+                continue
+            except _Reconnect as exc:
+                reason = str(exc)
+            except FailedPrecondition as exc:
+                reason = str(exc)  # no identity on disk (yet): keep looking
+            except grpc.aio.AioRpcError as exc:
+                details = exc.details() or exc.code().name
+                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) and \
+                        is_removal(details):
+                    await self._removed(details, fingerprint)
+                    continue
+                reason = f"{exc.code().name}: {details.splitlines()[0]}"
+            except (OSError, CustosError) as exc:
+                reason = str(exc)
+            except Exception as exc:  # a bug must not end reconnecting (the lease would lapse for good)
+                log.exception("custody stream failed unexpectedly")
+                reason = f"unexpected {type(exc).__name__}"
+            finally:
+                await self._teardown()
+            if stop.is_set():
+                return
+            delay = self.backoff.next()
+            log.warning("custody stream down; reconnecting", extra={"fields": {
+                "reason": reason, "retry_in_s": round(delay, 2), "attempt": self.backoff.attempt}})
+            self._on_disconnected(reason)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _removed(self, reason: str, fingerprint: str) -> None:
+        self.removed = fingerprint or "?"
+        log.error("this host was removed from custody: failing closed and not reconnecting until re-enrolled",
+                  extra={"fields": {"reason": reason}})
+        self._on_disconnected(reason)
+        await self._on_removed(reason)
+
+    async def _wait_for_new_identity(self, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=self.identity_poll)
+        except TimeoutError:
+            pass
+        try:
+            fp = self._credentials().fingerprint
+        except CustosError:
+            return
+        if fp != self.removed:
+            log.info("a new identity is on disk: reconnecting", extra={"fields": {"cert_sha256": fp[:16]}})
+            self.removed = None
+            self.backoff.reset()
+
+    async def _teardown(self) -> None:
+        self.connected = False
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - tearing down regardless
+                pass
+        self._tasks.clear()
+        self._out = None
+        ch, self.channel = self.channel, None
+        if ch is not None:
+            try:
+                await ch.close(grace=None)
+            except Exception:  # noqa: BLE001, S110 - already broken
+                pass
+
+    async def _connect_once(self, creds: Credentials, stop: asyncio.Event) -> None:
+        channel = open_channel(self.addr, creds.channel_credentials(), self.server_name)
+        self.channel = channel
+        stub = custody_pb2_grpc.CustodyStub(channel)
+        self._pending_sent.clear()
+        self._conn_leases = 0
+        opened = time.monotonic()
+        self._pending_sent.append(opened)
+        call = stub.Stream()
+        out: asyncio.Queue[custody_pb2.AgentMessage | None] = asyncio.Queue()
+        self._out = out
+        try:
+            first = await asyncio.wait_for(call.read(), timeout=FIRST_LEASE_TIMEOUT)
+        except TimeoutError:
+            call.cancel()
+            raise _Reconnect(f"no lease within {FIRST_LEASE_TIMEOUT:.0f} s of opening the stream") from None
+        if first is grpc.aio.EOF:
+            code = await call.code()
+            details = await call.details()
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) and is_removal(details):
+                raise HostRemoved(details)
+            raise _Reconnect(f"stream closed before the first lease ({code.name}: {details})")
+        if first.WhichOneof("msg") != "lease":
+            raise _Reconnect(f"the first message was {first.WhichOneof('msg')!r}, not a lease")
+        grant = self._grant(first.lease)
+        self.connected = True
+        self.connections += 1
+        log.info("custody stream up", extra={"fields": {
+            "addr": self.addr, "lease_ttl_s": grant.ttl_seconds, "connection": self.connections}})
+        self._on_connected()
+        for m in await self._initial():
+            out.put_nowait(m)
+        hb = self._heartbeat_every(grant.ttl_seconds)
+        writer = asyncio.create_task(self._writer(call, out))
+        beat = asyncio.create_task(self._heartbeats(out, hb, grant.ttl_seconds))
+        stopper = asyncio.create_task(stop.wait())
+        self._tasks |= {writer, beat, stopper}
+        reader = asyncio.create_task(self._reader(call, out))
+        self._tasks.add(reader)
+        done, _ = await asyncio.wait({writer, beat, stopper, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            call.cancel()
+            return
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        code = await call.code() if call.done() else None
+        if code is not None and code != grpc.StatusCode.OK:
+            details = await call.details()
+            if is_removal(details):
+                raise HostRemoved(details)
+            raise _Reconnect(f"{code.name}: {details}")
+
+    def _heartbeat_every(self, ttl: int) -> float:
+        third = max(ttl / 3.0, 0.05)
+        if self.heartbeat_interval <= 0:
+            return third
+        if self.heartbeat_interval > third:
+            log.warning("heartbeat interval longer than a third of the lease TTL; using TTL/3",
+                        extra={"fields": {"configured_s": self.heartbeat_interval, "ttl_s": ttl}})
+            return third
+        return self.heartbeat_interval
+
+    def _grant(self, lease: custody_pb2.Lease) -> LeaseGrant:
+        now = time.monotonic()
+        sent = self._pending_sent.popleft() if self._pending_sent else now
+        ttl = int(lease.ttl_seconds)
+        if ttl <= 0:
+            raise _Reconnect("the control plane granted a lease without a TTL")
+        grant = LeaseGrant(expires_monotonic=sent + ttl, ttl_seconds=ttl,
+                           server_expires_unix_ns=int(lease.expires_unix_ns), received_monotonic=now)
+        self._last_lease = now
+        self._conn_leases += 1
+        if self._conn_leases == 2:
+            # A heartbeat was answered on this connection: it is healthy.
+            self.backoff.reset()
+        self._on_lease(grant)
+        return grant
+
+    async def _writer(self, call: Any, out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+        while True:
+            msg = await out.get()
+            if msg is None:
+                await call.done_writing()
+                return
+            if msg.WhichOneof("msg") == "heartbeat":
+                self._pending_sent.append(time.monotonic())
+            await call.write(msg)
+
+    async def _heartbeats(self, out: asyncio.Queue[custody_pb2.AgentMessage | None], every: float,
+                          ttl: int) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if time.monotonic() - self._last_lease > ttl:
+                raise _Reconnect(f"no lease for {ttl} s on an open stream")
+            out.put_nowait(custody_pb2.AgentMessage(heartbeat=custody_pb2.Heartbeat(sent_unix_ns=time.time_ns())))
+
+    async def _reader(self, call: Any, out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                return
+            kind = msg.WhichOneof("msg")
+            if kind == "lease":
+                self._grant(msg.lease)
+            elif kind == "notice":
+                log.warning("notice from the control plane", extra={"fields": {"notice": msg.notice}})
+                if is_removal(msg.notice):
+                    raise HostRemoved(msg.notice)
+            elif kind == "order":
+                t = asyncio.create_task(self._order(msg.order, out))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+
+    async def _order(self, order: custody_pb2.SignedOrder,
+                     out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+        received = time.time_ns()
+        try:
+            ack = await self.order_handler.handle(order, received_unix_ns=received)
+        except Exception as exc:
+            log.exception("order handler failed")
+            ack = custody_pb2.OrderAck(verified=False, outcome="refused",
+                                       reason=f"order handler failed: {type(exc).__name__}",
+                                       received_unix_ns=received, done_unix_ns=time.time_ns())
+        out.put_nowait(custody_pb2.AgentMessage(ack=ack))

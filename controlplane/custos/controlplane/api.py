@@ -1,0 +1,578 @@
+"""gRPC servicers and the one interceptor that authenticates, authorizes,
+attributes and maps errors for every call.
+
+Every RPC goes through ``GuardInterceptor``: identity from the verified client
+certificate, a row of ``authz.POLICY`` or PERMISSION_DENIED, a ``Caller`` in a
+context variable for the audit log, and CustosError subclasses mapped to
+status codes here and nowhere else. Unexpected exceptions become INTERNAL with
+a request id; the traceback goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from custos.client.wire import RELATION_TO_PB, relation_from_pb
+from custos.controlplane import authz
+from custos.controlplane.audit import AuditLog, Caller, current_caller
+from custos.controlplane.custody import Custody, cert_fingerprint
+from custos.controlplane.keys.broker import KeyBroker
+from custos.controlplane.orders import NoSignerSet
+from custos.controlplane.pki import identity_from_pem
+from custos.controlplane.registry import ArtifactRecord, Registry
+from custos.core.audit_chain import parse_stored
+from custos.core.keymaterial import zeroize
+from custos.core.reports import order_report_markdown
+from custos.core.signers import SignerSet
+from custos.errors import (
+    BackendUnavailable,
+    Conflict,
+    CustosError,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
+from custos.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    custody_pb2,
+    custody_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+log = logging.getLogger("custos.api")
+
+STATUS_BY_ERROR: list[tuple[type[CustosError], grpc.StatusCode]] = [
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (IntegrityError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthorized, grpc.StatusCode.PERMISSION_DENIED),
+    (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def status_for(exc: CustosError) -> grpc.StatusCode:
+    for cls, code in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _peer_host(peer: str) -> str:
+    # "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path"
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:rest.index("]")]
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    return rest or peer
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None  # type: ignore[return-value]
+        method = details.method
+        guard = self._guard
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await guard(method, context, lambda: inner_uu(request, context))
+
+            return grpc.unary_unary_rpc_method_handler(
+                uu, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def us(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for item in guard_stream(method, context, lambda: inner_us(request, context)):
+                    yield item
+
+            guard_stream = self._guard_stream
+            return grpc.unary_stream_rpc_method_handler(
+                us, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def ss(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for item in self._guard_stream(method, context,
+                                                     lambda: inner_ss(request_iter, context)):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                ss, handler.request_deserializer, handler.response_serializer)
+        inner_su = handler.stream_unary
+
+        async def su(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await guard(method, context, lambda: inner_su(request_iter, context))
+
+        return grpc.stream_unary_rpc_method_handler(
+            su, handler.request_deserializer, handler.response_serializer)
+
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
+        md = dict(context.invocation_metadata() or ())
+        rid = str(md.get("x-request-id", ""))
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        if not pems:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        try:
+            ident = identity_from_pem(pems[0])
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        caller = Caller(principal=ident.principal, role=ident.role,
+                        host=_peer_host(context.peer() or ""), request_id=rid,
+                        cert_sha256=cert_fingerprint(pems[0]))
+        if not authz.is_allowed(method, ident.role):
+            if authz.is_mutating(method):
+                try:
+                    await self.audit.record(caller, method.rsplit("/", 1)[-1], "-", "denied")
+                except CustosError:
+                    pass  # denied either way; the store being down must not turn this into a 503
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"role {ident.role!r} may not call {method.rsplit('/', 1)[-1]}",
+            )
+        return caller
+
+    async def _guard(self, method: str, context: grpc.aio.ServicerContext,
+                     call: Callable[[], Awaitable[Any]]) -> Any:
+        caller = await self._authenticate(method, context)
+        token = current_caller.set(caller)
+        try:
+            return await call()
+        except CustosError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s (request %s)", method, caller.request_id)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error (request id {caller.request_id})")
+        finally:
+            current_caller.reset(token)
+
+    async def _guard_stream(self, method: str, context: grpc.aio.ServicerContext,
+                            call: Callable[[], Any]) -> Any:
+        caller = await self._authenticate(method, context)
+        token = current_caller.set(caller)
+        try:
+            async for item in call():
+                yield item
+        except CustosError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s (request %s)", method, caller.request_id)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error (request id {caller.request_id})")
+        finally:
+            current_caller.reset(token)
+
+
+# -- conversions -------------------------------------------------------------
+
+_STATE = {"active": registry_pb2.MODEL_STATE_ACTIVE, "halted": registry_pb2.MODEL_STATE_HALTED,
+          "destroyed": registry_pb2.MODEL_STATE_DESTROYED}
+_KIND = {"object-store": registry_pb2.LOCATION_KIND_OBJECT_STORE,
+         "host-path": registry_pb2.LOCATION_KIND_HOST_PATH,
+         "process": registry_pb2.LOCATION_KIND_PROCESS}
+_FORM = {"ciphertext": registry_pb2.COPY_FORM_CIPHERTEXT,
+         "plaintext": registry_pb2.COPY_FORM_PLAINTEXT, "loaded": registry_pb2.COPY_FORM_LOADED}
+
+
+def model_pb(m: dict[str, Any], artifact_ids: list[str] | None = None) -> registry_pb2.Model:
+    ex = m.get("exemption")
+    return registry_pb2.Model(
+        name=m["name"], owner=m["owner"], training_flops=float(m["training_flops"]),
+        benchmark_equivalence=m["benchmark_equivalence"], covered=m["covered"],
+        exemption=registry_pb2.LimitedDutyExemption(**ex) if ex else None,
+        state=_STATE[m["state"]], transit_key=m["transit_key"],
+        created_at_unix_ns=m["created_at_ns"], created_by=m["created_by"], drill=m["drill"],
+        artifact_ids=artifact_ids or [],
+        custody_hosts=m.get("custody_hosts", []), custody_paths=m.get("custody_paths", []),
+    )
+
+
+def artifact_pb(a: ArtifactRecord) -> registry_pb2.Artifact:
+    st = a.storage or {}
+    return registry_pb2.Artifact(
+        stored=a.storage is not None,
+        blob_store=st.get("blob_store", ""),
+        objects=[registry_pb2.StoredObject(path=o["path"], key=o["key"], size=o["size"],
+                                           plaintext_size=o["plaintext_size"])
+                 for o in st.get("objects", [])],
+        id=a.id, model=a.model, manifest=a.manifest_bytes,
+        files=[registry_pb2.FileEntry(path=f.path, size=f.size, sha256=f.sha256)
+               for f in a.manifest.files],
+        total_size=a.manifest.total_size, created_at_unix_ns=a.created_at_ns,
+        created_by=a.created_by,
+        parents=[registry_pb2.ParentRef(artifact_id=p, relation=RELATION_TO_PB[r])
+                 for p, r in sorted(a.parents.items())],
+    )
+
+
+def copy_pb(c: dict[str, Any]) -> registry_pb2.Copy:
+    return registry_pb2.Copy(
+        id=c["id"], artifact_id=c["artifact_id"], model=c["model"],
+        location_kind=_KIND[c["location_kind"]], location=c["location"], host=c["host"],
+        form=_FORM[c["form"]], authorized=c["authorized"], state=c["state"],
+        first_seen_unix_ns=c["first_seen_ns"], last_seen_unix_ns=c["last_seen_ns"],
+        evidence=c.get("evidence", ""),
+    )
+
+
+_FORM_FROM_PB = {v: k for k, v in _FORM.items()}
+
+
+class RegistryStorageMixin:
+    """Registry RPCs that need the key broker (stored artifacts) or record copies."""
+
+    r: Registry
+    broker: KeyBroker
+    custody: Custody
+
+    async def RegisterStoredArtifact(self, req: registry_pb2.RegisterStoredArtifactRequest, ctx: Any) -> Any:
+        rec, created = await self.broker.register_stored(current_caller.get(), artifact_id=req.artifact_id)
+        return registry_pb2.RegisterStoredArtifactResponse(artifact=artifact_pb(rec), created=created)
+
+    async def SetCustodyPolicy(self, req: registry_pb2.SetCustodyPolicyRequest, ctx: Any) -> Any:
+        m = await self.r.set_custody_policy(current_caller.get(), name=req.model, hosts=list(req.hosts),
+                                            paths=list(req.paths))
+        return registry_pb2.SetCustodyPolicyResponse(model=model_pb(m))
+
+    async def RecordCopy(self, req: registry_pb2.RecordCopyRequest, ctx: Any) -> Any:
+        form = _FORM_FROM_PB.get(req.form)
+        if form is None:
+            raise InvalidInput("copy form is required (ciphertext, plaintext, loaded)")
+        caller = current_caller.get()
+        host = req.host
+        if caller.role == "agent":
+            # An agent speaks only for its own host, and only while enrolled.
+            await self.custody.check_agent(caller, need_lease=False)
+            host = caller.principal
+        copy = await self.r.record_copy(caller, artifact=req.artifact_id, host=host, path=req.path, form=form)
+        return registry_pb2.RecordCopyResponse(copy=copy_pb(copy))
+
+
+
+# -- servicers ---------------------------------------------------------------
+
+
+class RegistryServicer(RegistryStorageMixin, registry_pb2_grpc.RegistryServicer):
+    def __init__(self, registry: Registry, broker: KeyBroker, custody: Custody) -> None:
+        self.r = registry
+        self.broker = broker
+        self.custody = custody
+
+    async def RegisterModel(self, req: registry_pb2.RegisterModelRequest, ctx: Any) -> Any:
+        ex = None
+        if req.HasField("exemption"):
+            ex = {"basis": req.exemption.basis, "date": req.exemption.date,
+                  "certifier": req.exemption.certifier}
+        m = await self.r.register_model(
+            current_caller.get(), name=req.name, owner=req.owner,
+            training_flops=req.training_flops, benchmark_equivalence=req.benchmark_equivalence,
+            exemption=ex, drill=req.drill)
+        return registry_pb2.RegisterModelResponse(model=model_pb(m))
+
+    async def GetModel(self, req: registry_pb2.GetModelRequest, ctx: Any) -> Any:
+        m = await self.r.get_model(req.name)
+        return registry_pb2.GetModelResponse(
+            model=model_pb(m, await self.r.model_artifact_ids(req.name)))
+
+    async def ListModels(self, req: registry_pb2.ListModelsRequest, ctx: Any) -> Any:
+        return registry_pb2.ListModelsResponse(models=[model_pb(m) for m in await self.r.list_models()])
+
+    async def RegisterArtifact(self, req: registry_pb2.RegisterArtifactRequest, ctx: Any) -> Any:
+        parents = [(p.artifact_id, relation_from_pb(p.relation)) for p in req.parents]
+        rec, created = await self.r.register_artifact(
+            current_caller.get(), model=req.model, manifest_bytes=req.manifest, parents=parents,
+            source_host=req.source_host, source_path=req.source_path)
+        return registry_pb2.RegisterArtifactResponse(artifact=artifact_pb(rec), created=created)
+
+    async def GetArtifact(self, req: registry_pb2.GetArtifactRequest, ctx: Any) -> Any:
+        return registry_pb2.GetArtifactResponse(artifact=artifact_pb(await self.r.get_artifact(req.id)))
+
+    async def ListArtifacts(self, req: registry_pb2.ListArtifactsRequest, ctx: Any) -> Any:
+        return registry_pb2.ListArtifactsResponse(
+            artifacts=[artifact_pb(a) for a in await self.r.list_artifacts(req.model)])
+
+    async def RecordDerivation(self, req: registry_pb2.RecordDerivationRequest, ctx: Any) -> Any:
+        await self.r.record_derivation(current_caller.get(), child=req.child, parent=req.parent,
+                                       relation=relation_from_pb(req.relation))
+        return registry_pb2.RecordDerivationResponse()
+
+    async def GetLineage(self, req: registry_pb2.GetLineageRequest, ctx: Any) -> Any:
+        d = req.direction
+        lin = await self.r.lineage(
+            model=req.model if req.WhichOneof("subject") == "model" else None,
+            artifact=req.artifact_id if req.WhichOneof("subject") == "artifact_id" else None,
+            ancestors=d in (registry_pb2.LINEAGE_DIRECTION_BOTH, registry_pb2.LINEAGE_DIRECTION_ANCESTORS),
+            descendants=d in (registry_pb2.LINEAGE_DIRECTION_BOTH,
+                              registry_pb2.LINEAGE_DIRECTION_DESCENDANTS),
+        )
+        return registry_pb2.GetLineageResponse(
+            nodes=[registry_pb2.LineageNode(**n) for n in lin["nodes"]],
+            edges=[registry_pb2.LineageEdge(parent=e["parent"], child=e["child"],
+                                            relation=RELATION_TO_PB[e["relation"]])
+                   for e in lin["edges"]],
+            models=lin["models"],
+        )
+
+    async def ListCopies(self, req: registry_pb2.ListCopiesRequest, ctx: Any) -> Any:
+        models, artifacts, copies = await self.r.list_copies(
+            req.model, include_derivatives=not req.exclude_derivatives)
+        return registry_pb2.ListCopiesResponse(
+            copies=[copy_pb(c) for c in copies], models=models, artifact_ids=artifacts)
+
+
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    def __init__(self, broker: KeyBroker) -> None:
+        self.b = broker
+
+    async def CreateDataKey(self, req: keys_pb2.CreateDataKeyRequest, ctx: Any) -> Any:
+        parents = [(p.artifact_id, relation_from_pb(p.relation)) for p in req.parents]
+        out = await self.b.create_data_key(current_caller.get(), model=req.model,
+                                           manifest_bytes=req.manifest, parents=parents)
+        key = out["data_key"]
+        try:
+            return keys_pb2.CreateDataKeyResponse(
+                artifact_id=out["artifact_id"], data_key=bytes(key) if key is not None else b"",
+                object_prefix=f"artifacts/{out['artifact_id']}/", blob_store=self.b.blob_url,
+                resumed=out["resumed"], already_stored=out["already_stored"])
+        finally:
+            if key is not None:
+                zeroize(key)
+
+    async def UnwrapDataKey(self, req: keys_pb2.UnwrapDataKeyRequest, ctx: Any) -> Any:
+        rec, key = await self.b.unwrap(current_caller.get(), artifact=req.artifact_id, purpose=req.purpose)
+        try:
+            return keys_pb2.UnwrapDataKeyResponse(artifact=artifact_pb(rec), data_key=bytes(key))
+        finally:
+            zeroize(key)
+
+
+def host_pb(h: dict[str, Any]) -> custody_pb2.Host:
+    return custody_pb2.Host(
+        name=h["name"], state=h["state"], labels=h.get("labels", {}),
+        lease_expires_unix_ns=h.get("lease_expires_ns", 0), lease_state=h.get("lease_state", "none"),
+        last_report_unix_ns=h.get("last_report_ns", 0), enrolled_at_unix_ns=h.get("enrolled_at_ns", 0),
+        cert_fingerprint=h.get("cert_fingerprint", ""), files=h.get("files", 0), processes=h.get("processes", 0))
+
+
+class CustodyServicer(custody_pb2_grpc.CustodyServicer):
+    def __init__(self, custody: Custody) -> None:
+        self.c = custody
+
+    async def AddHost(self, req: custody_pb2.AddHostRequest, ctx: Any) -> Any:
+        h, token, expires = await self.c.add_host(current_caller.get(), name=req.name, labels=dict(req.labels),
+                                                  token_ttl=req.token_ttl_seconds)
+        return custody_pb2.AddHostResponse(host=host_pb(h), enrollment_token=token, token_expires_unix_ns=expires)
+
+    async def RemoveHost(self, req: custody_pb2.RemoveHostRequest, ctx: Any) -> Any:
+        return custody_pb2.RemoveHostResponse(host=host_pb(await self.c.remove_host(current_caller.get(),
+                                                                                     name=req.name)))
+
+    async def ListHosts(self, req: custody_pb2.ListHostsRequest, ctx: Any) -> Any:
+        return custody_pb2.ListHostsResponse(hosts=[host_pb(h) for h in await self.c.list_hosts()])
+
+    async def Stream(self, request_iterator: Any, ctx: Any) -> Any:
+        caller = current_caller.get()
+        await self.c.check_agent(caller, need_lease=False)
+        host = caller.principal
+        q = self.c.attach(host)
+        reader: asyncio.Task[None] | None = None
+        try:
+            expires = await self.c.renew_lease(host)
+            if expires is not None:
+                yield custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                    expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl)))
+            reader = asyncio.create_task(self._read(request_iterator, host, caller, q))
+            while True:
+                item = await q.get()
+                if item is None:
+                    return
+                if isinstance(item, tuple) and item[0] == "notice":
+                    yield custody_pb2.ControlMessage(notice=item[1])
+                else:
+                    yield item
+        finally:
+            if reader is not None:
+                reader.cancel()
+            self.c.detach(host, q)
+
+    async def _read(self, it: Any, host: str, caller: Caller, q: asyncio.Queue[Any]) -> None:
+        try:
+            async for msg in it:
+                received = time.time_ns()
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
+                    await self.c.check_agent(caller, need_lease=False)
+                    expires = await self.c.renew_lease(host)
+                    if expires is not None:  # revoked until the host acks the order
+                        q.put_nowait(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                            expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
+                elif kind == "inventory":
+                    await self.c.ingest(host, msg.inventory)
+                elif kind == "ack" and self.c.on_ack is not None:
+                    await self.c.on_ack(host, msg.ack, received)
+        except CustosError as exc:
+            log.warning("custody stream of %s: %s", host, exc)
+            q.put_nowait(("notice", str(exc)))
+        except Exception:
+            log.exception("custody stream of %s failed", host)
+        finally:
+            q.put_nowait(None)
+
+
+class EnrollmentServicer(custody_pb2_grpc.EnrollmentServicer):
+    """Served alone on the enrollment listener (no client certificate yet)."""
+
+    def __init__(self, custody: Custody) -> None:
+        self.c = custody
+
+    async def Enroll(self, req: custody_pb2.EnrollRequest, ctx: Any) -> Any:
+        try:
+            cert, ca = await self.c.enroll(peer=_peer_host(ctx.peer() or ""), name=req.name, token=req.token,
+                                           csr_pem=req.csr_pem)
+        except CustosError as exc:
+            await ctx.abort(status_for(exc), str(exc))
+        return custody_pb2.EnrollResponse(certificate_pem=cert, ca_pem=ca, signer_set=self.c.signer_set(),
+                                          lease_ttl_seconds=int(self.c.lease_ttl))
+
+
+class AlertsServicer(custody_pb2_grpc.AlertsServicer):
+    def __init__(self, custody: Custody) -> None:
+        self.c = custody
+
+    async def ListAlerts(self, req: custody_pb2.ListAlertsRequest, ctx: Any) -> Any:
+        alerts = await self.c.list_alerts(host=req.host, model=req.model)
+        return custody_pb2.ListAlertsResponse(alerts=[custody_pb2.Alert(
+            id=a["id"], rule=a["rule"], severity=a["severity"], model=a["model"], artifact_id=a["artifact_id"],
+            host=a["host"], detail=a["detail"], at_unix_ns=a["at_ns"], state=a["state"]) for a in alerts])
+
+
+def order_pb(d: dict[str, Any]) -> orders_pb2.OrderInfo:
+    o = d["order"]
+    return orders_pb2.OrderInfo(
+        id=o.id, body=d["body"].encode(), action=o.action, models=list(o.models), artifacts=list(o.artifacts),
+        reason=o.reason, issued_at=o.issued_at, not_after=o.not_after, sequence=o.sequence,
+        signer_set_version=o.signer_set_version, drill=o.drill, state=d["state"], signed_by=d["signed_by"],
+        threshold=d["threshold"], missing=d["missing"], proposed_by=d["proposed_by"],
+        quorum_at_unix_ns=d["quorum_at_ns"], completed_at_unix_ns=d["completed_at_ns"],
+        problems=d.get("problems", []))
+
+
+class OrdersServicer(orders_pb2_grpc.OrdersServicer):
+    def __init__(self, orders: Any) -> None:
+        self.o = orders
+
+    async def _set_info(self) -> orders_pb2.SignerSetInfo:
+        chain = await self.o.chain()
+        if not chain:
+
+            raise NoSignerSet("no signer set installed")
+
+        current = SignerSet.decode(chain[-1][0])
+        return orders_pb2.SignerSetInfo(
+            signer_set=chain[-1][0], version=current.version,
+            chain=[orders_pb2.SignedRotation(signer_set=s, signatures=g) for s, g in chain])
+
+    async def GetSignerSet(self, req: orders_pb2.GetSignerSetRequest, ctx: Any) -> Any:
+        return await self._set_info()
+
+    async def RotateSignerSet(self, req: orders_pb2.RotateSignerSetRequest, ctx: Any) -> Any:
+        await self.o.rotate(current_caller.get(), new_set=req.signer_set, signatures=req.signatures)
+        await self.o.refresh_chain()
+        return await self._set_info()
+
+    async def Propose(self, req: orders_pb2.ProposeRequest, ctx: Any) -> Any:
+        d = await self.o.propose(current_caller.get(), action=req.action, models=list(req.models),
+                                 reason=req.reason, expires_seconds=req.expires_seconds, drill=req.drill)
+        return orders_pb2.ProposeResponse(order=order_pb(d))
+
+    async def AttachSignature(self, req: orders_pb2.AttachSignatureRequest, ctx: Any) -> Any:
+        d = await self.o.attach(current_caller.get(), order_id=req.order_id, signatures=req.signatures)
+        return orders_pb2.AttachSignatureResponse(order=order_pb(d))
+
+    async def GetOrder(self, req: orders_pb2.GetOrderRequest, ctx: Any) -> Any:
+        return orders_pb2.GetOrderResponse(order=order_pb(await self.o.describe(await self.o.get(req.order_id))))
+
+    async def ListOrders(self, req: orders_pb2.ListOrdersRequest, ctx: Any) -> Any:
+        return orders_pb2.ListOrdersResponse(orders=[order_pb(d) for d in await self.o.list_orders()])
+
+    async def GetReport(self, req: orders_pb2.GetReportRequest, ctx: Any) -> Any:
+        data = await self.o.report(req.order_id)
+        if req.format in ("", "json"):
+
+            content = json.dumps(data, indent=2, sort_keys=True)
+        elif req.format == "markdown":
+            content = order_report_markdown(data)
+        else:
+            raise InvalidInput("format must be json or markdown")
+        return orders_pb2.GetReportResponse(content=content, complete=data["state"] == "complete")
+
+
+class AuditServicer(audit_pb2_grpc.AuditServicer):
+    def __init__(self, audit: AuditLog) -> None:
+        self.a = audit
+
+    async def ListEvents(self, req: audit_pb2.ListEventsRequest, ctx: Any) -> Any:
+        limit = req.limit or 1000
+        if limit > 5000:
+            raise InvalidInput("limit must be at most 5000")
+        rows = await self.a.list_events(req.after_seq, limit)
+        events = []
+        for seq, stored in rows:
+            ev = audit_pb2.AuditEvent(seq=seq, stored=stored)
+            try:
+                rec, h = parse_stored(stored)
+                ev.time_unix_ns = rec["time_ns"]
+                ev.principal, ev.role, ev.host = rec["principal"], rec["role"], rec["host"]
+                ev.action, ev.object, ev.result = rec["action"], rec["object"], rec["result"]
+                ev.request_id, ev.hash = rec["request_id"], h
+            except (InvalidInput, KeyError, TypeError):
+                pass  # serve what is stored; verification will name it
+            events.append(ev)
+        next_after = rows[-1][0] if len(rows) == limit else 0
+        return audit_pb2.ListEventsResponse(events=events, next_after_seq=next_after)
+
+    async def GetCheckpoints(self, req: audit_pb2.GetCheckpointsRequest, ctx: Any) -> Any:
+        cps = await self.a.checkpoints()
+        return audit_pb2.GetCheckpointsResponse(
+            checkpoints=[audit_pb2.Checkpoint(seq=s, body=b, signature=sig) for s, b, sig in cps],
+            public_key=self.a.public_key_raw,
+        )

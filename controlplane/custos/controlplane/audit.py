@@ -1,0 +1,216 @@
+"""The audit log on the Store: every change and its event in one transaction.
+
+``AuditLog.mutate`` is the only way registry state changes. It reads the chain
+head, lets the caller plan its writes, appends the event that describes them
+and commits all of it as one transaction conditioned on the head not having
+moved. If the event cannot be written, the change does not happen (fail
+closed). Since every change moves the head, changes are serialized: a plan sees
+a consistent store, which is what makes cycle and uniqueness checks safe with
+several replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from custos.controlplane.periodic import every
+from custos.controlplane.store.base import Entry, Store, Txn
+from custos.core.audit_chain import GENESIS_HASH, new_event, parse_stored, sign_checkpoint
+from custos.core.canonical import decode_canonical, encode_canonical
+from custos.errors import BackendUnavailable, CustosError
+
+log = logging.getLogger("custos.audit")
+
+HEAD_KEY = "audit/head"
+EVENTS_PREFIX = "audit/events/"
+CHECKPOINTS_PREFIX = "audit/checkpoints/"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: from the client certificate and the connection."""
+
+    principal: str
+    role: str
+    host: str
+    request_id: str
+    cert_sha256: str = ""  # SHA-256 of the client certificate (DER), hex
+
+
+SYSTEM = Caller(principal="custos-controlplane", role="system", host="local", request_id="")
+
+current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("custos_caller")
+
+
+@dataclass
+class Plan:
+    """What a mutation writes, and the outcome to record in its event."""
+
+    txn: Txn = field(default_factory=Txn)
+    result: str = "ok"
+
+
+def event_key(seq: int) -> str:
+    return f"{EVENTS_PREFIX}{seq:020d}"
+
+
+class AuditLog:
+    def __init__(self, store: Store, signing_key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.signing_key = signing_key
+        # Every append moves the chain head, so concurrent appends from one replica
+        # would only fight over it (retries fall from 275 to 37 hosts/s at 64 in
+        # flight). Queue them here; the head check still orders replicas.
+        self._local = asyncio.Lock()
+
+    @property
+    def public_key_raw(self) -> bytes:
+        return self.signing_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    async def _head(self) -> tuple[Entry | None, int, str]:
+        entry = await self.store.get(HEAD_KEY)
+        if entry is None:
+            return None, 0, GENESIS_HASH
+        head = decode_canonical(entry.value)
+        return entry, int(head["seq"]), str(head["hash"])
+
+    async def mutate(
+        self,
+        caller: Caller,
+        action: str,
+        obj: str,
+        plan: Callable[[], Awaitable[tuple[Plan, T]]],
+    ) -> T:
+        """Run ``plan`` and commit its writes with an audit event, atomically.
+
+        ``plan`` may raise a CustosError: the failure is then recorded as an
+        event (no other write) and re-raised. Raises BackendUnavailable if the
+        store keeps conflicting or is down.
+        """
+        failure: CustosError | None = None
+        async with self._local:
+            for attempt in range(200):
+                head_entry, seq, prev = await self._head()
+                try:
+                    p, value = await plan()
+                except CustosError as exc:
+                    failure = exc
+                    break
+                if await self._commit(caller, action, obj, p, head_entry, seq, prev):
+                    return value
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))  # noqa: S311
+            else:
+                raise BackendUnavailable("store too contended: could not commit after 200 attempts")
+        await self.record(caller, action, obj, f"error: {type(failure).__name__}: {failure}")
+        raise failure
+
+    async def record(self, caller: Caller, action: str, obj: str, result: str) -> None:
+        """Append an event with no other change (denials, failures)."""
+        async def plan() -> tuple[Plan, None]:
+            return Plan(result=result), None
+
+        await self.mutate(caller, action, obj, plan)
+
+    async def _commit(
+        self,
+        caller: Caller,
+        action: str,
+        obj: str,
+        p: Plan,
+        head_entry: Entry | None,
+        seq: int,
+        prev: str,
+    ) -> bool:
+        _, stored = new_event(
+            seq=seq + 1,
+            prev=prev,
+            time_ns=time.time_ns(),
+            principal=caller.principal,
+            role=caller.role,
+            host=caller.host,
+            action=action,
+            object=obj,
+            result=p.result[:1000],
+            request_id=caller.request_id,
+        )
+        _, new_hash = parse_stored(stored)
+        txn = p.txn
+        txn.checks[HEAD_KEY] = head_entry.mod_revision if head_entry else 0
+        txn.puts[event_key(seq + 1)] = stored
+        txn.puts[HEAD_KEY] = encode_canonical({"hash": new_hash, "seq": seq + 1})
+        return await self.store.commit(txn)
+
+    async def list_events(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        start_after = event_key(after_seq) if after_seq else None
+        entries = await self.store.range(EVENTS_PREFIX, start_after=start_after, limit=limit)
+        return [(int(e.key[len(EVENTS_PREFIX):]), e.value) for e in entries]
+
+    async def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
+        out = []
+        for e in await self.store.range(CHECKPOINTS_PREFIX):
+            obj = decode_canonical(e.value)
+            out.append((int(e.key[len(CHECKPOINTS_PREFIX):]), bytes.fromhex(obj["body"]),
+                        bytes.fromhex(obj["signature"])))
+        return out
+
+    async def checkpoint(self) -> int | None:
+        """Sign the current head if no checkpoint covers it yet. Returns its seq."""
+        _, seq, head_hash = await self._head()
+        if seq == 0:
+            return None
+        key = f"{CHECKPOINTS_PREFIX}{seq:020d}"
+        if await self.store.get(key) is not None:
+            return None
+        body, sig = sign_checkpoint(self.signing_key, seq=seq, head_hash=head_hash,
+                                    time_ns=time.time_ns())
+        value = encode_canonical({"body": body.hex(), "signature": sig.hex()})
+        # Create-only: two replicas racing to sign the same head write one checkpoint.
+        await self.store.commit(Txn(checks={key: 0}, puts={key: value}))
+        return seq
+
+    async def run_checkpoints(self, interval: float, stop: asyncio.Event) -> None:
+        await every(interval, stop, self.checkpoint, "audit checkpoint")
+
+
+def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The control plane's checkpoint key (PKCS#8 PEM, 0600). Writes path.pub beside it."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise CustosError(f"{path}: not an Ed25519 private key")
+    else:
+
+        key = Ed25519PrivateKey.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    pub = path.with_suffix(".pub")
+    pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not pub.exists() or pub.read_bytes() != pub_pem:
+        pub.write_bytes(pub_pem)
+    return key
+
+
+def event_fields(stored: bytes) -> dict[str, Any]:
+    record, h = parse_stored(stored)
+    return {**record, "hash": h}

@@ -1,0 +1,542 @@
+"""Hosts, enrollment, custody leases and inventory ingestion.
+
+A host is added by the security team (a one-time enrollment token, only its
+hash stored), enrolls by trading the token and a CSR for a client certificate
+(CN = host, OU = agent; the key never leaves the host), then keeps one custody
+stream open: inventories and heartbeats up, leases and orders down.
+
+Store keys:
+    hosts/{name}                   host record (audited changes)
+    leases/{name}                  custody lease: expires_ns, state (live | lapsed | revoked)
+    inventory/{name}               last report summary
+    hostcopies/{name}/{copy-key}   index of the copies seen on the host
+    alerts/{id}                    alert records (deterministic ids: one per finding)
+
+Lease renewals and inventories are high-volume observations, written with
+compare-and-set but not through the audit chain; lapses, enrollment and host
+changes are audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fnmatch
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from custos.controlplane.audit import SYSTEM, Caller, Plan
+from custos.controlplane.periodic import every
+from custos.controlplane.pki import CertificateAuthority
+from custos.controlplane.registry import Registry, new_copy
+from custos.controlplane.store.base import MAX_TXN_OPS, Txn
+from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.manifest import decode_manifest
+from custos.core.matching import HashedFile, ManifestIndex
+from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
+
+log = logging.getLogger("custos.custody")
+
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+DEFAULT_TOKEN_TTL = 3600
+STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
+AGENT_CERT_DAYS = 365
+
+
+def validate_host_name(name: str) -> str:
+    if not isinstance(name, str) or not HOST_NAME.match(name):
+        raise InvalidInput(f"bad host name {name!r}: want a-z 0-9 . - (a DNS-like name)")
+    return name
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(b"custos.v1.enrollment-token\x00" + token.encode()).hexdigest()
+
+
+def cert_fingerprint(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class HostNotEnrolled(Unauthorized):
+    """The caller's certificate does not belong to an enrolled host (removed, re-enrolled, unknown)."""
+
+
+class LeaseNotLive(FailedPrecondition):
+    """The host's custody lease has lapsed or was revoked: it must reconnect first."""
+
+
+class Custody:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        ca: CertificateAuthority | None,
+        lease_ttl: float = 30.0,
+        signer_set: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = registry.store
+        self.audit = registry.audit
+        self.ca = ca
+        self.lease_ttl = lease_ttl
+        self.signer_set = signer_set or (lambda: b"")
+        self.streams: dict[str, asyncio.Queue[Any]] = {}
+        self._files: dict[str, dict[str, Any]] = {}  # host -> path -> file record (this replica's view)
+        self._digests: dict[str, str] = {}  # host -> digest of the last report ingested
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._host_locks: dict[str, asyncio.Lock] = {}
+        self._policies: dict[str, dict[str, Any]] = {}  # model -> record, for the current registry revision
+        self._policies_rev = -1  # host -> last report summary, not yet written
+        self._index: Any = None
+        self._index_rev = -1
+        self._index_lock = asyncio.Lock()
+        self.on_ack: Callable[[str, Any, int], Any] | None = None
+        self.on_attach: Callable[[str], Any] | None = None
+        self.on_inventory: Callable[[str, Any], Awaitable[Any]] | None = None  # the rules engine's hook
+
+    # -- hosts -------------------------------------------------------------------
+
+    async def get_host(self, name: str) -> dict[str, Any]:
+        validate_host_name(name)
+        entry = await self.store.get(f"hosts/{name}")
+        if entry is None:
+            raise NotFound(f"host {name!r} not found")
+        return dict(decode_canonical(entry.value))
+
+    async def add_host(self, caller: Caller, *, name: str, labels: dict[str, str],
+                       token_ttl: int = 0) -> tuple[dict[str, Any], str, int]:
+        """Add (or re-add a removed) host with a fresh one-time enrollment token.
+
+        Raises InvalidInput, Conflict (an enrolled or pending host of that name).
+        """
+        ttl = token_ttl or DEFAULT_TOKEN_TTL
+        # A fixed prefix: a token is never mistaken for a command-line option (urlsafe can start with "-").
+        token = "cet_" + secrets.token_urlsafe(32)
+        expires = time.time_ns() + int(ttl) * 1_000_000_000
+
+        async def plan() -> tuple[Plan, dict[str, Any]]:
+            validate_host_name(name)
+            if not 60 <= ttl <= 7 * 86400:
+                raise InvalidInput("token TTL must be between 60 s and 7 days")
+            if len(labels) > 32 or any(not re.fullmatch(r"[a-z0-9_./-]{1,63}", k) or len(v) > 253
+                                       for k, v in labels.items()):
+                raise InvalidInput("bad labels: at most 32, keys a-z 0-9 _ . / -, values <= 253 chars")
+            old = await self.store.get(f"hosts/{name}")
+            if old is not None and decode_canonical(old.value)["state"] != "removed":
+                raise Conflict(f"host {name!r} already exists; remove it first to re-enroll")
+            record = {
+                "cert_fingerprint": "", "enrolled_at_ns": 0, "labels": dict(sorted(labels.items())),
+                "name": name, "state": "pending", "token_expires_ns": expires,
+                "token_hash": _token_hash(token), "added_by": caller.principal,
+            }
+            txn = Txn(checks={f"hosts/{name}": old.mod_revision if old else 0},
+                      puts={f"hosts/{name}": encode_canonical(record)})
+            return Plan(txn), record
+
+        record = await self.audit.mutate(caller, "AddHost", f"host/{name}", plan)
+        return record, token, expires
+
+    async def remove_host(self, caller: Caller, *, name: str) -> dict[str, Any]:
+        """Remove a host: its certificate is refused from now on, its lease revoked,
+        its copies marked stale, its stream told to stop. Raises NotFound."""
+        async def plan() -> tuple[Plan, dict[str, Any]]:
+            entry = await self.store.get(f"hosts/{validate_host_name(name)}")
+            if entry is None:
+                raise NotFound(f"host {name!r} not found")
+            record = dict(decode_canonical(entry.value))
+            record["state"] = "removed"
+            record["token_hash"] = ""
+            txn = Txn(checks={f"hosts/{name}": entry.mod_revision},
+                      puts={f"hosts/{name}": encode_canonical(record),
+                            f"leases/{name}": encode_canonical({"expires_ns": 0, "state": "revoked"})})
+            return Plan(txn), record
+
+        record = await self.audit.mutate(caller, "RemoveHost", f"host/{name}", plan)
+        await self._mark_host_copies(name, "stale")
+        q = self.streams.get(name)
+        if q is not None:
+            q.put_nowait(("notice", "host removed"))
+            q.put_nowait(None)
+        return record
+
+    async def list_hosts(self) -> list[dict[str, Any]]:
+        out = []
+        leases = {e.key[len("leases/"):]: decode_canonical(e.value) for e in await self.store.range("leases/")}
+        inv = {e.key[len("inventory/"):]: decode_canonical(e.value) for e in await self.store.range("inventory/")}
+        inv.update(self._summaries)  # this replica's newest, not yet flushed
+        now = time.time_ns()
+        for e in await self.store.range("hosts/"):
+            h = dict(decode_canonical(e.value))
+            lease = leases.get(h["name"], {"expires_ns": 0, "state": "none"})
+            state = lease["state"]
+            if state == "live" and lease["expires_ns"] < now:
+                state = "lapsed"
+            h["lease_expires_ns"] = lease["expires_ns"]
+            h["lease_state"] = state
+            summary = inv.get(h["name"], {})
+            h["last_report_ns"] = summary.get("at_ns", 0)
+            h["files"] = summary.get("files", 0)
+            h["processes"] = summary.get("processes", 0)
+            h["connected"] = h["name"] in self.streams
+            out.append(h)
+        return out
+
+    # -- enrollment ---------------------------------------------------------------
+
+    async def enroll(self, *, peer: str, name: str, token: str, csr_pem: bytes) -> tuple[bytes, bytes]:
+        """Trade a one-time token and a CSR for the host's client certificate.
+
+        Raises Unauthorized (bad, used or expired token), InvalidInput (bad CSR),
+        FailedPrecondition (no CA to sign with).
+        """
+        who = Caller(principal=name[:253] if isinstance(name, str) else "?", role="enrollment",
+                     host=peer, request_id="")
+        if self.ca is None:
+            raise FailedPrecondition("this control plane has no CA key configured for enrollment")
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError:
+            raise InvalidInput("unreadable certificate signing request") from None
+        if not csr.is_signature_valid:
+            raise InvalidInput("the CSR's signature does not verify")
+        ca = self.ca
+
+        async def plan() -> tuple[Plan, bytes]:
+            validate_host_name(name)
+            entry = await self.store.get(f"hosts/{name}")
+            record = dict(decode_canonical(entry.value)) if entry else None
+            if (record is None or record["state"] != "pending" or not record["token_hash"]
+                    or not hmac.compare_digest(record["token_hash"], _token_hash(token or ""))):
+                raise Unauthorized(f"enrollment refused for host {name!r}: unknown host, bad or used token")
+            if record["token_expires_ns"] < time.time_ns():
+                raise Unauthorized(f"enrollment token for host {name!r} has expired")
+            cert = _sign_agent_csr(ca, csr, name)
+            record.update(state="enrolled", token_hash="", enrolled_at_ns=time.time_ns(),
+                          cert_fingerprint=cert_fingerprint(cert))
+            assert entry is not None
+            txn = Txn(checks={f"hosts/{name}": entry.mod_revision},
+                      puts={f"hosts/{name}": encode_canonical(record)}, deletes=[f"leases/{name}"])
+            return Plan(txn), cert
+
+        cert = await self.audit.mutate(who, "Enroll", f"host/{name}", plan)
+        return cert, ca.cert.public_bytes(serialization.Encoding.PEM)
+
+    async def check_agent(self, caller: Caller, *, need_lease: bool) -> dict[str, Any]:
+        """The enrolled host behind an agent certificate. Raises HostNotEnrolled, LeaseNotLive."""
+        if caller.role != "agent":
+            raise HostNotEnrolled("only agent certificates speak for hosts")
+        try:
+            host = await self.get_host(caller.principal)
+        except (NotFound, InvalidInput):
+            raise HostNotEnrolled(f"host {caller.principal!r} is not enrolled") from None
+        if host["state"] != "enrolled" or not caller.cert_sha256 or not hmac.compare_digest(
+                host["cert_fingerprint"], caller.cert_sha256):
+            raise HostNotEnrolled(f"host {caller.principal!r}: certificate not accepted (removed or re-enrolled)")
+        if need_lease:
+            lease = await self.store.get(f"leases/{caller.principal}")
+            rec: dict[str, Any] = decode_canonical(lease.value) if lease else {"state": "none", "expires_ns": 0}
+            if rec["state"] != "live" or int(rec["expires_ns"]) < time.time_ns():
+                raise LeaseNotLive(f"host {caller.principal!r} has no live custody lease")
+        return host
+
+    # -- leases -------------------------------------------------------------------
+
+    async def renew_lease(self, host: str) -> int | None:
+        """Extend the host's lease by the TTL; None while it stays revoked.
+
+        A lease revoked by an order stays revoked until the host acks that order:
+        an agent that does not (stuck, cut off, compromised) gets no lease and
+        fails closed at its deadline. A removed host's lease is never renewed.
+        """
+        key = f"leases/{host}"
+        for _ in range(20):
+            entry = await self.store.get(key)
+            if entry is not None:
+                rec = decode_canonical(entry.value)
+                if rec["state"] == "revoked":
+                    h = await self.get_host(host)
+                    if h["state"] != "enrolled":
+                        raise HostNotEnrolled(f"host {host!r} was removed")
+                    order = rec.get("order", "")
+                    if order and await self.store.get(f"orderacks/{order}/{host}") is None:
+                        return None
+            expires = time.time_ns() + int(self.lease_ttl * 1e9)
+            value = encode_canonical({"expires_ns": expires, "state": "live"})
+            if await self.store.commit(Txn(checks={key: entry.mod_revision if entry else 0}, puts={key: value})):
+                return expires
+        raise Conflict(f"could not renew the lease of {host!r}")
+
+    async def revoke_leases(self, hosts: list[str], order_id: str = "") -> None:
+        revoked = encode_canonical({"expires_ns": 0, "order": order_id, "state": "revoked"})
+        await self.write_batches({f"leases/{h}": revoked for h in hosts})
+
+    async def sweep(self) -> list[str]:
+        """Mark lapsed leases and their hosts' copies stale. Returns the hosts that lapsed now."""
+        now = time.time_ns()
+        lapsed = []
+        for e in await self.store.range("leases/"):
+            rec = decode_canonical(e.value)
+            if rec["state"] == "live" and rec["expires_ns"] < now:
+                host = e.key[len("leases/"):]
+                ok = await self.store.commit(Txn(checks={e.key: e.mod_revision}, puts={e.key: encode_canonical(
+                    {"expires_ns": rec["expires_ns"], "state": "lapsed"})}))
+                if ok:
+                    lapsed.append(host)
+                    await self._mark_host_copies(host, "stale")
+                    await self.audit.record(SYSTEM, "LeaseLapsed", f"host/{host}",
+                                            f"lease expired at {rec['expires_ns']}")
+        return lapsed
+
+    async def flush_summaries(self) -> None:
+        """Write the latest report summaries (last-report time, counts) in batches."""
+        pending, self._summaries = self._summaries, {}
+        if pending:
+            await self.write_batches({f"inventory/{h}": encode_canonical(v) for h, v in pending.items()})
+
+    async def run_flusher(self, interval: float, stop: asyncio.Event) -> None:
+        await every(interval, stop, self.flush_summaries, "writing report summaries", final=True)
+
+    async def run_sweeper(self, interval: float, stop: asyncio.Event) -> None:
+        await every(interval, stop, self.sweep, "lease sweep")
+
+    # -- inventory ----------------------------------------------------------------
+
+    async def _manifest_index(self) -> Any:
+        marker = await self.store.get("meta/artifacts")
+        rev = marker.mod_revision if marker else 0
+        async with self._index_lock:
+            if self._index is None or rev != self._index_rev:
+                manifests, models = {}, {}
+                for e in await self.store.range("artifacts/"):
+                    rec = decode_canonical(e.value)
+                    manifests[rec["id"]] = decode_manifest(rec["manifest"].encode())
+                    models[rec["id"]] = rec["model"]
+                self._index = (ManifestIndex(manifests), models)
+                self._index_rev = rev
+            return self._index
+
+    def host_lock(self, host: str) -> asyncio.Lock:
+        """Serializes the read-modify-write of one host's copy records: its inventory
+        reports and its order acks (both arrive on that host's one stream, so on
+        this replica)."""
+        lock = self._host_locks.get(host)
+        if lock is None:
+            lock = self._host_locks[host] = asyncio.Lock()
+        return lock
+
+    async def ingest(self, host: str, inv: Any) -> dict[str, int]:
+        """Match a report against every registered manifest; record copies and alerts."""
+        async with self.host_lock(host):
+            return await self._ingest(host, inv)
+
+    async def _ingest(self, host: str, inv: Any) -> dict[str, int]:
+        index, models = await self._manifest_index()
+        # A delta is only a complete view if this replica holds the host's last full report.
+        complete_view = bool(inv.full) or host in self._files
+        files = {} if inv.full else dict(self._files.get(host, {}))
+        for path in inv.removed_paths:
+            files.pop(path, None)
+        for f in inv.files:
+            if f.form not in ("plaintext", "ciphertext") or not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
+                continue
+            files[f.path] = {"form": f.form, "sha256": f.sha256, "size": int(f.size)}
+        self._files[host] = files
+        # An unchanged report (same files, processes and managed roots, same registry)
+        # changes nothing but the report time: skip the matching and the writes.
+        digest = hashlib.sha256(encode_canonical({
+            "files": files, "index": self._index_rev, "managed": sorted(inv.managed_roots),
+            "procs": sorted([p.pid, p.how, p.workload_id, sorted(p.paths)] for p in inv.processes),
+        })).hexdigest()
+        summary = {"at_ns": time.time_ns(), "files": len(files), "processes": len(inv.processes),
+                   "problems": list(inv.problems)[:50]}
+        if self._digests.get(host) == digest:
+            self._summaries[host] = summary  # written by flush_summaries, batched
+            return {"copies": -1, "alerts": 0, "unregistered": 0}
+        records = [HashedFile(path, f["size"], f["sha256"], f["form"]) for path, f in files.items()]
+        match = index.match(records)
+        if self.on_inventory is not None:
+            await self.on_inventory(host, inv)  # rules that need exact hashes (tampering)
+        if self._policies_rev != self._index_rev:
+            self._policies, self._policies_rev = {}, self._index_rev
+        policies = self._policies
+
+        async def policy(model: str) -> dict[str, Any]:
+            if model not in policies:
+                policies[model] = await self.registry.get_model(model)
+            return policies[model]
+
+        # Build every record first, read what exists in one round trip, then write in batches.
+        found: list[tuple[str, dict[str, Any], bool]] = []  # (copy key, record, keeps residual)
+        alerts: list[dict[str, Any]] = []
+        managed = {p.rstrip("/") for p in getattr(inv, "managed_roots", [])}
+        for c in match.complete:
+            model = models.get(c.artifact_id, "")
+            authorized = c.root in managed or _authorized(await policy(model), host, c.root)
+            copy = new_copy(c.artifact_id, model, "host-path", f"{host}:{c.root}", host, "plaintext",
+                            authorized=authorized, evidence=f"{len(c.paths)} files match the manifest by SHA-256")
+            found.append((f"copies/{c.artifact_id}/{copy['id']}", copy, True))
+            if not authorized:
+                alerts.append(_alert("unauthorized-copy", host, model, c.artifact_id,
+                                     f"complete plaintext copy at {c.root} is outside the model's custody policy"))
+        for p in match.partial:
+            if p.covered_by:
+                continue
+            model = models.get(p.artifact_id, "")
+            authorized = p.root in managed or _authorized(await policy(model), host, p.root)
+            copy = new_copy(p.artifact_id, model, "host-path", f"{host}:{p.root}", host, "plaintext",
+                            authorized=authorized,
+                            evidence=f"partial: {len(p.present)} of {len(p.present) + len(p.missing)} files")
+            found.append((f"copies/{p.artifact_id}/{copy['id']}", copy, False))
+            if not authorized:
+                alerts.append(_alert("unauthorized-copy", host, model, p.artifact_id,
+                                     f"partial plaintext copy at {p.root} is outside the model's custody policy"))
+        by_path = {f.path: f for f in match.files}
+        for proc in inv.processes:
+            arts: set[str] = set()
+            for path in proc.paths:
+                fm = by_path.get(path)
+                if fm is not None:
+                    arts |= {r.artifact_id for r in fm.refs}
+            for aid in sorted(arts):
+                model = models.get(aid, "")
+                copy = new_copy(aid, model, "process", f"{host}:{proc.pid}", host, "loaded",
+                                authorized=bool(proc.workload_id) or _authorized(await policy(model), host, ""),
+                                evidence=f"pid {proc.pid} ({proc.user}) holds {len(proc.paths)} weight files "
+                                         f"({proc.how}): {proc.cmdline[:200]}")
+                found.append((f"copies/{aid}/{copy['id']}", copy, False))
+        for u in match.unregistered:
+            alerts.append(_alert("unregistered-weights", host, "", "",
+                                 f"{u.path} ({u.size} bytes, sha256 {u.sha256[:16]}) matches no registered artifact"))
+        seen = {ck for ck, _, _ in found}
+        # Copies this host reported before but not now are gone (only with a complete view).
+        vanished: list[str] = []
+        if complete_view:
+            vanished = [k for k in await self.host_copy_keys(host) if k not in seen]
+        existing = await self.store.get_many(
+            [*seen, *vanished, *(f"alerts/{a['id']}" for a in alerts)])
+        puts: dict[str, bytes] = {}
+        for ck, copy, keeps_residual in found:
+            old = existing.get(ck)
+            if old is not None:
+                prev = decode_canonical(old.value)
+                copy["first_seen_ns"] = prev["first_seen_ns"]
+                if keeps_residual and prev["state"] == "residual":
+                    # Still there after a halt: it stays residual, with the halt's evidence.
+                    copy["state"], copy["evidence"] = "residual", prev["evidence"]
+                elif prev["state"] in ("wiped", "stopped") and \
+                        time.time_ns() - int(prev.get("final_at_ns", 0)) < STALE_REPORT_NS:
+                    # A report taken before the halt but arriving after its ack: the
+                    # halt's evidence stands. Seen again later, the copy is really back.
+                    continue
+            puts[ck] = encode_canonical(copy)
+            aid, cid = ck[len("copies/"):].split("/", 1)
+            puts[f"hostcopies/{host}/{aid}/{cid}"] = b"{}"
+        for ck in vanished:
+            old = existing.get(ck)
+            if old is not None:
+                rec = dict(decode_canonical(old.value))
+                # A halt's evidence (wiped, stopped) stands; anything else that vanished is gone.
+                # (The index entry stays: an order's ack may still name this copy.)
+                if rec["state"] not in ("gone", "wiped", "stopped"):
+                    rec["state"] = "gone"
+                    puts[ck] = encode_canonical(rec)
+        for a in alerts:
+            if f"alerts/{a['id']}" not in existing:
+                puts[f"alerts/{a['id']}"] = encode_canonical(a)
+        self._summaries[host] = summary
+        await self.write_batches(puts)
+        self._digests[host] = digest
+        return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}
+
+    async def write_batches(self, puts: dict[str, bytes]) -> None:
+        """Many puts in as few transactions as the Store allows (not atomic as a whole)."""
+        items = list(puts.items())
+        step = MAX_TXN_OPS - 10
+        for i in range(0, len(items), step):
+            await self.store.commit(Txn(puts=dict(items[i:i + step])))
+
+    async def host_copy_keys(self, host: str) -> list[str]:
+        """Store keys (``copies/{artifact}/{id}``) of every copy ever seen on ``host``."""
+        prefix = f"hostcopies/{host}/"
+        return [f"copies/{e.key[len(prefix):]}" for e in await self.store.range(prefix)]
+
+    async def _mark_host_copies(self, host: str, state: str) -> None:
+        puts: dict[str, bytes] = {}
+        for key, old in (await self.store.get_many(await self.host_copy_keys(host))).items():
+            rec = dict(decode_canonical(old.value))
+            if rec["state"] == "present":
+                rec["state"] = state
+                puts[key] = encode_canonical(rec)
+        await self.write_batches(puts)
+
+    # -- streams ------------------------------------------------------------------
+
+    def attach(self, host: str) -> asyncio.Queue[Any]:
+        old = self.streams.get(host)
+        if old is not None:
+            old.put_nowait(None)  # one stream per host: the newest wins
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self.streams[host] = q
+        if self.on_attach is not None:
+            self.on_attach(host)
+        return q
+
+    def detach(self, host: str, q: asyncio.Queue[Any]) -> None:
+        if self.streams.get(host) is q:
+            del self.streams[host]
+
+    async def list_alerts(self, *, host: str = "", model: str = "") -> list[dict[str, Any]]:
+        out = []
+        for e in await self.store.range("alerts/"):
+            a = dict(decode_canonical(e.value))
+            if (host and a["host"] != host) or (model and a["model"] != model):
+                continue
+            out.append(a)
+        return sorted(out, key=lambda a: a["at_ns"])
+
+
+def _authorized(model: dict[str, Any], host: str, path: str) -> bool:
+    hosts = model.get("custody_hosts") or []
+    paths = model.get("custody_paths") or []
+    if not any(fnmatch.fnmatchcase(host, pat) for pat in hosts):
+        return False
+    return not paths or not path or any(fnmatch.fnmatchcase(path, pat) for pat in paths)
+
+
+def _alert(rule: str, host: str, model: str, artifact: str, detail: str) -> dict[str, Any]:
+    aid = hashlib.sha256(f"{rule}\x00{host}\x00{model}\x00{artifact}\x00{detail}".encode()).hexdigest()[:24]
+    return {"artifact_id": artifact, "at_ns": time.time_ns(), "detail": detail, "host": host, "id": aid,
+            "model": model, "rule": rule, "severity": "high" if rule == "unauthorized-copy" else "medium",
+            "state": "open"}
+
+
+def _sign_agent_csr(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, host: str) -> bytes:
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "custos"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "agent"),
+            x509.NameAttribute(NameOID.COMMON_NAME, host),
+        ]))
+        .issuer_name(ca.cert.subject)
+        .public_key(csr.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=AGENT_CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)

@@ -1,0 +1,548 @@
+"""Incidents: alerts correlated into AI safety incidents on the 72-hour reporting clock.
+
+An alert (custos.controlplane.rules, or custody ingestion) joins the open
+incident of the same model — or, without a model, of the same host — within
+the correlation window, or opens a new one. An incident carries its category
+under the chapter's definition of an artificial intelligence safety incident
+(``c1``..``c4`` for 22602(c)(1)..(4)), ``discovered_at`` (its earliest alert)
+and ``report_deadline`` = discovered + 72 hours (22603(g)); its status moves
+``open -> triaged -> reported -> closed``.
+
+Every change to an incident is one ``AuditLog.mutate``: the new record and an
+audit event whose result is ``ok: `` + the canonical JSON of the change, so the
+record is the fold of its events (``apply_change``) and an incident report can
+be rebuilt from the audit log alone (``rebuild_report``) and compared with
+the server's (``IncidentService.export``). The engine also records, as such
+changes, the copies of the incident's artifacts on its hosts and the orders
+touching its model (the actions taken), as they change.
+
+Store keys:
+    incidents/{id}          the incident record
+    alertlinks/{alert-id}   {"incident": id}: which incident an alert joined
+    meta/rules-leader       which replica runs the rules, the correlation and the dispatcher
+Specified in docs/incidents.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from custos.controlplane.audit import SYSTEM, AuditLog, Caller, Plan, current_caller
+from custos.controlplane.metrics import MetricsConfig, MetricsServer, parse_metrics_config
+from custos.controlplane.notify import Notifier, NotifyConfig, parse_notify_config
+from custos.controlplane.rules import RULES, Event, RulesConfig, RulesEngine, parse_events, parse_rules_config, safe
+from custos.controlplane.store.base import Store, Txn
+from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.incidents import (
+    HOUR_NS,
+    MAX_ACTIONS,
+    MAX_COPIES,
+    REPORT_WITHIN_NS,
+    STATUSES,
+    TRANSITIONS,
+    apply_change,
+    build_report,
+    copy_summary,
+    fit,
+    incident_id_for,
+    incident_view,
+    iso,
+    match_incident,
+    payload_result,
+    report_markdown,
+    with_clock,
+)
+from custos.core.orders import Order
+from custos.core.rules import CATEGORIES, DEFAULT_CATEGORY
+from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound
+from custos.v1 import incidents_pb2 as pb
+from custos.v1 import incidents_pb2_grpc
+
+log = logging.getLogger("custos.incidents")
+
+LEADER_KEY = "meta/rules-leader"
+
+# Rows for custos.controlplane.authz.POLICY (security team acts; auditors and admins read).
+AUTHZ_ROWS: Mapping[str, frozenset[str]] = {
+    "/custos.v1.Incidents/ListIncidents": frozenset({"security-team", "auditor", "admin"}),
+    "/custos.v1.Incidents/GetIncident": frozenset({"security-team", "auditor", "admin"}),
+    "/custos.v1.Incidents/ExportIncident": frozenset({"security-team", "auditor", "admin"}),
+    "/custos.v1.Incidents/UpdateIncident": frozenset({"security-team"}),
+}
+
+
+def alert_summary(alert: Mapping[str, Any], config: RulesConfig) -> dict[str, Any]:
+    """What an incident keeps of an alert (bounded: it travels in one audit event)."""
+    rule = str(alert["rule"])
+    spec = RULES.get(rule)
+    return {
+        "artifact_id": str(alert.get("artifact_id", ""))[:64], "at_ns": int(alert["at_ns"]),
+        "category": spec.category if spec else DEFAULT_CATEGORY, "detail": str(alert.get("detail", ""))[:200],
+        "evidence": [int(x) for x in alert.get("evidence", [])][:5], "host": str(alert.get("host", ""))[:128],
+        "id": str(alert["id"]), "model": str(alert.get("model", "")),
+        "principal": str(alert.get("principal", ""))[:128],
+        "rule": rule, "severity": config.severity(rule, str(alert.get("severity", ""))),
+    }
+
+
+# -- the service: store adapter -------------------------------------------------------------------
+
+
+class IncidentService:
+    """Correlation, the incident records, status updates and reports."""
+
+    def __init__(self, *, store: Store, audit: AuditLog, config: RulesConfig, notifier: Notifier | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.store = store
+        self.audit = audit
+        self.config = config
+        self.notifier = notifier
+        self.clock = clock
+        self._linked: set[str] | None = None
+        self._ignored: set[str] = set()
+
+    def forget(self) -> None:
+        """Drop cached knowledge of which alerts are linked (another replica may have linked more)."""
+        self._linked = None
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def _states(self) -> list[dict[str, Any]]:
+        return [dict(decode_canonical(e.value)) for e in await self.store.range("incidents/")]
+
+    async def resolve(self, ref: str) -> str:
+        """Full id from an id or a unique prefix of 6+ hex digits. Raises InvalidInput, NotFound."""
+        r = (ref or "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{6,16}", r):
+            raise InvalidInput(f"bad incident id {ref!r}: want 6 to 16 hex digits")
+        found = await self.store.range(f"incidents/{r}", limit=2)
+        if not found:
+            raise NotFound(f"incident {r} not found")
+        if len(found) > 1:
+            raise InvalidInput(f"incident id prefix {r} is ambiguous")
+        return found[0].key[len("incidents/"):]
+
+    async def state(self, ref: str) -> dict[str, Any]:
+        iid = await self.resolve(ref)
+        entry = await self.store.get(f"incidents/{iid}")
+        if entry is None:
+            raise NotFound(f"incident {iid} not found")
+        return dict(decode_canonical(entry.value))
+
+    async def get(self, ref: str) -> dict[str, Any]:
+        return with_clock(incident_view(await self.state(ref)), self.clock())
+
+    async def list_incidents(self, *, statuses: Sequence[str] = (), model: str = "",
+                             include_closed: bool = False) -> list[dict[str, Any]]:
+        """Incidents, most urgent first (unreported by deadline, then the rest). Raises InvalidInput."""
+        bad = [s for s in statuses if s not in STATUSES]
+        if bad:
+            raise InvalidInput(f"unknown status {bad}: want {', '.join(STATUSES)}")
+        now = self.clock()
+        out = []
+        for s in await self._states():
+            v = with_clock(incident_view(s), now)
+            if statuses and v["status"] not in statuses:
+                continue
+            if not statuses and not include_closed and v["status"] == "closed":
+                continue
+            if model and v["model"]["name"] != model:
+                continue
+            out.append(v)
+        return sorted(out, key=lambda v: (v["status"] not in ("open", "triaged"), v["report_deadline_ns"], v["id"]))
+
+    async def events(self) -> list[Event]:
+        stored: list[bytes] = []
+        after = 0
+        while True:
+            rows = await self.audit.list_events(after, 5000)
+            stored += [v for _, v in rows]
+            if len(rows) < 5000:
+                return parse_events(stored)
+            after = rows[-1][0]
+
+    async def export(self, ref: str) -> dict[str, Any]:
+        """The incident report (``build_report``) from the record and the audit log."""
+        return build_report(await self.state(ref), await self.events())
+
+    # -- changing ----------------------------------------------------------------------
+
+    async def _change(self, caller: Caller, iid: str, action: str,
+                      make: Callable[[dict[str, Any] | None], dict[str, Any]],
+                      *, notify: Callable[[dict[str, Any], dict[str, Any]], tuple[str, dict[str, Any]] | None]
+                      | None = None, extra: Mapping[str, bytes] | None = None,
+                      checks: Mapping[str, int] | None = None) -> dict[str, Any]:
+        key = f"incidents/{iid}"
+
+        async def plan() -> tuple[Plan, dict[str, Any]]:
+            for k, want in (checks or {}).items():
+                if want == 0 and await self.store.get(k) is not None:
+                    raise Conflict(f"{k} already exists")  # a create-only key: someone was first
+            entry = await self.store.get(key)
+            state = dict(decode_canonical(entry.value)) if entry else None
+            payload = fit(make(state))
+            new = apply_change(state, action, payload, caller.principal)
+            txn = Txn(checks={key: entry.mod_revision if entry else 0, **(checks or {})},
+                      puts={key: encode_canonical(new), **(extra or {})})
+            if notify is not None and self.notifier is not None:
+                msg = notify(new, payload)
+                if msg is not None:
+                    view = incident_view(new)
+                    txn.puts.update(self.notifier.outbox_puts(msg[0], msg[1], severity=view["severity"]))
+            return Plan(txn, payload_result(payload)), new
+
+        return await self.audit.mutate(caller, action, f"incident/{iid}", plan)
+
+    async def _model_snapshot(self, name: str) -> dict[str, Any]:
+        snap = {"covered": False, "exemption": False, "name": name, "owner": "", "training_flops": ""}
+        if name:
+            entry = await self.store.get(f"models/{name}")
+            if entry is not None:
+                m = decode_canonical(entry.value)
+                snap.update(covered=bool(m["covered"]), exemption=m.get("exemption") is not None,
+                            owner=str(m["owner"])[:64], training_flops=str(m["training_flops"]))
+        return snap
+
+    async def _open(self, alert: dict[str, Any]) -> str:
+        iid = incident_id_for(alert["id"])
+        if await self.store.get(f"incidents/{iid}") is not None:
+            return iid  # opened before a restart interrupted adding its first alert
+        spec = RULES.get(alert["rule"])
+        model = await self._model_snapshot(alert["model"])
+        now = self.clock()
+
+        def make(state: dict[str, Any] | None) -> dict[str, Any]:
+            if state is not None:
+                raise Conflict(f"incident {iid} already open")
+            return {"category": alert["category"], "discovered_at_ns": alert["at_ns"], "id": iid,
+                    "lookback_ns": self.config.attribution_lookback_s * 1_000_000_000, "model": model,
+                    "note": f"opened by rule {alert['rule']}" + (f": {spec.summary}" if spec else ""),
+                    "opened_at_ns": now, "report_deadline_ns": alert["at_ns"] + REPORT_WITHIN_NS}
+
+        try:
+            await self._change(SYSTEM, iid, "OpenIncident", make)
+        except Conflict:
+            pass
+        log.warning("incident %s opened (%s, model %s): report due %s", iid, alert["category"],
+                    alert["model"] or "-", iso(alert["at_ns"] + REPORT_WITHIN_NS),
+                    extra={"fields": {"incident": iid, "category": alert["category"], "model": alert["model"]}})
+        return iid
+
+    async def _add_alert(self, iid: str, alert: dict[str, Any]) -> None:
+        link = f"alertlinks/{alert['id']}"
+
+        def notify(new: dict[str, Any], payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            v = incident_view(new)
+            first = len(new["alerts"]) == 1
+            kind = "incident.opened" if first else "incident.alert"
+            what = "opened" if first else "has a new alert"
+            return kind, {"incident": notice(v), "alert": payload["alert"],
+                          "summary": f"incident {iid} {what}: {alert['rule']} on {alert['host'] or '-'} "
+                                     f"(model {alert['model'] or '-'}); report due {iso(v['report_deadline_ns'])}"}
+
+        await self._change(SYSTEM, iid, "AddIncidentAlert", _const({"alert": alert}), notify=notify,
+                           extra={link: encode_canonical({"incident": iid})}, checks={link: 0})
+
+    async def correlate(self) -> list[str]:
+        """Every alert not yet in an incident joins one (or opens one). Returns the incidents touched."""
+        if self._linked is None:
+            self._linked = {e.key[len("alertlinks/"):] for e in await self.store.range("alertlinks/")}
+        fresh = []
+        for e in await self.store.range("alerts/"):
+            aid = e.key[len("alerts/"):]
+            if aid in self._linked or aid in self._ignored:
+                continue
+            a = decode_canonical(e.value)
+            setting = self.config.setting(str(a.get("rule", "")))
+            if not setting.enabled or not setting.incident:
+                self._ignored.add(aid)
+                continue
+            if await self.store.get(f"alertlinks/{aid}") is not None:
+                self._linked.add(aid)  # linked by another replica since we last looked
+                continue
+            fresh.append(alert_summary(a, self.config))
+        # Alerts naming a model first, so that a model-less alert on the same host finds their incident.
+        fresh.sort(key=lambda a: (a["model"] == "", a["at_ns"], a["id"]))
+        touched: list[str] = []
+        window_ns = self.config.correlation_window_s * 1_000_000_000
+        states = {s["id"]: s for s in await self._states()} if fresh else {}
+        for alert in fresh:
+            iid = match_incident(alert, [incident_view(s) for s in states.values()], window_ns)
+            if iid is None:
+                iid = await self._open(alert)
+            try:
+                await self._add_alert(iid, alert)
+            except Conflict:
+                pass  # linked meanwhile (another replica)
+            self._linked.add(alert["id"])
+            states[iid] = await self.state(iid)
+            touched.append(iid)
+        return list(dict.fromkeys(touched))
+
+    async def refresh(self) -> None:
+        """Record changes of the affected copies and of the orders touching each open
+        incident's model; warn once under 24 h and once overdue."""
+
+        now = self.clock()
+        orders = []
+        for e in await self.store.range("orders/"):
+            rec = decode_canonical(e.value)
+            orders.append((rec, Order.decode(rec["body"].encode())))
+        for state in await self._states():
+            v = incident_view(state)
+            if v["status"] == "closed":
+                continue
+            want: dict[str, dict[str, Any]] = {}
+            for aid in v["artifacts"]:
+                for c in await self.store.range(f"copies/{aid}/"):
+                    copy_rec = decode_canonical(c.value)
+                    if copy_rec["host"] in v["hosts"]:
+                        want[copy_rec["id"]] = fit({"copy": copy_summary(copy_rec)})["copy"]
+            have = {c["id"]: c for c in v["copies"]}
+            for cid, summary in sorted(want.items()):
+                if have.get(cid) != summary and (cid in have or len(have) < MAX_COPIES):
+                    await self._change(SYSTEM, v["id"], "RecordIncidentCopy", _const({"copy": summary}))
+            acts = {o["id"]: o for o in v["actions"]}
+            for rec, order in orders:
+                if not v["model"]["name"] or v["model"]["name"] not in order.models:
+                    continue
+                if rec["proposed_at_ns"] < v["discovered_at_ns"] - v["lookback_ns"]:
+                    continue  # long before the incident (the attribution lookback): not about it
+                st = rec["state"]
+                if st == "proposed" and order.not_after <= now // 1_000_000_000:
+                    st = "expired"
+                summary = {"action": order.action, "drill": bool(order.drill), "id": rec["id"],
+                           "models": list(order.models)[:8], "state": st}
+                if acts.get(rec["id"]) != summary and (rec["id"] in acts or len(acts) < MAX_ACTIONS):
+                    await self._change(SYSTEM, v["id"], "RecordIncidentAction", _const({"order": summary}))
+            if v["status"] in ("open", "triaged"):
+                left = v["report_deadline_ns"] - now
+                warning = "overdue" if left <= 0 else "under-24h" if left < 24 * HOUR_NS else None
+                if warning and warning not in v["warnings"]:
+                    def deadline_notice(new: dict[str, Any], payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+                        nv = incident_view(new)
+                        text = "is OVERDUE" if payload["warning"] == "overdue" else "is due in under 24 hours"
+                        return "incident.deadline", {
+                            "incident": notice(nv), "warning": payload["warning"],
+                            "summary": f"incident {nv['id']} report {text}: deadline {iso(nv['report_deadline_ns'])}"}
+
+                    change = {"seconds_left": int(left // 1_000_000_000), "warning": warning}
+                    await self._change(SYSTEM, v["id"], "IncidentDeadlineWarning", _const(change),
+                                       notify=deadline_notice)
+
+    async def update(self, caller: Caller, *, ref: str, status: str = "", note: str = "",
+                     category: str = "") -> dict[str, Any]:
+        """Move an incident along ``open -> triaged -> reported -> closed``, change its category,
+        or add a note. Audited, refused or not. Raises InvalidInput, NotFound, FailedPrecondition."""
+        iid = await self.resolve(ref)
+        note = (note or "").strip()
+        now = self.clock()
+
+        def make(state: dict[str, Any] | None) -> dict[str, Any]:
+            if state is None:
+                raise NotFound(f"incident {iid} not found")
+            cur = state["status"]
+            new = status or cur
+            if new not in STATUSES:
+                raise InvalidInput(f"unknown status {status!r}: want {', '.join(STATUSES)}")
+            if category and category not in CATEGORIES:
+                raise InvalidInput(f"unknown category {category!r}: want c1, c2, c3 or c4 (22602(c)(1)-(4))")
+            if len(note) > 300 or any(ord(ch) < 0x20 for ch in note):
+                raise InvalidInput("note: at most 300 printable characters")
+            if new != cur and new not in TRANSITIONS[cur]:
+                allowed = ", ".join(TRANSITIONS[cur]) or "nothing (closed)"
+                raise FailedPrecondition(f"incident {iid} is {cur}: it can move to {allowed}")
+            if new == cur and not category and not note:
+                raise InvalidInput("nothing to change: give a new status, a category or a note")
+            if cur == "closed":
+                raise FailedPrecondition(f"incident {iid} is closed")
+            if new == "closed" and cur in ("open", "triaged") and not note:
+                raise InvalidInput("closing an unreported incident needs a note saying why it is not reportable")
+            if category and category != state["category"] and not note:
+                raise InvalidInput("changing the category needs a note saying why")
+            return {"at_ns": now, "category": category if category != state["category"] else "",
+                    "from": cur, "note": note, "status": new}
+
+        def notify(new: dict[str, Any], payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            v = incident_view(new)
+            return "incident.updated", {
+                "incident": notice(v), "change": payload,
+                "summary": f"incident {iid} {payload['from']} -> {payload['status']} by {caller.principal}"}
+
+        state = await self._change(caller, iid, "UpdateIncident", make, notify=notify)
+        return with_clock(incident_view(state), self.clock())
+
+
+def _const(payload: dict[str, Any]) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+    def make(state: dict[str, Any] | None) -> dict[str, Any]:
+        return payload
+
+    return make
+
+
+def notice(v: Mapping[str, Any]) -> dict[str, Any]:
+    """What a notification says about an incident."""
+    return {"alerts": len(v["alerts"]), "category": v["category"], "category_title": v["category_title"],
+            "discovered_at": iso(v["discovered_at_ns"]), "hosts": v["hosts"], "id": v["id"],
+            "model": v["model"]["name"], "report_deadline": iso(v["report_deadline_ns"]),
+            "severity": v["severity"], "status": v["status"]}
+
+
+# -- gRPC ---------------------------------------------------------------------------------------
+
+
+def incident_pb(v: Mapping[str, Any]) -> pb.Incident:
+    return pb.Incident(
+        id=v["id"], model=v["model"]["name"], covered=v["model"]["covered"],
+        limited_duty_exemption=v["model"]["exemption"], category=v["category"], category_title=v["category_title"],
+        severity=v["severity"], status=v["status"], discovered_at_unix_ns=v["discovered_at_ns"],
+        report_deadline_unix_ns=v["report_deadline_ns"], opened_at_unix_ns=v["opened_at_ns"],
+        seconds_left=v.get("seconds_left", 0), under_24h=v.get("under_24h", False), overdue=v.get("overdue", False),
+        hosts=v["hosts"], artifact_ids=v["artifacts"],
+        alerts=[pb.IncidentAlert(id=a["id"], rule=a["rule"], category=a["category"], severity=a["severity"],
+                                 model=a["model"], artifact_id=a["artifact_id"], host=a["host"],
+                                 principal=a["principal"], detail=a["detail"], at_unix_ns=a["at_ns"],
+                                 evidence_seqs=a["evidence"]) for a in v["alerts"]],
+        copies=[pb.IncidentCopy(id=c["id"], artifact_id=c["artifact_id"], host=c["host"], location=c["location"],
+                                location_kind=c["kind"], form=c["form"], state=c["state"], authorized=c["authorized"])
+                for c in v["copies"]],
+        actions=[pb.IncidentAction(order_id=o["id"], action=o["action"], state=o["state"], models=o["models"],
+                                   drill=o["drill"]) for o in v["actions"]],
+        history=[pb.IncidentStatusChange(status=h["status"], from_status=h["from"], category=h["category"],
+                                         note=h["note"], by=h["by"], at_unix_ns=h["at_ns"]) for h in v["history"]],
+        alerts_dropped=v["alerts_dropped"])
+
+
+class IncidentsServicer(incidents_pb2_grpc.IncidentsServicer):
+    """custos.v1.Incidents; errors are CustosErrors, mapped by the one interceptor."""
+
+    def __init__(self, service: IncidentService) -> None:
+        self.s = service
+
+    async def ListIncidents(self, req: Any, ctx: Any) -> Any:
+        views = await self.s.list_incidents(statuses=list(req.status), model=req.model, include_closed=req.all)
+        return pb.ListIncidentsResponse(incidents=[incident_pb(v) for v in views], now_unix_ns=self.s.clock())
+
+    async def GetIncident(self, req: Any, ctx: Any) -> Any:
+        return pb.GetIncidentResponse(incident=incident_pb(await self.s.get(req.id)), now_unix_ns=self.s.clock())
+
+    async def UpdateIncident(self, req: Any, ctx: Any) -> Any:
+        v = await self.s.update(current_caller.get(), ref=req.id, status=req.status, note=req.note,
+                                category=req.category)
+        return pb.UpdateIncidentResponse(incident=incident_pb(v))
+
+    async def ExportIncident(self, req: Any, ctx: Any) -> Any:
+        if req.format not in ("", "json", "markdown"):
+            raise InvalidInput("format must be json or markdown")
+        report = await self.s.export(req.id)
+        content = report_markdown(report) if req.format == "markdown" else json.dumps(report, indent=2,
+                                                                                      sort_keys=True)
+        return pb.ExportIncidentResponse(content=content, incident_id=report["incident"])
+
+
+# -- wiring ------------------------------------------------------------------------------------
+
+
+class IncidentsRuntime:
+    """The rules engine, the incident service, the notifier and the metrics endpoint, with
+    their background loops. One replica at a time runs the rules, correlation and the
+    dispatcher (a lease in the Store); every replica serves the API and ``/metrics``."""
+
+    def __init__(self, *, store: Store, audit: AuditLog, rules: RulesConfig, notify: NotifyConfig,
+                 metrics: MetricsConfig, clock: Callable[[], int] = time.time_ns) -> None:
+        self.store = store
+        self.rules = rules
+        self.clock = clock
+        self.notifier = Notifier(store, notify, clock=clock)
+        self.engine = RulesEngine(store=store, audit=audit, config=rules, clock=clock)
+        self.service = IncidentService(store=store, audit=audit, config=rules, notifier=self.notifier, clock=clock)
+        self.metrics = MetricsServer(store, metrics, clock=clock) if metrics.listen else None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.owner = uuid.uuid4().hex
+        self.leader = False
+
+    @property
+    def servicer(self) -> IncidentsServicer:
+        return IncidentsServicer(self.service)
+
+    async def round(self) -> list[dict[str, Any]]:
+        """One pass: rules -> alerts -> incidents -> copies, actions, deadlines. Returns new alerts."""
+        alerts = await self.engine.tick()
+        await self.service.correlate()
+        await self.service.refresh()
+        return alerts
+
+    async def lead(self) -> bool:
+        """Take or keep the lease that lets this replica run the rounds."""
+        now = time.time_ns()
+        ttl = int(max(10.0, 3 * self.rules.interval_s) * 1e9)
+        entry = await self.store.get(LEADER_KEY)
+        rec = decode_canonical(entry.value) if entry else None
+        if rec is not None and rec["owner"] != self.owner and rec["expires_ns"] > now:
+            self.leader = False
+            return False
+        value = encode_canonical({"expires_ns": now + ttl, "owner": self.owner})
+        was = self.leader
+        self.leader = await self.store.commit(Txn(checks={LEADER_KEY: entry.mod_revision if entry else 0},
+                                                  puts={LEADER_KEY: value}))
+        if self.leader and not was:
+            # Another replica may have led meanwhile: drop what we cached of its work.
+            self.service.forget()
+            self.engine.forget()
+        return self.leader
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if await safe(self.lead(), "rules lease"):
+                await safe(self.round(), "rules round")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.rules.interval_s)
+            except TimeoutError:
+                pass
+
+    async def start(self, stop: asyncio.Event) -> None:
+        """Bind ``/metrics`` (if configured) and start the loops. Raises InvalidInput."""
+        if self.metrics is not None:
+            await self.metrics.refresh()
+            self.metrics.start()
+            self.tasks.append(asyncio.create_task(self.metrics.run(stop)))
+        self.tasks.append(asyncio.create_task(self.run(stop)))
+        self.tasks.append(asyncio.create_task(self.notifier.run(stop, lambda: self.leader)))
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+async def attach(*, store: Store, audit: AuditLog, stop: asyncio.Event, rules: Mapping[str, Any] | RulesConfig |
+                 None = None, notify: Mapping[str, Any] | NotifyConfig | None = None,
+                 metrics: Mapping[str, Any] | MetricsConfig | None = None, custody: Any = None,
+                 base_dir: Path | None = None, clock: Callable[[], int] = time.time_ns,
+                 start: bool = True) -> IncidentsRuntime:
+    """Build the incidents runtime for a control plane and (``start``) its background loops.
+
+    ``rules``, ``notify`` and ``metrics`` are the raw config sections (or parsed);
+    ``base_dir`` resolves their relative paths. With ``custody``, its inventory hook
+    (``on_inventory``) feeds the tampering rule exact hashes. Raises InvalidInput
+    for a bad section, before anything starts.
+    """
+    rc = rules if isinstance(rules, RulesConfig) else parse_rules_config(rules, base_dir=base_dir)
+    nc = notify if isinstance(notify, NotifyConfig) else parse_notify_config(notify, base_dir=base_dir)
+    mc = metrics if isinstance(metrics, MetricsConfig) else parse_metrics_config(metrics, base_dir=base_dir)
+    rt = IncidentsRuntime(store=store, audit=audit, rules=rc, notify=nc, metrics=mc, clock=clock)
+    if custody is not None:
+        custody.on_inventory = rt.engine.on_inventory
+    if start:
+        await rt.start(stop)
+    return rt
+

@@ -1,0 +1,519 @@
+"""Anomaly rules: audit events, custody findings, orders and Vault's audit log -> alerts.
+
+Rules are data (``RULES``: name, category under the chapter's definition of an AI
+safety incident, default severity) with thresholds from the ``[rules]`` section
+of the control plane's config (``parse_rules_config``). Each rule is a small
+pure function over events or store records that returns ``Finding``s; a
+finding becomes an alert record under ``alerts/{id}`` — the same place and shape
+as the alerts custody ingestion raises (``unauthorized-copy``,
+``unregistered-weights``), so ``custos alerts`` lists them all. Alert ids are
+digests of what makes a finding one finding, so evaluating the same events
+twice (after a restart, or by two replicas) writes each alert once.
+
+``RulesEngine`` is the thin adapter: it tails the audit log from a cursor kept
+in the Store (``meta/rules-cursor``, which also holds the unwrap tallies the
+metrics endpoint exports), reads orders, verifies the audit chain now and
+then, tails Vault's file audit device (custos.controlplane.vault_audit) and
+writes the alerts. Correlating alerts into incidents is
+custos.controlplane.incidents. Specified in docs/incidents.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from custos.controlplane.store.base import MAX_TXN_OPS, Store, Txn
+from custos.controlplane.vault_audit import VaultAuditConfig, VaultAuditTail
+from custos.core.audit_chain import Event, parse_events, verify_log
+from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.manifest import decode_manifest
+from custos.core.orders import Order
+from custos.core.rules import (
+    RULES,
+    SEVERITIES,
+    ExecutingOrder,
+    FileObservation,
+    Finding,
+    UnwrapRateConfig,
+    chain_failure,
+    is_key_handout,
+    lease_lapses,
+    missing_acks,
+    observation_from_alert,
+    tamper_candidates,
+    tamper_finding,
+    unauthorized_unwraps,
+    unwrap_rate,
+    unwrap_result_label,
+)
+from custos.errors import CustosError, InvalidInput
+
+log = logging.getLogger("custos.rules")
+
+
+CURSOR_KEY = "meta/rules-cursor"
+ALERTS_PREFIX = "alerts/"
+
+
+def rule_setting_key(rule: str) -> str:
+    """The config table of a rule: its name with '-' as '_' (``unwrap-rate`` -> ``unwrap_rate``)."""
+    return rule.replace("-", "_")
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    enabled: bool = True
+    severity: str | None = None  # None: the rule's default (custody alerts: as raised)
+    incident: bool = True  # alerts of this rule open or join incidents
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    interval_s: float = 2.0
+    correlation_window_s: int = 3600
+    attribution_lookback_s: int = 7 * 86400
+    settings: Mapping[str, RuleSettings] = field(default_factory=dict)
+    allowed_roles: frozenset[str] = frozenset({"security-team"})
+    unwrap_rate: UnwrapRateConfig = field(default_factory=UnwrapRateConfig)
+    order_ack_deadline_s: int = 300
+    audit_chain_interval_s: int = 300
+    vault_audit: VaultAuditConfig | None = None
+
+    def setting(self, rule: str) -> RuleSettings:
+        return self.settings.get(rule, RuleSettings())
+
+    def enabled(self, rule: str) -> bool:
+        return self.setting(rule).enabled
+
+    def severity(self, rule: str, raised: str = "") -> str:
+        s = self.setting(rule).severity
+        if s:
+            return s
+        spec = RULES.get(rule)
+        return raised or (spec.severity if spec else "medium")
+
+
+_COMMON_KEYS = frozenset({"enabled", "severity", "incident"})
+_RULE_KEYS: Mapping[str, frozenset[str]] = {
+    "unwrap_unauthorized": frozenset({"allowed_roles"}),
+    "unwrap_rate": frozenset({"window_s", "max_per_host", "max_per_principal"}),
+    "unauthorized_copy": frozenset(),
+    "unregistered_weights": frozenset(),
+    "tampered_weights": frozenset(),
+    "lease_lapsed": frozenset(),
+    "order_ack_missing": frozenset({"deadline_s"}),
+    "audit_chain_broken": frozenset({"interval_s"}),
+    "vault_foreign_access": frozenset({"path", "exclude_accessors", "exclude_display_names",
+                                       "exclude_policies", "paths", "key_prefix"}),
+}
+_TOP_KEYS = frozenset({"interval_s", "correlation_window_s", "attribution_lookback_s"})
+_ROLES = ("security-team", "agent", "executive", "auditor", "admin", "system")
+
+
+def _where(table: str, key: str) -> str:
+    return f"[rules.{table}] {key}" if table else f"[rules] {key}"
+
+
+def _int(table: str, raw: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    v = raw.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise InvalidInput(f"{_where(table, key)} must be an integer from {lo} to {hi}, got {v!r}")
+    return v
+
+
+def _num(table: str, raw: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    v = raw.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not lo < v <= hi:
+        raise InvalidInput(f"{_where(table, key)} must be a number above {lo} and at most {hi}, got {v!r}")
+    return float(v)
+
+
+def _strings(table: str, raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    v = raw.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() and len(x) <= 512 for x in v):
+        raise InvalidInput(f"{_where(table, key)} must be a list of non-empty strings, got {v!r}")
+    return tuple(x.strip() for x in v)
+
+
+def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None = None) -> RulesConfig:
+    """Parse the ``[rules]`` section. Unknown keys and bad values are errors.
+
+    ``base_dir`` resolves a relative Vault audit log path (the config file's
+    directory). Raises InvalidInput naming the offending key.
+    """
+    raw = dict(raw or {})
+    if not isinstance(raw, dict):
+        raise InvalidInput("[rules] must be a table")
+    unknown = sorted(set(raw) - _TOP_KEYS - set(_RULE_KEYS))
+    if unknown:
+        raise InvalidInput(f"[rules] unknown key(s) {unknown}: want {sorted(_TOP_KEYS)} or a table per rule "
+                           f"{sorted(_RULE_KEYS)}")
+    interval = _num("", raw, "interval_s", 2.0, 0.0, 3600.0)
+    window = _int("", raw, "correlation_window_s", 3600, 1, 30 * 86400)
+    lookback = _int("", raw, "attribution_lookback_s", 7 * 86400, 0, 365 * 86400)
+    settings: dict[str, RuleSettings] = {}
+    tables: dict[str, dict[str, Any]] = {}
+    for rule in RULES:
+        table = rule_setting_key(rule)
+        t = raw.get(table, {})
+        if not isinstance(t, dict):
+            raise InvalidInput(f"[rules] {table} must be a table, e.g. {table} = {{ enabled = true }}")
+        extra = sorted(set(t) - _COMMON_KEYS - _RULE_KEYS[table])
+        if extra:
+            raise InvalidInput(f"[rules.{table}] unknown key(s) {extra}: want "
+                               f"{sorted(_COMMON_KEYS | _RULE_KEYS[table])}")
+        enabled, incident, severity = t.get("enabled", True), t.get("incident", True), t.get("severity")
+        if not isinstance(enabled, bool) or not isinstance(incident, bool):
+            raise InvalidInput(f"[rules.{table}] enabled and incident must be true or false")
+        if severity is not None and severity not in SEVERITIES:
+            raise InvalidInput(f"[rules.{table}] severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+        settings[rule] = RuleSettings(enabled=enabled, severity=severity, incident=incident)
+        tables[table] = t
+
+    roles = _strings("unwrap_unauthorized", tables["unwrap_unauthorized"], "allowed_roles") or ("security-team",)
+    bad_roles = [r for r in roles if r not in _ROLES or r == "agent"]
+    if bad_roles:
+        raise InvalidInput(f"[rules.unwrap_unauthorized] allowed_roles: {bad_roles} — want roles from "
+                           f"{[r for r in _ROLES if r != 'agent']} (agents are checked against custody policies)")
+    ur = tables["unwrap_rate"]
+    rate = UnwrapRateConfig(
+        window_s=_int("unwrap_rate", ur, "window_s", 60, 1, 86400),
+        max_per_host=_int("unwrap_rate", ur, "max_per_host", 20, 1, 10**9),
+        max_per_principal=_int("unwrap_rate", ur, "max_per_principal", 50, 1, 10**9),
+    )
+    deadline = _int("order_ack_missing", tables["order_ack_missing"], "deadline_s", 300, 1, 7 * 86400)
+    chain = _int("audit_chain_broken", tables["audit_chain_broken"], "interval_s", 300, 1, 7 * 86400)
+
+    vault: VaultAuditConfig | None = None
+    vt = tables["vault_foreign_access"]
+    if "path" in vt:
+        path = vt["path"]
+        if not isinstance(path, str) or not path.strip():
+            raise InvalidInput("[rules.vault_foreign_access] path must be the file audit device's log file")
+        p = Path(path)
+        if not p.is_absolute():
+            p = (base_dir or Path.cwd()) / p
+        accessors = _strings("vault_foreign_access", vt, "exclude_accessors")
+        names = _strings("vault_foreign_access", vt, "exclude_display_names")
+        policies = _strings("vault_foreign_access", vt, "exclude_policies")
+        if not (accessors or names or policies):
+            # Without one, every operation of the control plane itself would be an alert:
+            # refuse rather than drown the real ones.
+            raise InvalidInput("[rules.vault_foreign_access] needs at least one of exclude_accessors, "
+                               "exclude_display_names, exclude_policies: how to recognize the control "
+                               "plane's own token")
+        patterns = _strings("vault_foreign_access", vt, "paths") or ("transit/*/custos-*",)
+        prefix = vt.get("key_prefix", "custos-")
+        if not isinstance(prefix, str) or not prefix or "/" in prefix or "*" in prefix:
+            raise InvalidInput("[rules.vault_foreign_access] key_prefix must be a plain prefix such as \"custos-\"")
+        vault = VaultAuditConfig(path=p, exclude_accessors=frozenset(accessors),
+                                 exclude_display_names=frozenset(names), exclude_policies=frozenset(policies),
+                                 paths=patterns, key_prefix=prefix)
+    elif any(k in vt for k in _RULE_KEYS["vault_foreign_access"]):
+        raise InvalidInput("[rules.vault_foreign_access] needs path (the file audit device's log file)")
+    return RulesConfig(interval_s=interval, correlation_window_s=window, attribution_lookback_s=lookback,
+                       settings=settings, allowed_roles=frozenset(roles), unwrap_rate=rate,
+                       order_ack_deadline_s=deadline, audit_chain_interval_s=chain, vault_audit=vault)
+
+
+# -- events and findings -----------------------------------------------------------------
+
+
+# -- rules: pure functions ---------------------------------------------------------------
+
+
+# -- the engine: store adapter ---------------------------------------------------------
+
+
+def copy_id(artifact_id: str, kind: str, location: str, form: str) -> str:
+    """Custody's deterministic copy id (custos.controlplane.registry.new_copy)."""
+    return hashlib.sha256(f"{artifact_id}\x00{kind}\x00{location}\x00{form}".encode()).hexdigest()[:24]
+
+
+class RulesEngine:
+    """Runs every enabled rule once per ``tick`` and writes new alerts (create-only).
+
+    Only one replica should tick at a time (``IncidentsRuntime`` holds a lease
+    for it); a second one would write the same alerts, once each, and race on
+    the cursor (compare-and-set: the loser re-reads it).
+    """
+
+    def __init__(self, *, store: Store, config: RulesConfig, audit: Any = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.store = store
+        self.config = config
+        self.audit = audit
+        self.clock = clock
+        self._history: deque[Event] = deque()  # key handouts of the last rate window
+        self._warm = False
+        self._index_rev = -1
+        self._relpaths: dict[str, list[tuple[str, Any]]] = {}
+        self._artifact_model: dict[str, str] = {}
+        self._examined: set[str] = set()  # unregistered-weights alerts already checked for tampering
+        self._chain_due_ns = 0
+        self._policies: dict[str, list[str]] = {}
+        self.vault = None
+        if config.vault_audit is not None and config.enabled("vault-foreign-access"):
+
+            self.vault = VaultAuditTail(store, config.vault_audit)
+
+    def forget(self) -> None:
+        """Drop in-memory state (rate window, examined alerts): another replica may have moved on."""
+        self._warm = False
+        self._examined.clear()
+
+    # -- cursor --------------------------------------------------------------------
+
+    async def cursor(self) -> tuple[Any, dict[str, Any]]:
+        entry = await self.store.get(CURSOR_KEY)
+        if entry is None:
+            return None, {"seq": 0, "unwraps": {}}
+        return entry, dict(decode_canonical(entry.value))
+
+    # -- indexes -------------------------------------------------------------------
+
+    async def _index(self) -> None:
+        """Artifact -> model and manifest relative path -> files, rebuilt when artifacts change."""
+
+        marker = await self.store.get("meta/artifacts")
+        rev = marker.mod_revision if marker else 0
+        if rev == self._index_rev:
+            return
+        relpaths: dict[str, list[tuple[str, Any]]] = {}
+        models: dict[str, str] = {}
+        for e in await self.store.range("artifacts/"):
+            rec = decode_canonical(e.value)
+            models[rec["id"]] = rec["model"]
+            for entry in decode_manifest(rec["manifest"].encode()).files:
+                if entry.size > 0:
+                    relpaths.setdefault(entry.path, []).append((rec["id"], entry))
+        self._relpaths, self._artifact_model, self._index_rev = relpaths, models, rev
+
+    async def _custody_hosts(self) -> dict[str, list[str]]:
+        return {m["name"]: list(m.get("custody_hosts") or [])
+                for m in (decode_canonical(e.value) for e in await self.store.range("models/"))}
+
+    # -- one round -----------------------------------------------------------------
+
+    async def tick(self) -> list[dict[str, Any]]:
+        """Evaluate every enabled rule on what is new; returns the alerts written now."""
+        await self._index()
+        self._policies = await self._custody_hosts()  # policies change: read them every round
+        entry, cur = await self.cursor()
+        findings, new_cur = await self._audit_round(cur)
+        findings += await self._tamper_from_alerts()
+        findings += await self._orders_round()
+        findings += await self._chain_round()
+        vault_pos = None
+        if self.vault is not None:
+            vault_findings, vault_pos = await self.vault.read()
+            findings += vault_findings
+        written = await self.write_alerts(findings)
+        if new_cur != cur:
+            ok = await self.store.commit(Txn(checks={CURSOR_KEY: entry.mod_revision if entry else 0},
+                                             puts={CURSOR_KEY: encode_canonical(new_cur)}))
+            if not ok:
+                log.warning("rules cursor moved under us (another replica?): re-reading it next round")
+                self._warm = False
+        if vault_pos is not None and self.vault is not None:
+            await self.vault.commit(vault_pos)
+        return written
+
+    async def _warm_up(self, seq: int) -> None:
+        """Rebuild the rate window from the events just before the cursor (after a restart)."""
+        self._history.clear()
+        self._warm = True
+        if seq <= 0:
+            return
+        window_ns = self.config.unwrap_rate.window_s * 1_000_000_000
+        start = max(0, seq - 5000)
+        rows = await self.store.range("audit/events/", start_after=f"audit/events/{start:020d}" if start else None,
+                                      limit=seq - start)
+        evs = [e for e in parse_events(r.value for r in rows) if e.seq <= seq and is_key_handout(e)]
+        if evs:
+            newest = evs[-1].time_ns
+            self._history.extend(e for e in evs if e.time_ns > newest - window_ns)
+
+    async def _audit_round(self, cur: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
+        seq = int(cur.get("seq", 0))
+        if not self._warm:
+            await self._warm_up(seq)
+        unwraps: dict[str, int] = dict(cur.get("unwraps", {}))
+        findings: list[Finding] = []
+        for _ in range(50):  # at most 50 pages a round; the rest next round
+            rows = await self.store.range("audit/events/", start_after=f"audit/events/{seq:020d}" if seq else None,
+                                          limit=2000)
+            if not rows:
+                break
+            events = parse_events(r.value for r in rows)
+            seq = int(rows[-1].key[len("audit/events/"):])
+            for ev in events:
+                label = unwrap_result_label(ev)
+                if label is not None:
+                    unwraps[label] = unwraps.get(label, 0) + 1
+            findings += self._audit_findings(events)
+            if len(rows) < 2000:
+                break
+        new = {"seq": seq, "unwraps": dict(sorted(unwraps.items()))}
+        return findings, new if new != cur else cur
+
+    def _audit_findings(self, events: list[Event]) -> list[Finding]:
+        out: list[Finding] = []
+        cfg = self.config
+        if cfg.enabled("unwrap-unauthorized") and any(is_key_handout(e) for e in events):
+            out += self._unauthorized(events)
+        if cfg.enabled("unwrap-rate"):
+            handouts = [e for e in events if is_key_handout(e)]
+            if handouts:
+                out += unwrap_rate([*self._history, *handouts], config=cfg.unwrap_rate,
+                                   artifact_model=self._artifact_model)
+                self._history.extend(handouts)
+                window_ns = cfg.unwrap_rate.window_s * 1_000_000_000
+                newest = self._history[-1].time_ns
+                while self._history and self._history[0].time_ns <= newest - window_ns:
+                    self._history.popleft()
+        if cfg.enabled("lease-lapsed"):
+            out += lease_lapses(events)
+        return out
+
+    def _unauthorized(self, events: list[Event]) -> list[Finding]:
+        return unauthorized_unwraps(events, artifact_model=self._artifact_model,
+                                    custody_hosts=self._policies, allowed_roles=self.config.allowed_roles)
+
+    async def _tamper_from_alerts(self) -> list[Finding]:
+        """Tampering from the ``unregistered-weights`` alerts custody raises: a file at a known
+        copy's relative path whose bytes match nothing is a file that no longer matches."""
+        if not self.config.enabled("tampered-weights"):
+            return []
+        out = []
+        for e in await self.store.range(ALERTS_PREFIX):
+            a = decode_canonical(e.value)
+            if a.get("rule") != "unregistered-weights" or a["id"] in self._examined:
+                continue
+            self._examined.add(a["id"])
+            obs = observation_from_alert(a)
+            if obs is not None:
+                out += await self.tamper_findings(obs)
+        return out
+
+    async def tamper_findings(self, obs: FileObservation) -> list[Finding]:
+        """Findings for one reported file that sits at a registered copy's relative path."""
+        out = []
+        for aid, root, entry in tamper_candidates(obs, self._relpaths):
+            location = f"{obs.host}:{root}"
+            if await self.store.get(f"copies/{aid}/{copy_id(aid, 'host-path', location, 'plaintext')}") is None:
+                continue  # no copy was ever seen there: only unregistered weights
+            out.append(tamper_finding(obs, aid, root, entry, self._artifact_model.get(aid, ""), at_ns=self.clock()))
+        return out
+
+    async def on_inventory(self, host: str, inv: Any) -> list[dict[str, Any]]:
+        """Server hook: called by custody ingestion with an agent's report (full hashes).
+        Writes and returns tampering alerts."""
+        if not self.config.enabled("tampered-weights"):
+            return []
+        await self._index()
+        findings: list[Finding] = []
+        for f in getattr(inv, "files", ()):
+            if f.form != "plaintext" or len(f.sha256) != 64:
+                continue
+            findings += await self.tamper_findings(FileObservation(host=host, path=f.path, size=f.size,
+                                                                   sha256=f.sha256))
+        return await self.write_alerts(findings)
+
+    async def _orders_round(self) -> list[Finding]:
+        if not self.config.enabled("order-ack-missing"):
+            return []
+
+        executing: list[ExecutingOrder] = []
+        for e in await self.store.range("orders/"):
+            rec = decode_canonical(e.value)
+            if rec["state"] != "executing":
+                continue
+            order = Order.decode(rec["body"].encode())
+            hosts: dict[str, str] = {}
+            for aid in order.artifacts:
+                for c in await self.store.range(f"copies/{aid}/"):
+                    copy = decode_canonical(c.value)
+                    if copy["location_kind"] != "object-store" and copy["state"] != "gone" and copy["host"]:
+                        hosts.setdefault(copy["host"], copy["model"])
+            acked = frozenset(a.key.rsplit("/", 1)[1] for a in await self.store.range(f"orderacks/{rec['id']}/"))
+            executing.append(ExecutingOrder(id=rec["id"], action=order.action, quorum_at_ns=int(rec["quorum_at_ns"]),
+                                            hosts=hosts, acked=acked))
+        return missing_acks(executing, now_ns=self.clock(), deadline_s=self.config.order_ack_deadline_s)
+
+    async def _chain_round(self) -> list[Finding]:
+        if not self.config.enabled("audit-chain-broken") or self.audit is None:
+            return []
+        now = self.clock()
+        if now < self._chain_due_ns:
+            return []
+        self._chain_due_ns = now + self.config.audit_chain_interval_s * 1_000_000_000
+        return await self.check_chain()
+
+    async def check_chain(self) -> list[Finding]:
+        """Verify the whole audit log against the checkpoints and the control plane's key."""
+        # Checkpoints first: one signed after the events were read would look like a truncation.
+        cps = await self.audit.checkpoints()
+        stored: list[bytes] = []
+        after = 0
+        while True:
+            rows = await self.audit.list_events(after, 5000)
+            stored += [v for _, v in rows]
+            if len(rows) < 5000:
+                break
+            after = rows[-1][0]
+        result = await asyncio.to_thread(verify_log, stored, [(b, s) for _, b, s in cps],
+                                         self.audit.signing_key.public_key())
+        return chain_failure(result, now_ns=self.clock())
+
+    async def write_alerts(self, findings: Iterable[Finding]) -> list[dict[str, Any]]:
+        """Write each finding's alert unless it exists. Returns the alerts written."""
+        alerts: dict[str, dict[str, Any]] = {}
+        for f in findings:
+            if self.config.enabled(f.rule) and f.id not in alerts:
+                alerts[f.id] = f.alert(self.config.severity(f.rule))
+        written = []
+        pending = list(alerts.values())
+        step = MAX_TXN_OPS // 2 - 1
+        for i in range(0, len(pending), step):
+            batch = pending[i:i + step]
+            existing = await self.store.get_many([ALERTS_PREFIX + a["id"] for a in batch])
+            fresh = [a for a in batch if ALERTS_PREFIX + a["id"] not in existing]
+            if not fresh:
+                continue
+            txn = Txn(checks={ALERTS_PREFIX + a["id"]: 0 for a in fresh},
+                      puts={ALERTS_PREFIX + a["id"]: encode_canonical(a) for a in fresh})
+            if await self.store.commit(txn):
+                written += fresh
+            else:  # one of them appeared meanwhile: one by one
+                for a in fresh:
+                    key = ALERTS_PREFIX + a["id"]
+                    if await self.store.commit(Txn(checks={key: 0}, puts={key: encode_canonical(a)})):
+                        written.append(a)
+        for a in written:
+            log.warning("alert %s: %s", a["rule"], a["detail"][:300],
+                        extra={"fields": {"alert": a["id"], "rule": a["rule"], "host": a["host"],
+                                          "model": a["model"], "severity": a["severity"]}})
+        return written
+
+
+async def safe(coro: Any, what: str) -> Any:
+    """Run one background round; a failure is logged, never fatal to the loop."""
+    try:
+        return await coro
+    except CustosError as exc:
+        log.warning("%s failed: %s", what, exc)
+    except Exception:  # the loop must outlive a bad round
+        log.exception("%s failed", what)
+    return None

@@ -1,0 +1,325 @@
+"""`custos server`: the control plane process.
+
+Starts the gRPC (grpc.aio) server with mTLS, health checking and reflection,
+runs audit checkpoints, and shuts down gracefully on SIGTERM/SIGINT: health
+turns NOT_SERVING, in-flight calls get a grace period, a last checkpoint is
+signed, the store is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from custos.blobs.base import BlobStore
+from custos.blobs.url import open_blob_store
+from custos.controlplane.api import (
+    AlertsServicer,
+    AuditServicer,
+    CustodyServicer,
+    EnrollmentServicer,
+    GuardInterceptor,
+    KeysServicer,
+    OrdersServicer,
+    RegistryServicer,
+)
+from custos.controlplane.audit import AuditLog, load_or_create_signing_key
+from custos.controlplane.config import ServerConfig
+from custos.controlplane.custody import Custody
+from custos.controlplane.incidents import attach as attach_incidents
+from custos.controlplane.keys.base import KeyProvider
+from custos.controlplane.keys.broker import KeyBroker
+from custos.controlplane.keys.local import LocalKeyProvider
+from custos.controlplane.keys.vault import VaultTransitProvider
+from custos.controlplane.orders import OrdersService, bootstrap_dev_signers
+from custos.controlplane.pki import CertificateAuthority, ensure_dev_pki
+from custos.controlplane.registry import Registry
+from custos.controlplane.store import Store, open_store
+from custos.controlplane.store.etcd import EtcdStore
+from custos.core.signers import SignerSet
+from custos.errors import InvalidInput
+from custos.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    custody_pb2,
+    custody_pb2_grpc,
+    incidents_pb2,
+    incidents_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+log = logging.getLogger("custos.server")
+
+SERVICE_NAMES = (
+    registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
+    custody_pb2.DESCRIPTOR.services_by_name["Custody"].full_name,
+    custody_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
+    orders_pb2.DESCRIPTOR.services_by_name["Orders"].full_name,
+    incidents_pb2.DESCRIPTOR.services_by_name["Incidents"].full_name,
+)
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+    # A reconnect storm (every agent at once after a control-plane restart) must
+    # queue, not be CANCELLED: the defaults drop a few percent of 2,000 streams.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
+    ("grpc.max_concurrent_streams", 100_000),
+]
+
+
+def prepare_dev(cfg: ServerConfig) -> None:
+    """Fill a config for `--dev`: dev PKI, SQLite store and audit key under data_dir."""
+    if cfg.data_dir is None:
+        raise InvalidInput("--dev needs --data-dir")
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pki = ensure_dev_pki(cfg.data_dir)
+    cfg.tls_ca, cfg.tls_cert, cfg.tls_key = pki.ca_cert, pki.server_cert, pki.server_key
+    cfg.store_url = cfg.store_url or f"sqlite://{cfg.data_dir / 'custos.db'}"
+    cfg.audit_key = cfg.audit_key or cfg.data_dir / "audit-signing.key"
+    cfg.enroll_listen = cfg.enroll_listen or "127.0.0.1:0"
+    cfg.ca_cert = cfg.ca_cert or pki.ca_cert
+    cfg.ca_key = cfg.ca_key or pki.ca_key
+    if not cfg.keys:
+        cfg.keys = {"provider": "local", "path": str(cfg.data_dir / "dev-keys.json"), "dev_only": True}
+    if not cfg.blobs:
+        cfg.blobs = {"url": f"file://{(cfg.data_dir / 'blobs').resolve()}"}
+
+
+def open_key_provider(keys: dict[str, Any]) -> KeyProvider:
+    """Raises InvalidInput for an incomplete [keys] section."""
+    provider = keys.get("provider")
+    if provider == "local":
+
+        if not keys.get("path"):
+            raise InvalidInput("[keys] provider = \"local\" needs path")
+        return LocalKeyProvider(keys["path"], dev_only=bool(keys.get("dev_only")))
+    if provider == "vault":
+
+        token = os.environ.get("CUSTOS_VAULT_TOKEN", "")
+        if keys.get("token_file"):
+            token = _read(Path(keys["token_file"]), "Vault token file").decode().strip()
+        if not keys.get("url") or not token:
+            raise InvalidInput("[keys] provider = \"vault\" needs url and token_file (or CUSTOS_VAULT_TOKEN)")
+        return VaultTransitProvider(url=keys["url"], token=token, mount=keys.get("mount", "transit"),
+                                    key_prefix=keys.get("key_prefix", "custos-"),
+                                    verify=keys.get("verify", True))
+    raise InvalidInput("no key provider configured: set [keys] provider (or use --dev)")
+
+
+def open_blobs(blobs: dict[str, Any]) -> tuple[BlobStore, str]:
+    url = blobs.get("url")
+    if not url:
+        raise InvalidInput("no blob store configured: set [blobs] url (or use --dev)")
+    secret = None
+    if blobs.get("secret_key_file"):
+        secret = _read(Path(blobs["secret_key_file"]), "S3 secret key file").decode().strip()
+    return open_blob_store(url, access_key=blobs.get("access_key"), secret_key=secret), url
+
+
+def dev_env_lines(cfg: ServerConfig, port: int, enroll_port: int = 0) -> list[str]:
+    assert cfg.data_dir is not None
+    d = cfg.data_dir.resolve()
+    host = cfg.listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - only to pick a client address
+        host = "127.0.0.1"
+    env = {
+        "CUSTOS_ADDR": f"{host}:{port}",
+        "CUSTOS_CA": str(d / "tls" / "ca.pem"),
+        "CUSTOS_CERT_DIR": str(d / "tls" / "clients"),
+        "CUSTOS_ROLE": "security-team",
+        "CUSTOS_AUDIT_PUBKEY": str(d / "audit-signing.pub"),
+        "CUSTOS_DATA_DIR": str(d),
+        "CUSTOS_ENROLL_ADDR": f"{host}:{enroll_port}" if enroll_port else "",
+        "CUSTOS_AGENT_SOCKET": str(d / "agent.sock"),
+    }
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+
+
+def _read(path: Path | None, what: str) -> bytes:
+    if path is None:
+        raise InvalidInput(f"{what} is not configured (use --dev or a config file)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+class ControlPlane:
+    """The assembled server; ``start`` then ``wait``/``stop``. Used by the CLI and tests."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.store: Store | None = None
+
+    async def start(self) -> int:
+        cfg = self.cfg
+        ca, cert, key = _read(cfg.tls_ca, "CA certificate"), _read(cfg.tls_cert, "server certificate"), \
+            _read(cfg.tls_key, "server key")
+        if not cfg.store_url:
+            raise InvalidInput("no store configured: set [store] url or use --dev")
+        if cfg.store_url.startswith("etcd://") and cfg.store_tls:
+
+            rest = cfg.store_url[len("etcd://"):]
+            endpoint, _, prefix = rest.partition("/")
+            self.store = EtcdStore(endpoint, prefix="/" + (prefix or "custos") + "/",
+                                   **cfg.store_tls)  # type: ignore[arg-type]
+        else:
+            self.store = open_store(cfg.store_url)
+        # Fail fast and clearly if the store is down, rather than at the first call.
+        await self.store.revision()
+        if cfg.audit_key is None:
+            raise InvalidInput("no audit signing key configured ([audit] signing_key_file)")
+        self.audit = AuditLog(self.store, load_or_create_signing_key(cfg.audit_key))
+        self.registry = Registry(self.store, self.audit)
+        self.keys = open_key_provider(cfg.keys)
+        self.blobs, blob_url = open_blobs(cfg.blobs)
+        enroll_ca = None
+        if cfg.ca_cert and cfg.ca_key:
+
+            try:
+                enroll_ca = CertificateAuthority.load(cfg.ca_cert, cfg.ca_key)
+            except (OSError, ValueError) as exc:
+                raise InvalidInput(f"cannot load the enrollment CA: {exc}") from None
+        self.custody = Custody(self.registry, ca=enroll_ca, lease_ttl=cfg.lease_ttl)
+        self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url, custody=self.custody)
+
+        self.orders = OrdersService(self.registry, self.custody, keys=self.keys, blobs=self.blobs)
+        if cfg.dev and cfg.data_dir is not None:
+            await self.orders.install_bootstrap(bootstrap_dev_signers(cfg.data_dir / "signers"))
+        elif cfg.signer_set_file is not None:
+
+            await self.orders.install_bootstrap(SignerSet.decode(_read(cfg.signer_set_file, "signer set")))
+        await self.orders._refresh_pinned()
+        await self.orders.refresh_chain()
+
+
+        self.incidents = await attach_incidents(
+            store=self.store, audit=self.audit, stop=self._stop, custody=self.custody, rules=cfg.rules,
+            notify=cfg.notify, metrics=cfg.metrics, base_dir=cfg.config_dir, start=False)
+        self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit)], options=GRPC_OPTIONS)
+        registry_pb2_grpc.add_RegistryServicer_to_server(
+            RegistryServicer(self.registry, self.broker, self.custody), self.server)
+        custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody), self.server)
+        custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
+        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
+        orders_pb2_grpc.add_OrdersServicer_to_server(OrdersServicer(self.orders), self.server)
+        incidents_pb2_grpc.add_IncidentsServicer_to_server(self.incidents.servicer, self.server)
+        audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
+                                             health.SERVICE_NAME), self.server)
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                            require_client_auth=True)
+        try:
+            self.port = self.server.add_secure_port(cfg.listen, creds)
+        except RuntimeError as exc:
+            raise InvalidInput(f"cannot listen on {cfg.listen}: {exc}") from None
+        await self.server.start()
+        await self.incidents.start(self._stop)
+        self._tasks += self.incidents.tasks
+        self.enroll_port = 0
+        self.enroll_server = None
+        if cfg.enroll_listen:
+            self.enroll_server = grpc.aio.server(options=GRPC_OPTIONS)
+            custody_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.custody), self.enroll_server)
+            enroll_creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=None,
+                                                       require_client_auth=False)
+            try:
+                self.enroll_port = self.enroll_server.add_secure_port(cfg.enroll_listen, enroll_creds)
+            except RuntimeError as exc:
+                raise InvalidInput(f"cannot listen on {cfg.enroll_listen}: {exc}") from None
+            await self.enroll_server.start()
+        self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
+        self._tasks.append(asyncio.create_task(self.custody.run_flusher(0.25, self._stop)))
+        self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
+        self._tasks.append(asyncio.create_task(self.orders.run_fanout(self._stop)))
+        self._tasks.append(asyncio.create_task(self.orders.run_ack_worker(self._stop)))
+        await self.orders.resume_pending()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(
+            self.audit.run_checkpoints(cfg.checkpoint_interval, self._stop)))
+        log.info("control plane listening", extra={"fields": {
+            "listen": cfg.listen, "port": self.port, "store": self.store.kind}})
+        return self.port
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        log.info("control plane stopping")
+        try:
+            await self.health.enter_graceful_shutdown()
+        except Exception:  # noqa: BLE001, S110 - shutting down regardless
+            pass
+        if getattr(self, "enroll_server", None) is not None:
+            await self.enroll_server.stop(1.0)  # type: ignore[union-attr]
+        await self.server.stop(grace)
+        for t in self._tasks:
+            t.cancel()
+        if getattr(self, "incidents", None) is not None:
+            await self.incidents.close()
+        try:
+            await self.audit.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out
+            log.warning("final audit checkpoint failed: %s", exc)
+        if self.store is not None:
+            await self.store.close()
+        for closer in (getattr(self, "keys", None), getattr(self, "blobs", None)):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                    log.warning("closing %s failed: %s", type(closer).__name__, exc)
+
+
+async def run(cfg: ServerConfig, *, announce: bool = True) -> None:
+    if cfg.dev:
+        prepare_dev(cfg)
+    cp = ControlPlane(cfg)
+    port = await cp.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, cp.request_stop)
+    if cfg.dev and cfg.data_dir is not None:
+        lines = dev_env_lines(cfg, port, cp.enroll_port)
+        env_path = cfg.data_dir / "dev.env"
+        tmp = env_path.with_suffix(".tmp")
+        tmp.write_text("# Custos dev server: source this file to point the CLI at it.\n"
+                       + "\n".join(lines) + "\n")
+        os.replace(tmp, env_path)
+        if announce:
+            print("Custos dev server (DEVELOPMENT ONLY: generated CA, local files).", flush=True)
+            print(f"In another shell:  source {env_path}", flush=True)
+            print("\n".join(lines), flush=True)
+    await cp.wait()

@@ -1,0 +1,104 @@
+"""`custos artifact register|show`: weight artifacts by manifest."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from custos.cli.common import Conn, Out, size, table, ts
+from custos.client.wire import RELATION_FROM_PB, RELATION_TO_PB, RELATIONS
+from custos.errors import (
+    InvalidInput,
+)
+from custos.fs.hashing import build_manifest
+from custos.v1 import registry_pb2
+
+
+def artifact_json(a: Any) -> dict[str, Any]:
+    return {
+        "id": a.id, "model": a.model, "total_size": a.total_size,
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in a.files],
+        "parents": [{"artifact_id": p.artifact_id, "relation": RELATION_FROM_PB.get(p.relation, "?")}
+                    for p in a.parents],
+        "created_at": ts(a.created_at_unix_ns), "created_by": a.created_by,
+    }
+
+
+def parse_parents(ns: argparse.Namespace) -> list[tuple[str, str]]:
+    parents = ns.parent or []
+    relations = ns.relation or []
+    if len(relations) == 1 and len(parents) > 1:
+        relations = relations * len(parents)
+    if parents and len(relations) != len(parents):
+        raise InvalidInput("give one --relation per --parent (or one for all)")
+    if relations and not parents:
+        raise InvalidInput("--relation needs --parent")
+    for r in relations:
+        if r not in RELATIONS:
+            raise InvalidInput(f"unknown relation {r!r}; want one of {', '.join(RELATIONS)}")
+    return list(zip(parents, relations, strict=True))
+
+
+def cmd_artifact_register(ns: argparse.Namespace, out: Out) -> int:
+    parents = parse_parents(ns)
+    c = Conn(ns)
+    # Resolve short parent ids before hashing, so a typo fails fast.
+    resolved = []
+    for pid, rel in parents:
+        a = c.call(c.registry().GetArtifact, registry_pb2.GetArtifactRequest(id=pid)).artifact
+        resolved.append(registry_pb2.ParentRef(artifact_id=a.id, relation=RELATION_TO_PB[rel]))
+    t0 = time.monotonic()
+    manifest = build_manifest(ns.dir)
+    elapsed = time.monotonic() - t0
+    req = registry_pb2.RegisterArtifactRequest(
+        model=ns.model, manifest=manifest.encode(), parents=resolved,
+        source_host="" if ns.no_record_copy else socket.gethostname(),
+        source_path="" if ns.no_record_copy else str(Path(ns.dir).resolve()))
+    resp = c.call(c.registry().RegisterArtifact, req)
+    a = artifact_json(resp.artifact)
+    a["created"] = resp.created
+    a["hash_seconds"] = round(elapsed, 3)
+    verb = "registered" if resp.created else "already registered"
+    out.emit(a, f"{verb} artifact {a['id']}\n  model {a['model']}, {len(a['files'])} files, "
+                f"{size(a['total_size'])}, hashed in {elapsed:.2f}s")
+    return 0
+
+
+def cmd_artifact_show(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    a = artifact_json(c.call(c.registry().GetArtifact, registry_pb2.GetArtifactRequest(id=ns.id)).artifact)
+
+    def text() -> str:
+        lines = [f"artifact {a['id']}", f"model:   {a['model']}",
+                 f"size:    {size(a['total_size'])} in {len(a['files'])} files",
+                 f"created: {a['created_at']} by {a['created_by']}"]
+        for p in a["parents"]:
+            lines.append(f"parent:  {p['artifact_id']} ({p['relation']})")
+        lines.append(table([[f["path"], str(f["size"]), f["sha256"]] for f in a["files"]],
+                            ["PATH", "SIZE", "SHA256"]))
+        return "\n".join(lines)
+
+    out.emit(a, text)
+    return 0
+
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    a = sub.add_parser("artifact", help="weight artifacts (manifests)").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    ar = a.add_parser("register", parents=[common], help="hash DIR and register it as an artifact of MODEL")
+    ar.add_argument("model")
+    ar.add_argument("dir")
+    ar.add_argument("--parent", action="append", help="parent artifact id (repeat for merges)")
+    ar.add_argument("--relation", action="append", help=f"relation to the parent: {', '.join(RELATIONS)}")
+    ar.add_argument("--no-record-copy", action="store_true",
+                    help="do not record DIR on this host as a plaintext copy")
+    ar.set_defaults(fn=cmd_artifact_register)
+    ash = a.add_parser("show", parents=[common], help="show an artifact and its manifest")
+    ash.add_argument("id")
+    ash.set_defaults(fn=cmd_artifact_show)
+
+

@@ -1,0 +1,78 @@
+"""`custos host add|remove`, `custos hosts`, `custos alerts`: enrolled hosts and custody alerts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from custos.cli.common import Conn, Out, parse_labels, table, ts
+from custos.v1 import custody_pb2, custody_pb2_grpc
+
+
+def host_json(h: Any) -> dict[str, Any]:
+    return {"name": h.name, "state": h.state, "labels": dict(h.labels), "lease_state": h.lease_state,
+            "lease_expires": ts(h.lease_expires_unix_ns), "last_report": ts(h.last_report_unix_ns),
+            "enrolled_at": ts(h.enrolled_at_unix_ns), "cert_fingerprint": h.cert_fingerprint,
+            "files": h.files, "processes": h.processes}
+
+
+def cmd_host_add(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    resp = c.call(c.custody().AddHost, custody_pb2.AddHostRequest(
+        name=ns.name, labels=parse_labels(ns.label), token_ttl_seconds=ns.token_ttl))
+    data = {**host_json(resp.host), "enrollment_token": resp.enrollment_token,
+            "token_expires": ts(resp.token_expires_unix_ns)}
+    out.emit(data, f"host {ns.name} added; one-time enrollment token (expires {data['token_expires']}):\n"
+                   f"{resp.enrollment_token}\n"
+                   f"On the host: custos agent enroll --name {ns.name} --token <token> --enroll-addr ADDR --ca CA")
+    return 0
+
+
+def cmd_host_remove(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    h = host_json(c.call(c.custody().RemoveHost, custody_pb2.RemoveHostRequest(name=ns.name)).host)
+    out.emit(h, f"host {ns.name} removed: its certificate is refused, its lease revoked")
+    return 0
+
+
+def cmd_hosts(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    hosts = [host_json(h) for h in c.call(c.custody().ListHosts, custody_pb2.ListHostsRequest()).hosts]
+    out.emit(hosts, lambda: table(
+        [[h["name"], h["state"], h["lease_state"], h["lease_expires"], h["last_report"], str(h["files"]),
+          str(h["processes"])] for h in hosts],
+        ["HOST", "STATE", "LEASE", "LEASE EXPIRES", "LAST REPORT", "FILES", "PROCS"]))
+    return 0
+
+
+def cmd_alerts(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    resp = c.call(custody_pb2_grpc.AlertsStub(c.channel).ListAlerts,
+                  custody_pb2.ListAlertsRequest(host=ns.host or "", model=ns.model or ""))
+    alerts = [{"id": a.id, "rule": a.rule, "severity": a.severity, "model": a.model,
+               "artifact_id": a.artifact_id, "host": a.host, "detail": a.detail, "at": ts(a.at_unix_ns),
+               "state": a.state} for a in resp.alerts]
+    out.emit(alerts, lambda: table(
+        [[a["at"], a["severity"], a["rule"], a["host"], a["model"] or "-", a["detail"][:90]] for a in alerts],
+        ["TIME", "SEVERITY", "RULE", "HOST", "MODEL", "DETAIL"]))
+    return 0
+
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    h = sub.add_parser("host", help="enrolled hosts").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    ha = h.add_parser("add", parents=[common], help="add a host and print its one-time enrollment token")
+    ha.add_argument("name")
+    ha.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
+    ha.add_argument("--token-ttl", type=int, default=3600, help="seconds the token stays valid")
+    ha.set_defaults(fn=cmd_host_add)
+    hr = h.add_parser("remove", parents=[common], help="remove a host: refuse its certificate, revoke its lease")
+    hr.add_argument("name")
+    hr.set_defaults(fn=cmd_host_remove)
+    hs = sub.add_parser("hosts", parents=[common], help="enrolled hosts, their leases and last reports")
+    hs.set_defaults(fn=cmd_hosts)
+    alp = sub.add_parser("alerts", parents=[common], help="alerts: unregistered weights, unauthorized copies, ...")
+    alp.add_argument("--host")
+    alp.add_argument("--model")
+    alp.set_defaults(fn=cmd_alerts)
+

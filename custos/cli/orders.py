@@ -1,0 +1,241 @@
+"""`custos order propose|sign|export|sign-file|attach|status|report` and `custos drill`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from custos.cli.common import Conn, Out, duration, load_signer, read_passphrase, table, ts
+from custos.core import sshsig
+from custos.core.orders import ORDER_DOMAIN, Order
+from custos.core.reports import time_to_halt_png
+from custos.core.signers import Signature, decode_signatures, encode_signatures, key_id_of, load_private_key
+from custos.errors import (
+    IntegrityError,
+    InvalidInput,
+)
+from custos.v1 import orders_pb2
+
+
+def order_json(o: Any) -> dict[str, Any]:
+    return {"id": o.id, "action": o.action, "models": list(o.models), "artifacts": len(o.artifacts),
+            "reason": o.reason, "issued_at": o.issued_at, "not_after": o.not_after, "sequence": o.sequence,
+            "signer_set_version": o.signer_set_version, "drill": o.drill, "state": o.state,
+            "signed_by": list(o.signed_by), "threshold": o.threshold, "missing": o.missing,
+            "proposed_by": o.proposed_by, "quorum_at": ts(o.quorum_at_unix_ns),
+            "completed_at": ts(o.completed_at_unix_ns), "problems": list(o.problems)}
+
+
+def _order_text(d: dict[str, Any]) -> str:
+    expires = dt.datetime.fromtimestamp(d["not_after"], dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    lines = [f"order {d['id']}",
+             f"  {d['action']}{' (drill)' if d['drill'] else ''} of {', '.join(d['models'])} "
+             f"({d['artifacts']} artifacts incl. derivatives)",
+             f"  reason: {d['reason']}",
+             f"  state: {d['state']}; signatures {len(d['signed_by'])}/{d['threshold']}"
+             + (f" ({d['missing']} more needed)" if d["state"] == "proposed" else ""),
+             f"  expires {expires}; sequence {d['sequence']}, signer set v{d['signer_set_version']}"]
+    if d["quorum_at"] != "-":
+        lines.append(f"  quorum at {d['quorum_at']}; completed at {d['completed_at']}")
+    lines += [f"  problem: {p}" for p in d["problems"]]
+    return "\n".join(lines)
+
+
+def cmd_order_propose(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    o = c.call(c.orders().Propose, orders_pb2.ProposeRequest(
+        action=ns.action, models=ns.model, reason=ns.reason, expires_seconds=duration(ns.expires),
+        drill=ns.drill)).order
+    d = order_json(o)
+    out.emit(d, lambda: _order_text(d))
+    return 0
+
+
+def _attach(c: Conn, order_id: str, sigs: list[Any]) -> dict[str, Any]:
+    o = c.call(c.orders().AttachSignature, orders_pb2.AttachSignatureRequest(
+        order_id=order_id, signatures=encode_signatures(sigs))).order
+    return order_json(o)
+
+
+def _fetch_order(c: Conn, ref: str) -> Any:
+    info = c.call(c.orders().GetOrder, orders_pb2.GetOrderRequest(order_id=ref)).order
+    order = Order.decode(info.body)
+    if order.id != info.id:
+        raise IntegrityError("the order body does not hash to its id: refusing to sign")
+    return info, order
+
+
+def cmd_order_sign(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    _, order = _fetch_order(c, ns.order)
+    key = load_signer(ns)
+    # Sign what the canonical body says, not what the server summarizes.
+    print(f"signing: {order.action}{' (drill)' if order.drill else ''} of {', '.join(order.models)} "
+          f"({len(order.artifacts)} artifacts); reason: {order.reason}", file=sys.stderr)
+    d = _attach(c, order.id, [order.sign(key)])
+    out.emit(d, lambda: _order_text(d))
+    return 0
+
+
+def cmd_order_export(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    _, order = _fetch_order(c, ns.order)
+    data = order.signature_input()
+    if ns.file:
+        Path(ns.file).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_order_sign_file(ns: argparse.Namespace, out: Out) -> int:
+    try:
+        data = Path(ns.file).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {ns.file}: {exc.strerror}") from None
+    if not data.startswith(ORDER_DOMAIN):
+        raise InvalidInput(f"{ns.file} is not an exported order (custos order export)")
+    order = Order.decode(data[len(ORDER_DOMAIN):])
+    print(f"signing offline: {order.action} of {', '.join(order.models)}; reason: {order.reason}", file=sys.stderr)
+    sig = order.sign(load_signer(ns))
+    target = Path(ns.out or f"{ns.file}.sig.json")
+    target.write_bytes(encode_signatures([sig]))
+    out.emit({"order_id": order.id, "key_id": sig.key_id, "signature_file": str(target)},
+             f"signature for order {order.id[:16]} written to {target}")
+    return 0
+
+
+def cmd_order_attach(ns: argparse.Namespace, out: Out) -> int:
+    try:
+        raw = Path(ns.sigfile).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {ns.sigfile}: {exc.strerror}") from None
+    text = raw.decode("utf-8", errors="replace")
+    if text.lstrip().startswith(sshsig.ARMOR_BEGIN):
+        pub = sshsig.parse(text).public_key
+        sigs = [Signature(key_id=key_id_of(pub.algorithm, pub.public), sig=text)]
+    else:
+        sigs = decode_signatures(raw)
+    c = Conn(ns)
+    d = _attach(c, ns.order, sigs)
+    out.emit(d, lambda: _order_text(d))
+    return 0
+
+
+def cmd_order_status(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    if ns.order:
+        d = order_json(c.call(c.orders().GetOrder, orders_pb2.GetOrderRequest(order_id=ns.order)).order)
+        out.emit(d, lambda: _order_text(d))
+        return 0
+    orders = [order_json(o) for o in c.call(c.orders().ListOrders, orders_pb2.ListOrdersRequest()).orders]
+    out.emit(orders, lambda: table(
+        [[o["id"][:16], o["action"] + (" (drill)" if o["drill"] else ""), ",".join(o["models"])[:40], o["state"],
+          f"{len(o['signed_by'])}/{o['threshold']}", o["proposed_by"]] for o in orders],
+        ["ORDER", "ACTION", "MODELS", "STATE", "SIGS", "PROPOSED BY"]))
+    return 0
+
+
+def _report(c: Conn, order_id: str, fmt: str) -> tuple[str, bool]:
+    r = c.call(c.orders().GetReport, orders_pb2.GetReportRequest(order_id=order_id, format=fmt))
+    return r.content, r.complete
+
+
+def cmd_order_report(ns: argparse.Namespace, out: Out) -> int:
+    c = Conn(ns)
+    fmt = "json" if out.json or ns.format == "json" else "markdown"
+    content, _ = _report(c, ns.order, fmt)
+    if ns.png:
+
+        Path(ns.png).write_bytes(time_to_halt_png(json.loads(_report(c, ns.order, "json")[0])))
+    print(content)
+    return 0
+
+
+def cmd_drill(ns: argparse.Namespace, out: Out) -> int:
+    """Propose a drill, sign it with the given keys, wait for completion, print the report."""
+    c = Conn(ns)
+    o = c.call(c.orders().Propose, orders_pb2.ProposeRequest(
+        action=ns.action, models=ns.model, reason=ns.reason, expires_seconds=duration(ns.expires),
+        drill=ns.action == "drill")).order
+    print(f"proposed {ns.action} order {o.id[:16]} over {', '.join(o.models)}", file=sys.stderr)
+
+    order = Order.decode(o.body)
+    d = order_json(o)
+    for path in ns.key or []:
+        d = _attach(c, order.id, [order.sign(load_private_key(path, read_passphrase(ns)))])
+        print(f"signed with {path}: {len(d['signed_by'])}/{d['threshold']}", file=sys.stderr)
+        if d["state"] != "proposed":
+            break
+    deadline = time.monotonic() + ns.wait
+    while d["state"] in ("quorum", "executing") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        d = order_json(c.call(c.orders().GetOrder, orders_pb2.GetOrderRequest(order_id=order.id)).order)
+    if d["state"] == "proposed":
+        out.emit(d, _order_text(d) + "\nnot yet at quorum: more executives sign with `custos order sign`")
+        return 0
+    content, _ = _report(c, order.id, "json" if out.json else "markdown")
+    if ns.png:
+
+        Path(ns.png).write_bytes(time_to_halt_png(json.loads(_report(c, order.id, "json")[0])))
+    print(content)
+    return 0
+
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    od = sub.add_parser("order", help="quorum-signed orders: drill, halt, lift, destroy").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    op = od.add_parser("propose", parents=[common], help="propose an order; prints its id")
+    op.add_argument("--action", required=True, choices=["drill", "halt", "lift", "destroy"])
+    op.add_argument("--model", action="append", required=True, help="model (derivatives are included)")
+    op.add_argument("--reason", required=True)
+    op.add_argument("--expires", default="1h", help="e.g. 30m, 1h, 2d (max 7d)")
+    op.add_argument("--drill", action="store_true", help="drill: only the drill model really halts")
+    op.set_defaults(fn=cmd_order_propose)
+    osn = od.add_parser("sign", parents=[common], help="sign an order online with a signer key")
+    osn.add_argument("order")
+    osn.add_argument("--key", required=True)
+    osn.add_argument("--passphrase-file")
+    osn.set_defaults(fn=cmd_order_sign)
+    oe = od.add_parser("export", parents=[common], help="write the exact bytes to sign (for offline signing)")
+    oe.add_argument("order")
+    oe.add_argument("--file", help="write here instead of stdout")
+    oe.set_defaults(fn=cmd_order_export)
+    osf = od.add_parser("sign-file", parents=[common], help="sign an exported order offline")
+    osf.add_argument("file")
+    osf.add_argument("--key", required=True)
+    osf.add_argument("--out", help="signature file (default FILE.sig.json)")
+    osf.add_argument("--passphrase-file")
+    osf.set_defaults(fn=cmd_order_sign_file)
+    oa = od.add_parser("attach", parents=[common],
+                       help="attach a signature file (sign-file output or ssh-keygen -Y sign -n custos-order)")
+    oa.add_argument("order")
+    oa.add_argument("sigfile")
+    oa.set_defaults(fn=cmd_order_attach)
+    ost = od.add_parser("status", parents=[common], help="one order, or all")
+    ost.add_argument("order", nargs="?")
+    ost.set_defaults(fn=cmd_order_status)
+    orp = od.add_parser("report", parents=[common], help="completion report (Markdown, or JSON with -o json)")
+    orp.add_argument("order")
+    orp.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    orp.add_argument("--png", help="also write a time-to-halt plot here")
+    orp.set_defaults(fn=cmd_order_report)
+    dr = sub.add_parser("drill", parents=[common], help="propose, sign and follow a shutdown drill (or halt)")
+    dr.add_argument("--model", action="append", required=True)
+    dr.add_argument("--reason", default="scheduled shutdown drill")
+    dr.add_argument("--action", default="drill", choices=["drill", "halt"])
+    dr.add_argument("--key", action="append", help="signer key to sign with (repeat for a quorum)")
+    dr.add_argument("--expires", default="1h")
+    dr.add_argument("--wait", type=float, default=60.0, help="seconds to wait for completion")
+    dr.add_argument("--png", help="write a time-to-halt plot here")
+    dr.add_argument("--passphrase-file")
+    dr.set_defaults(fn=cmd_drill)
+
+

@@ -1,0 +1,455 @@
+"""Encrypted push and verified pull: the client side of promise 1.
+
+Weights are encrypted and decrypted here, on the client or agent, with the
+artifact's data key; the blob store holds only ciphertext in the chunked format
+(docs/chunk-format.md) and the control plane only brokers the key.
+
+push: hash the directory into a manifest, get the data key (CreateDataKey),
+encrypt every file chunk by chunk while hashing it again (a file that changed
+since the manifest was built is refused), upload parts in parallel, then ask
+the control plane to register the artifact as stored — which it does only when
+every object is there with the right size and header. A push killed at any
+point resumes: the control plane hands back the same data key, and a small
+state file (no secrets: upload ids and file headers) tells which parts are done.
+
+pull: unwrap the data key (UnwrapDataKey, audited), download, decrypt and check
+every file's SHA-256 against the manifest into a private staging directory
+beside DEST (0700, files 0600), and move it into place only when every file
+verified. Any failure removes the staging directory: no plaintext is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from custos.blobs.base import MIN_PART_SIZE, BlobStore, PartInfo
+from custos.blobs.url import object_key
+from custos.core import chunked
+from custos.core.keymaterial import zeroize
+from custos.core.manifest import FileEntry, Manifest, decode_manifest
+from custos.errors import CustosError, IntegrityError, InvalidInput
+
+CHUNK_SIZE = chunked.DEFAULT_CHUNK_SIZE
+PART_CHUNKS = 8  # 8 MiB of plaintext per part: above S3's 5 MiB minimum
+MAX_PARTS = 10_000
+IN_FLIGHT = 4  # parts buffered at once: bounds memory at ~IN_FLIGHT x part size (x2 inside botocore)
+PULL_FILES = 2  # files decrypted at once on a pull; each prefetches 3 ranges of 8 chunks
+
+
+def _part_chunks(header: chunked.FileHeader) -> int:
+    # Enough chunks per part to stay under S3's 10,000-part limit for any file size.
+    return max(PART_CHUNKS, -(-header.chunk_count // MAX_PARTS))
+
+
+@dataclass
+class TransferStats:
+    files: int = 0
+    bytes: int = 0
+    parts_uploaded: int = 0
+    parts_skipped: int = 0
+    objects_skipped: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Buffers:
+    """A fixed set of reusable part buffers: keeps memory flat whatever the artifact size."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self._size = size
+        self._q: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(count):
+            self._q.put(bytearray(size))
+
+    def get(self, size: int) -> bytearray:
+        buf = self._q.get()
+        if len(buf) < size:
+            buf = bytearray(size)
+        return buf
+
+    def put(self, buf: bytearray) -> None:
+        self._q.put(buf)
+
+
+# -- push ----------------------------------------------------------------------
+
+
+@dataclass
+class PushState:
+    """Resume state of one push: upload ids and file headers, never key material."""
+
+    path: Path
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> PushState:
+        try:
+            data = json.loads(path.read_text())
+            files = {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data["files"].items()}
+            return cls(path, files)
+        except (OSError, ValueError, KeyError, AttributeError):
+            return cls(path)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"files": self.files}, f)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("CUSTOS_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "custos")
+    return Path(base) / "push"
+
+
+class Pusher:
+    """Encrypt and upload one artifact's files. Thread-safe parts, one instance per push."""
+
+    def __init__(self, *, blobs: BlobStore, data_key: bytearray, artifact_id: str, manifest: Manifest,
+                 root: Path, state: PushState, resumed: bool, workers: int = 8,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.blobs = blobs
+        self.key = data_key
+        self.aid = artifact_id
+        self.manifest = manifest
+        self.root = root
+        self.state = state
+        self.resumed = resumed
+        self.stats = TransferStats()
+        self.progress = progress or (lambda n: None)
+        part_bytes = PART_CHUNKS * (CHUNK_SIZE + chunked.TAG_SIZE) + chunked.HEADER_SIZE
+        self.buffers = _Buffers(IN_FLIGHT, part_bytes)
+        self.uploads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custos-upload")
+        self._lock = threading.Lock()
+
+    def run(self) -> TransferStats:
+        t0 = time.monotonic()
+        try:
+            # Files are read and encrypted by a small pool; parts upload on a larger one.
+            with ThreadPoolExecutor(max_workers=min(4, max(1, len(self.manifest.files))),
+                                    thread_name_prefix="custos-encrypt") as pool:
+                futures = [pool.submit(self._file, i, f) for i, f in enumerate(self.manifest.files)]
+                for fut in futures:
+                    fut.result()
+        finally:
+            self.uploads.shutdown(wait=True)
+        self.stats.seconds = time.monotonic() - t0
+        return self.stats
+
+    def _count(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self.stats, k, getattr(self.stats, k) + v)
+
+    def _cipher_for(self, index: int, f: FileEntry) -> chunked.FileCipher:
+        saved = self.state.files.get(str(index), {}).get("header") if self.resumed else None
+        if saved:
+            try:
+                return chunked.FileCipher(self.key, self.aid, f.path, chunked.FileHeader.decode(bytes.fromhex(saved)))
+            except (CustosError, ValueError):
+                pass  # a header from another key: start this file over
+        return chunked.FileCipher.new(self.key, self.aid, f.path, f.size, chunk_size=CHUNK_SIZE)
+
+    def _already_stored(self, okey: str, f: FileEntry) -> bool:
+        if not self.resumed:
+            return False  # objects from an abandoned push may use another key
+        info = self.blobs.head(okey)
+        if info is None or info.size != chunked.ciphertext_size(f.size, CHUNK_SIZE):
+            return False
+        try:
+            header = chunked.FileHeader.decode(self.blobs.read_range(okey, 0, chunked.HEADER_SIZE))
+            chunked.FileCipher(self.key, self.aid, f.path, header).zeroize()  # checks the commitment
+        except CustosError:
+            return False
+        return True
+
+    def _file(self, index: int, f: FileEntry) -> None:
+        okey = object_key(self.aid, index)
+        if self._already_stored(okey, f):
+            self._count(objects_skipped=1, files=1, bytes=f.size)
+            self.progress(f.size)
+            return
+        cipher = self._cipher_for(index, f)
+        try:
+            if cipher.header.ciphertext_size < MIN_PART_SIZE:
+                self._small_file(okey, f, cipher)
+            else:
+                self._multipart(index, okey, f, cipher)
+        finally:
+            cipher.zeroize()
+        self._count(files=1, bytes=f.size)
+
+    def _open(self, f: FileEntry) -> int:
+        path = self.root / f.path
+        try:
+            return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise InvalidInput(f"cannot open {f.path}: {exc.strerror}") from None
+
+    def _small_file(self, okey: str, f: FileEntry, cipher: chunked.FileCipher) -> None:
+        h = hashlib.sha256()
+        out = bytearray(cipher.header.ciphertext_size)
+        out[: chunked.HEADER_SIZE] = cipher.header.encode()
+        fd = self._open(f)
+        try:
+            plain = bytearray(cipher.header.chunk_size)
+            for i in range(cipher.header.chunk_count):
+                start, end = chunked.chunk_bounds(cipher.header, i)
+                view = memoryview(plain)[: end - start]
+                _read_exact(fd, view, f.path)
+                h.update(view)
+                cipher.encrypt_chunk_into(i, view, memoryview(out)[chunked.chunk_offset(cipher.header, i):])
+            _check_eof(fd, f.path)
+            zeroize(plain)
+        finally:
+            os.close(fd)
+        if h.hexdigest() != f.sha256:
+            raise IntegrityError(f"{f.path} changed since it was hashed; push again")
+        self.blobs.put(okey, out)
+        self._count(parts_uploaded=1)
+        self.progress(f.size)
+
+    def _multipart(self, index: int, okey: str, f: FileEntry, cipher: chunked.FileCipher) -> None:
+        header = cipher.header
+        saved = self.state.files.get(str(index), {})
+        upload_id = saved.get("upload_id") if self.resumed and saved.get("header") == header.encode().hex() else None
+        done: dict[int, PartInfo] = {}
+        if upload_id:
+            try:
+                done = {p.number: p for p in self.blobs.list_parts(okey, upload_id)}
+            except CustosError:
+                upload_id = None
+        if not upload_id:
+            upload_id = self.blobs.start_upload(okey)
+            done = {}
+        self.state.files[str(index)] = {"header": header.encode().hex(), "upload_id": upload_id}
+        with self._lock:
+            self.state.save()
+
+        per_part = _part_chunks(header)
+        n_parts = -(-header.chunk_count // per_part)
+        h = hashlib.sha256()
+        futures: list[Future[PartInfo]] = []
+        parts: dict[int, PartInfo] = {}
+        plain = bytearray(header.chunk_size)
+        fd = self._open(f)
+        try:
+            for number in range(1, n_parts + 1):
+                first = (number - 1) * per_part
+                last = min(header.chunk_count, first + per_part)
+                start = chunked.chunk_offset(header, first) if number > 1 else 0
+                size = chunked.chunk_offset(header, last) - start
+                prior = done.get(number)
+                if prior is not None and prior.size == size:
+                    # Uploaded by an earlier run: read and hash only (the whole file must verify).
+                    for i in range(first, last):
+                        a, b = chunked.chunk_bounds(header, i)
+                        view = memoryview(plain)[: b - a]
+                        _read_exact(fd, view, f.path)
+                        h.update(view)
+                    parts[number] = prior
+                    self._count(parts_skipped=1)
+                    self.progress(chunked.chunk_bounds(header, last - 1)[1] - chunked.chunk_bounds(header, first)[0])
+                    continue
+                buf = self.buffers.get(size)
+                out = memoryview(buf)
+                pos = 0
+                if number == 1:
+                    out[: chunked.HEADER_SIZE] = header.encode()
+                    pos = chunked.HEADER_SIZE
+                plain_bytes = 0
+                for i in range(first, last):
+                    a, b = chunked.chunk_bounds(header, i)
+                    view = memoryview(plain)[: b - a]
+                    _read_exact(fd, view, f.path)
+                    h.update(view)
+                    pos += cipher.encrypt_chunk_into(i, view, out[pos:])
+                    plain_bytes += b - a
+                futures.append(self.uploads.submit(self._upload, okey, upload_id, number, buf, size, plain_bytes))
+            _check_eof(fd, f.path)
+        finally:
+            os.close(fd)
+            zeroize(plain)
+            for fut in futures:
+                with contextlib.suppress(Exception):
+                    info = fut.result()
+                    parts[info.number] = info
+        if h.hexdigest() != f.sha256:
+            self.blobs.abort_upload(okey, upload_id)
+            raise IntegrityError(f"{f.path} changed since it was hashed; push again")
+        if len(parts) != n_parts:
+            for fut in futures:
+                fut.result()  # re-raise the first upload error
+        self.blobs.complete_upload(okey, upload_id, [parts[n] for n in sorted(parts)])
+
+    def _upload(self, okey: str, upload_id: str, number: int, buf: bytearray, size: int, plain: int) -> PartInfo:
+        try:
+            info = self.blobs.upload_part(okey, upload_id, number, memoryview(buf)[:size])
+        finally:
+            self.buffers.put(buf)
+        self._count(parts_uploaded=1)
+        self.progress(plain)
+        return info
+
+
+def _read_exact(fd: int, view: memoryview, name: str) -> None:
+    got = 0
+    while got < view.nbytes:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise IntegrityError(f"{name} shrank since it was hashed; push again")
+        got += n
+
+
+def _check_eof(fd: int, name: str) -> None:
+    if os.read(fd, 1):
+        raise IntegrityError(f"{name} grew since it was hashed; push again")
+
+
+# -- pull ----------------------------------------------------------------------
+
+
+def _ranges(header: chunked.FileHeader, per: int) -> Iterator[tuple[int, int]]:
+    for first in range(0, header.chunk_count, per):
+        yield first, min(header.chunk_count, first + per)
+
+
+def decrypt_object(blobs: BlobStore, key: bytearray, aid: str, f: FileEntry, okey: str, out_fd: int,
+                   prefetch: ThreadPoolExecutor, progress: Callable[[int], None]) -> None:
+    """Download, authenticate, decrypt and hash one file into ``out_fd``.
+
+    Raises IntegrityError (TamperedCiphertext) on any mismatch; the caller
+    discards what was written.
+    """
+    info = blobs.head(okey)
+    if info is None:
+        raise IntegrityError(f"ciphertext of {f.path} is missing from the blob store")
+    header = chunked.FileHeader.decode(blobs.read_range(okey, 0, chunked.HEADER_SIZE))
+    if header.plaintext_len != f.size:
+        raise IntegrityError(f"ciphertext of {f.path} is for {header.plaintext_len} bytes, manifest says {f.size}")
+    if info.size != header.ciphertext_size:
+        raise chunked.TamperedCiphertext(
+            f"ciphertext of {f.path} is {info.size} bytes, expected {header.ciphertext_size}")
+    cipher = chunked.FileCipher(key, aid, f.path, header)
+    per = _part_chunks(header)
+    h = hashlib.sha256()
+    plain = bytearray(header.chunk_size)
+    try:
+        def fetch(first: int, last: int) -> bytes:
+            a = chunked.chunk_offset(header, first)
+            return blobs.read_range(okey, a, chunked.chunk_offset(header, last) - a)
+
+        ranges = list(_ranges(header, per))
+        pending: list[tuple[int, int, Future[bytes]]] = []
+        it = iter(ranges)
+        for first, last in it:
+            pending.append((first, last, prefetch.submit(fetch, first, last)))
+            if len(pending) >= 3:
+                break
+        while pending:
+            first, last, fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], nxt[1], prefetch.submit(fetch, *nxt)))
+            data = memoryview(fut.result())
+            pos = 0
+            for i in range(first, last):
+                a, b = chunked.chunk_bounds(header, i)
+                clen = b - a + chunked.TAG_SIZE
+                n = cipher.decrypt_chunk_into(i, data[pos:pos + clen], plain)
+                view = memoryview(plain)[:n]
+                h.update(view)
+                _write_all(out_fd, view)
+                pos += clen
+            progress(chunked.chunk_bounds(header, last - 1)[1] - chunked.chunk_bounds(header, first)[0])
+    finally:
+        cipher.zeroize()
+        zeroize(plain)
+    if h.hexdigest() != f.sha256:
+        raise IntegrityError(f"{f.path}: decrypted bytes do not match the manifest's SHA-256")
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view.nbytes:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def pull_into(blobs: BlobStore, *, data_key: bytearray, artifact_id: str, manifest: Manifest,
+              objects: dict[str, str], dest: Path, progress: Callable[[int], None] | None = None,
+              workers: int = 8) -> TransferStats:
+    """All-or-nothing: DEST appears only when every file verified.
+
+    Raises InvalidInput (DEST exists), IntegrityError (tampering, mismatch), backend errors.
+    """
+    progress = progress or (lambda n: None)
+    if manifest.artifact_id != artifact_id:
+        raise IntegrityError("the manifest does not hash to the artifact id: refusing it")
+    dest = dest.absolute()
+    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        raise InvalidInput(f"{dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.custos-pull-", dir=dest.parent))
+    os.chmod(staging, 0o700)
+    stats = TransferStats()
+    t0 = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custos-fetch") as prefetch, \
+                ThreadPoolExecutor(max_workers=min(PULL_FILES, max(1, len(manifest.files))),
+                                   thread_name_prefix="custos-decrypt") as pool:
+            def one(f: FileEntry) -> None:
+                okey = objects.get(f.path)
+                if okey is None:
+                    raise IntegrityError(f"no stored object for {f.path}")
+                target = staging / f.path
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+                try:
+                    decrypt_object(blobs, data_key, artifact_id, f, okey, fd, prefetch, progress)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+            for fut in [pool.submit(one, f) for f in manifest.files]:
+                fut.result()
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    stats.files = len(manifest.files)
+    stats.bytes = manifest.total_size
+    stats.seconds = time.monotonic() - t0
+    return stats
+
+
+def this_host() -> str:
+    return os.environ.get("CUSTOS_HOST") or socket.gethostname()
+
+
+def manifest_of(artifact: Any) -> Manifest:
+    return decode_manifest(bytes(artifact.manifest))

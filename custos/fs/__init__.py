@@ -1,0 +1,1 @@
+"""Local files: the safe directory walk, parallel SHA-256, and the one writer of private files."""

@@ -1,1 +1,0 @@
-"""End-to-end tests of the host agent: real control plane, real agent processes."""

@@ -1,0 +1,243 @@
+"""Encrypted push and verified pull against a real dev control plane (local keys and blobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from custos.blobs.local import LocalBlobStore
+from custos.client.transfer import Pusher, PushState
+from custos.core.manifest import Manifest
+from custos.errors import IntegrityError
+from custos.fs.hashing import build_manifest
+from tests.servers.custos import CUSTOS, DevServer
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    server = DevServer(tmp_path_factory.mktemp("push-dev")).start()
+    server.cli("model", "register", "m", "--training-flops", "3e26", check=True)
+    yield server
+    server.stop()
+
+
+def weights(root: Path, seed: int, big: int = 12 * MiB) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    (root / "sub").mkdir(parents=True)
+    (root / "model.safetensors").write_bytes(rng.randbytes(big))
+    (root / "sub" / "adapter.bin").write_bytes(rng.randbytes(300_000))
+    (root / "config.json").write_text(json.dumps({"seed": seed}))
+    (root / "empty.bin").write_bytes(b"")
+    return root
+
+
+def push(srv: DevServer, d: Path, *extra: str, state: Path | None = None) -> dict:  # type: ignore[type-arg]
+    args = ["push", "m", str(d), "-o", "json", *extra]
+    if state:
+        args += ["--state-dir", str(state)]
+    return json.loads(srv.cli(*args, check=True).stdout)  # type: ignore[no-any-return]
+
+
+def blob_root(srv: DevServer) -> Path:
+    return srv.data_dir / "blobs"
+
+
+def object_files(srv: DevServer, aid: str) -> list[Path]:
+    return sorted((blob_root(srv) / "objects" / "artifacts" / aid).iterdir())
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_push_pull_roundtrip_private_files_and_audit(srv: DevServer, tmp_path: Path) -> None:
+    src = weights(tmp_path / "w", 1)
+    art = push(srv, src, state=tmp_path / "state")
+    assert art["stored"] and art["files"] and art["resumed"] is False
+    dest = tmp_path / "out" / "pulled"
+    res = json.loads(srv.cli("pull", art["id"][:16], str(dest), "-o", "json", check=True).stdout)
+    assert res["artifact_id"] == art["id"]
+    assert tree(dest) == tree(src)
+    assert oct(dest.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in dest.rglob("*") if p.is_file())
+    assert [p.name for p in dest.parent.iterdir()] == ["pulled"]  # no staging left behind
+    copies = json.loads(srv.cli("copies", "m", "-o", "json", check=True).stdout)["copies"]
+    forms = {(c["form"], c["location_kind"]) for c in copies if c["artifact_id"] == art["id"]}
+    assert forms == {("ciphertext", "object-store"), ("plaintext", "host-path")}
+    events = json.loads(srv.cli("audit", "list", "-o", "json", check=True).stdout)
+    mine = [(e["action"], e["result"]) for e in events if e["object"] == f"artifact/{art['id']}"]
+    assert ("CreateDataKey", "ok") in mine and ("RegisterStoredArtifact", "ok") in mine
+    assert ("UnwrapDataKey", "ok: pull") in mine and ("RecordCopy", "ok") in mine
+    assert not list((tmp_path / "state").glob("*.json"))  # resume state removed after success
+
+
+def test_no_plaintext_in_the_blob_store_or_state(srv: DevServer, tmp_path: Path) -> None:
+    src = weights(tmp_path / "w", 2)
+    art = push(srv, src, state=tmp_path / "state")
+    plaintext = (src / "model.safetensors").read_bytes()
+    probes = [plaintext[i:i + 32] for i in range(0, len(plaintext) - 32, len(plaintext) // 50)]
+    probes.append((src / "sub" / "adapter.bin").read_bytes()[:32])
+    stored = b"".join(p.read_bytes() for p in blob_root(srv).rglob("*") if p.is_file())
+    assert len(stored) > len(plaintext)
+    assert not any(p in stored for p in probes)
+    db = (srv.data_dir / "custos.db").read_bytes()
+    assert not any(p in db for p in probes)
+    assert art["id"] in json.dumps(art)
+
+
+def test_second_push_is_a_no_op(srv: DevServer, tmp_path: Path) -> None:
+    src = weights(tmp_path / "w", 3, big=1000)
+    first = push(srv, src)
+    again = push(srv, src)
+    assert again["already_stored"] is True and again["id"] == first["id"]
+
+
+def test_pull_refuses_existing_destination(srv: DevServer, tmp_path: Path) -> None:
+    art = push(srv, weights(tmp_path / "w", 4, big=1000))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    res = srv.cli("pull", art["id"], str(dest))
+    assert res.returncode == 2 and "already exists" in res.stderr
+    assert tree(dest) == {"keep.txt": b"mine"}
+
+
+def _tamper(path: Path, how: str, other: Path | None = None, *, base: int = 0) -> None:
+    """``base``: where the object's bytes start in the local store's file."""
+    data = bytearray(path.read_bytes())
+    if how == "flip-body":
+        data[base + (len(data) - base) // 2] ^= 0x01
+    elif how == "flip-header":
+        data[base + 20] ^= 0x80  # the plaintext length field of the chunked header
+    elif how == "flip-last-tag":
+        data[-1] ^= 0x01
+    elif how == "truncate":
+        data = data[: len(data) - 100]
+    elif how == "append":
+        data += b"\x00" * 16
+    elif how == "swap-other-file" and other is not None:
+        data = data[:base] + bytearray(other.read_bytes())[base:]
+    path.chmod(0o600)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip-body", "flip-header", "flip-last-tag", "truncate", "append",
+                                 "swap-other-file"])
+def test_tampered_ciphertext_fails_pull_and_leaves_nothing(srv: DevServer, tmp_path: Path, how: str) -> None:
+    art = push(srv, weights(tmp_path / "w", 10 + len(how), big=3 * MiB))
+    files = object_files(srv, art["id"])
+    # Manifest order: config.json, empty.bin, model.safetensors, sub/adapter.bin
+    target, other = files[2], files[3]
+    original = target.read_bytes()
+    info = LocalBlobStore(blob_root(srv)).head(f"artifacts/{art['id']}/000002")
+    assert info is not None
+    _tamper(target, how, other, base=len(original) - info.size)
+    try:
+        dest = tmp_path / "out" / "pulled"
+        res = srv.cli("pull", art["id"], str(dest))
+        assert res.returncode == 7, (res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+    finally:
+        target.write_bytes(original)
+
+
+def test_object_spliced_from_another_artifact_fails(srv: DevServer, tmp_path: Path) -> None:
+    a = push(srv, weights(tmp_path / "a", 21, big=1000))
+    b = push(srv, weights(tmp_path / "b", 22, big=1000))
+    fa, fb = object_files(srv, a["id"])[2], object_files(srv, b["id"])[2]
+    original = fa.read_bytes()
+    fa.write_bytes(fb.read_bytes())
+    try:
+        res = srv.cli("pull", a["id"], str(tmp_path / "dest"))
+        assert res.returncode == 7 and "failed authentication" in res.stderr
+        assert not (tmp_path / "dest").exists()
+    finally:
+        fa.write_bytes(original)
+
+
+def test_roles_for_keys(srv: DevServer, tmp_path: Path) -> None:
+    art = push(srv, weights(tmp_path / "w", 30, big=1000))
+    # The agent role alone is not enough: only an enrolled host with a live lease gets keys.
+    stray = srv.cli("pull", art["id"], str(tmp_path / "agent-copy"), role="agent")
+    assert stray.returncode == 4 and "not enrolled" in stray.stderr, stray.stderr
+    assert not (tmp_path / "agent-copy").exists()
+    denied = srv.cli("pull", art["id"], str(tmp_path / "auditor-copy"), role="auditor")
+    assert denied.returncode == 4 and "UnwrapDataKey" in denied.stderr
+    assert not (tmp_path / "auditor-copy").exists()
+    res = srv.cli("push", "m", str(weights(tmp_path / "x", 31, big=10)), role="executive")
+    assert res.returncode == 4
+
+
+def test_pull_of_registered_but_not_stored_artifact(srv: DevServer, tmp_path: Path) -> None:
+    d = weights(tmp_path / "w", 40, big=100)
+    art = json.loads(srv.cli("artifact", "register", "m", str(d), "-o", "json", check=True).stdout)
+    res = srv.cli("pull", art["id"], str(tmp_path / "dest"))
+    assert res.returncode == 6 and "no stored ciphertext" in res.stderr
+    # Pushing it afterwards stores the already registered artifact.
+    pushed = push(srv, d)
+    assert pushed["id"] == art["id"] and pushed["stored"]
+
+
+def test_file_changed_after_hashing_is_refused(tmp_path: Path) -> None:
+    src = weights(tmp_path / "w", 50, big=6 * MiB)
+    manifest = build_manifest(src)
+    with open(src / "model.safetensors", "r+b") as f:
+        f.seek(3 * MiB)
+        f.write(b"changed!")
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    pusher = Pusher(blobs=blobs, data_key=bytearray(32), artifact_id=manifest.artifact_id, manifest=manifest,
+                    root=src, state=PushState(tmp_path / "s.json"), resumed=False)
+    with pytest.raises(IntegrityError, match="changed since it was hashed"):
+        pusher.run()
+    assert blobs.head(f"artifacts/{manifest.artifact_id}/000002") is None
+
+
+@pytest.mark.slow
+def test_kill_9_push_resumes_without_reuploading(srv: DevServer, tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.mkdir()
+    with open(src / "model.safetensors", "wb") as f:
+        for i in range(24):
+            f.write(os.urandom(4 * MiB) if i % 2 else bytes([i]) * (4 * MiB))
+    manifest: Manifest = build_manifest(src)
+    aid = manifest.artifact_id
+    state = tmp_path / "state"
+    proc = subprocess.Popen([*CUSTOS, "push", "m", str(src), "--state-dir", str(state), "-o", "json"],
+                            env=srv.client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    blobs = LocalBlobStore(blob_root(srv))
+    okey = f"artifacts/{aid}/000000"
+    deadline = time.monotonic() + 60
+    done_parts = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        ups = blobs.list_uploads(okey)
+        if ups:
+            done_parts = len(blobs.list_parts(okey, ups[0]))
+            if done_parts >= 2:
+                break
+        time.sleep(0.005)
+    assert proc.poll() is None, "push finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Not registered as stored while its objects are missing.
+    shown = srv.cli("artifact", "show", aid, "-o", "json")
+    assert shown.returncode == 3
+    second = json.loads(srv.cli("push", "m", str(src), "--state-dir", str(state), "-o", "json",
+                                check=True).stdout)
+    assert second["resumed"] is True and second["parts_skipped"] >= 2
+    assert second["parts_uploaded"] + second["parts_skipped"] == 12
+    dest = tmp_path / "pulled"
+    srv.cli("pull", aid, str(dest), check=True)
+    assert tree(dest) == tree(src)
