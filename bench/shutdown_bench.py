@@ -34,9 +34,10 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
+from custos.client.signerkeys import load_private_key  # noqa: E402
 from custos.core.orders import ExecutedOrders, verify_order  # noqa: E402
 from custos.core.reports import percentile  # noqa: E402
-from custos.core.signers import Signature, SignerSet, load_private_key  # noqa: E402
+from custos.core.signers import Signature, SignerSet  # noqa: E402
 from custos.v1 import custody_pb2, custody_pb2_grpc, keys_pb2, keys_pb2_grpc, orders_pb2, orders_pb2_grpc  # noqa: E402
 from tests.servers.custos import DevServer  # noqa: E402
 

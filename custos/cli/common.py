@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from custos.client import ClientConfig
-from custos.core.signers import load_private_key
+from custos.client.signerkeys import load_private_key
 from custos.errors import (
     BackendUnavailable,
     Conflict,

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from custos.cli.common import Conn, Out, duration, load_signer, read_passphrase, table, ts
+from custos.client.signerkeys import load_private_key
 from custos.core import sshsig
 from custos.core.orders import ORDER_DOMAIN, Order
 from custos.core.reports import time_to_halt_png
-from custos.core.signers import Signature, decode_signatures, encode_signatures, key_id_of, load_private_key
+from custos.core.signers import Signature, decode_signatures, encode_signatures, key_id_of
 from custos.errors import (
     IntegrityError,
     InvalidInput,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from custos.cli.common import Conn, Out, load_signer, read_passphrase, table
+from custos.client.signerkeys import save_private_key
 from custos.core.signers import (
     SignerKey,
     SignerSet,
@@ -13,7 +14,6 @@ from custos.core.signers import (
     encode_signatures,
     generate_ed25519,
     public_key_to_openssh,
-    save_private_key,
     sign_raw,
 )
 from custos.errors import (

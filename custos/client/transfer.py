@@ -42,6 +42,7 @@ from custos.core import chunked
 from custos.core.keymaterial import zeroize
 from custos.core.manifest import FileEntry, Manifest, decode_manifest
 from custos.errors import CustosError, IntegrityError, InvalidInput
+from custos.fs.private import private_dir, write_private
 
 CHUNK_SIZE = chunked.DEFAULT_CHUNK_SIZE
 PART_CHUNKS = 8  # 8 MiB of plaintext per part: above S3's 5 MiB minimum
@@ -107,12 +108,8 @@ class PushState:
             return cls(path)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"files": self.files}, f)
-        os.replace(tmp, self.path)
+        private_dir(self.path.parent)
+        write_private(self.path, json.dumps({"files": self.files}).encode())
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):

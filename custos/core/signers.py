@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +47,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from custos.core import sshsig
 from custos.core.canonical import decode_canonical, encode_canonical
-from custos.errors import Conflict, IntegrityError, InvalidInput, NotFound
+from custos.errors import IntegrityError, InvalidInput
 
 SIGNER_SET_DOMAIN = b"custos.v1.signer-set\x00"
 SIGNER_KEY_DOMAIN = b"custos.v1.signer-key\x00"
@@ -745,64 +743,19 @@ def public_key_from_openssh(line: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(key.public)
 
 
-def save_private_key(path: str | os.PathLike[str], key: Ed25519PrivateKey, passphrase: bytes | None) -> None:
-    """Write ``key`` as PKCS#8 PEM to a new file readable only by its owner (0600).
-
-    Encrypted with ``passphrase`` (BestAvailableEncryption) when one is given.
-    Never overwrites: raises Conflict if ``path`` exists (a signer's key is not
-    replaced by accident); InvalidInput for an empty passphrase.
-    """
+def private_key_pem(key: Ed25519PrivateKey, passphrase: bytes | None) -> bytearray:
+    """``key`` as PKCS#8 PEM, encrypted with ``passphrase`` (BestAvailableEncryption) when one
+    is given, in a bytearray the caller zeroizes. Raises InvalidInput for an empty passphrase."""
     if passphrase is not None and (not isinstance(passphrase, bytes | bytearray) or not passphrase):
         raise InvalidInput("passphrase must be non-empty bytes, or None for an unencrypted key")
     encryption = BestAvailableEncryption(bytes(passphrase)) if passphrase is not None else NoEncryption()
-    pem = bytearray(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption))
-    try:
-        # O_EXCL: never follow a planted symlink, never clobber; 0600 from birth.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except FileExistsError:
-        raise Conflict("private key file already exists") from None
-    try:
-        os.fchmod(fd, 0o600)  # umask cannot widen it, but be exact
-        view = memoryview(pem)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    else:
-        os.close(fd)
-    finally:
-        pem[:] = bytes(len(pem))
+    return bytearray(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption))
 
 
-def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None) -> Ed25519PrivateKey:
-    """Read an Ed25519 private key: PKCS#8 PEM (as save_private_key writes) or an
-    unencrypted OpenSSH private key.
-
-    Raises NotFound if there is no file; KeyFileError if others can read or
-    write it (as ssh does), if the passphrase is wrong or missing, or if it is
-    not an Ed25519 key.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise NotFound("private key file not found") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError("private key path is not a regular file")
-        if os.name == "posix" and st.st_mode & 0o077:
-            raise KeyFileError("private key file is accessible by others; chmod 600 it")
-        data = bytearray()
-        while chunk := os.read(fd, 65536):
-            data += chunk
-            if len(data) > 64 * 1024:
-                raise KeyFileError("private key file is too large")
-    finally:
-        os.close(fd)
+def private_key_from_pem(data: bytes | bytearray, passphrase: bytes | None) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PKCS#8 PEM (as :func:`private_key_pem` writes) or an
+    unencrypted OpenSSH private key. Raises KeyFileError (wrong or missing passphrase,
+    unreadable, not Ed25519)."""
     password = bytes(passphrase) if passphrase is not None else None
     try:
         key: Any
@@ -814,8 +767,6 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None) -> 
         raise KeyFileError("private key: passphrase missing, or given for an unencrypted key") from None
     except (ValueError, UnsupportedAlgorithm):
         raise KeyFileError("private key: unreadable, unsupported or wrong passphrase") from None
-    finally:
-        data[:] = bytes(len(data))
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError("private key is not an Ed25519 key")
     return key

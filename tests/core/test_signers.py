@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from custos.client.signerkeys import load_private_key, save_private_key
 from custos.core import sshsig
 from custos.core.signers import (
     ACTIONS,
@@ -39,12 +40,10 @@ from custos.core.signers import (
     decode_signatures,
     generate_ed25519,
     key_id_of,
-    load_private_key,
     public_key_from_hex,
     public_key_from_openssh,
     public_key_hex,
     public_key_to_openssh,
-    save_private_key,
     sign_raw,
     verify_rotation,
 )

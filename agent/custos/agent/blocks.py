@@ -16,9 +16,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from custos.agent.enroll import write_private
 from custos.core.manifest import Manifest, decode_manifest, is_artifact_id
 from custos.errors import IntegrityError, InvalidInput
+from custos.fs.private import write_private
 
 log = logging.getLogger("custos.agent.halt")
 

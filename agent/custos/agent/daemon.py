@@ -38,7 +38,6 @@ from custos.agent.config import AgentConfig
 from custos.agent.enroll import (
     Identity,
     enroll,
-    ensure_private_dir,
     load_identity,
     read_credentials,
 )
@@ -59,6 +58,7 @@ from custos.agent.workloads import Supervisor, become_subreaper
 from custos.blobs.base import BlobStore
 from custos.blobs.url import open_blob_store
 from custos.errors import Conflict, CustosError, FailedPrecondition, InvalidInput, NotFound, Unauthorized
+from custos.fs.private import private_dir
 from custos.v1 import (
     custody_pb2,
     custody_pb2_grpc,
@@ -338,7 +338,7 @@ class Agent:
 
     async def _ensure_identity(self) -> None:
         cfg = self.cfg
-        ensure_private_dir(cfg.state_dir)
+        private_dir(cfg.state_dir)
         if cfg.cert_file is not None:
             read_credentials(ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file or Path())
             return

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from cryptography.x509.oid import NameOID
 from custos.agent.config import validate_host_name
 from custos.agent.stream import Credentials, open_channel, rpc_error
 from custos.errors import FailedPrecondition, IntegrityError, InvalidInput
+from custos.fs.private import private_dir, write_private
 from custos.v1 import custody_pb2, custody_pb2_grpc
 
 IDENTITY_DIR = "identity"
@@ -63,35 +63,6 @@ class Identity:
         return self.directory / "ca.pem"
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` 0700 (parents too) or check an existing one is ours and private.
-
-    Raises FailedPrecondition (owned by someone else, not a directory, a symlink).
-    """
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise FailedPrecondition(f"{path} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise FailedPrecondition(f"{path} is owned by uid {st.st_uid}, not by this agent (uid {os.geteuid()})")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Atomically write ``data`` to ``path`` with ``mode`` (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cert_fingerprint(pem: bytes) -> str:
@@ -166,7 +137,7 @@ async def enroll(*, enroll_addr: str, ca_file: Path, name: str, token: str, stat
         raise InvalidInput(f"cannot read CA certificate {ca_file}: {exc.strerror}") from None
     except ValueError:
         raise InvalidInput(f"{ca_file} is not a PEM certificate") from None
-    ident_dir = ensure_private_dir(ensure_private_dir(state_dir) / IDENTITY_DIR)
+    ident_dir = private_dir(private_dir(state_dir) / IDENTITY_DIR)
     key_pem, csr_pem = make_key_and_csr(name)
     pending_key = ident_dir / "agent.key.pending"
     write_private(pending_key, key_pem)  # on disk (0600) before the CSR leaves
@@ -176,8 +147,8 @@ async def enroll(*, enroll_addr: str, ca_file: Path, name: str, token: str, stat
         cert_pem = bytes(resp.certificate_pem)
         _check_issued(cert_pem, key_pem, name)
         fp = cert_fingerprint(cert_pem)
-        write_private(ident_dir / "ca.pem", ca_pem, 0o644)
-        write_private(ident_dir / "client-ca.pem", bytes(resp.ca_pem), 0o644)
+        write_private(ident_dir / "ca.pem", ca_pem, mode=0o644)
+        write_private(ident_dir / "client-ca.pem", bytes(resp.ca_pem), mode=0o644)
         write_private(ident_dir / "signer-set.bin", bytes(resp.signer_set))
         meta = {"name": name, "cert_sha256": fp, "lease_ttl_seconds": int(resp.lease_ttl_seconds),
                 "enrolled_at_unix_ns": time.time_ns(), "enroll_addr": enroll_addr}
@@ -185,7 +156,7 @@ async def enroll(*, enroll_addr: str, ca_file: Path, name: str, token: str, stat
         # Certificate and key are swapped in last, key first: a reader holding
         # the old certificate then fails its handshake and retries.
         os.replace(pending_key, ident_dir / "agent.key")
-        write_private(ident_dir / "agent.pem", cert_pem, 0o644)
+        write_private(ident_dir / "agent.pem", cert_pem, mode=0o644)
     finally:
         pending_key.unlink(missing_ok=True)
     return Identity(name=name, directory=ident_dir, fingerprint=fp, lease_ttl=int(resp.lease_ttl_seconds),

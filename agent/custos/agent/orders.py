@@ -21,17 +21,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from custos.agent.enroll import write_private
 from custos.core.canonical import decode_canonical
 from custos.core.manifest import decode_manifest
 from custos.core.orders import ExecutedOrders, Order, apply_executed, order_id_of, verify_order
 from custos.core.signers import Signature, SignerSet, TrustedSignerSets, decode_signatures
 from custos.errors import CustosError
+from custos.fs.private import write_private
 from custos.v1 import custody_pb2
 
 log = logging.getLogger("custos.agent.orders")
@@ -59,9 +58,7 @@ class AgentOrderState:
     def save(self) -> None:
         data = {"acks": dict(list(self.acks.items())[-200:]), "destroyed": sorted(self.destroyed),
                 "executed": self.executed.encode().decode()}
-        tmp = self.path.with_suffix(".tmp")
-        write_private(tmp, json.dumps(data).encode())
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(data).encode())
 
 
 class VerifyingOrderHandler:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from custos.controlplane.store.base import Entry, Store, Txn
 from custos.core.audit_chain import GENESIS_HASH, new_event, parse_stored, sign_checkpoint
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.errors import BackendUnavailable, CustosError
+from custos.fs.private import write_private
 
 log = logging.getLogger("custos.audit")
 
@@ -198,16 +198,13 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
         key = Ed25519PrivateKey.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+        write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()), exclusive=True)
     pub = path.with_suffix(".pub")
     pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                              serialization.PublicFormat.SubjectPublicKeyInfo)
     if not pub.exists() or pub.read_bytes() != pub_pem:
-        pub.write_bytes(pub_pem)
+        write_private(pub, pub_pem, mode=0o644)
     return key
 
 

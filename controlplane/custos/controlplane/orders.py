@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from custos.client.signerkeys import load_private_key, save_private_key
 from custos.controlplane.audit import SYSTEM, Caller, Plan
 from custos.controlplane.custody import Custody
 from custos.controlplane.periodic import every
@@ -50,11 +51,10 @@ from custos.core.signers import (
     decode_signatures,
     encode_signatures,
     generate_ed25519,
-    load_private_key,
-    save_private_key,
     verify_rotation,
 )
 from custos.errors import Conflict, CustosError, FailedPrecondition, InvalidInput, NotFound
+from custos.fs.private import private_dir
 from custos.v1 import custody_pb2
 
 log = logging.getLogger("custos.orders")
@@ -70,7 +70,7 @@ class NoSignerSet(FailedPrecondition):
 
 def bootstrap_dev_signers(directory: Path) -> SignerSet:
     """Create exec1..exec5 (no passphrase, development only) and signer set v1."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
     keys = []
     for name in DEV_SIGNER_NAMES:
         path = directory / f"{name}.key"

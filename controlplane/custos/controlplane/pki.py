@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from custos.errors import InvalidInput
+from custos.fs.private import private_dir, write_private
 
 ROLES = ("security-team", "agent", "executive", "auditor", "admin")
 
@@ -28,13 +28,6 @@ ROLES = ("security-team", "agent", "executive", "auditor", "admin")
 class Identity:
     principal: str
     role: str
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -90,8 +83,9 @@ class CertificateAuthority:
 
     def save(self, cert_path: Path, key_path: Path) -> None:
         cert_path.parent.mkdir(parents=True, exist_ok=True)
-        cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        _write_private(key_path, _key_pem(self.key))
+        private_dir(key_path.parent)
+        write_private(cert_path, self.cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        write_private(key_path, _key_pem(self.key))
 
     def issue(
         self,
@@ -193,7 +187,7 @@ class DevPKI:
 def ensure_dev_pki(data_dir: Path) -> DevPKI:
     """Create (once) a dev CA, a loopback server certificate and one client per role."""
     pki = DevPKI(data_dir)
-    (data_dir / "tls").mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(data_dir / "tls")
     if pki.ca_cert.exists() and pki.ca_key.exists():
         ca = CertificateAuthority.load(pki.ca_cert, pki.ca_key)
     else:
@@ -202,11 +196,12 @@ def ensure_dev_pki(data_dir: Path) -> DevPKI:
     if not pki.server_cert.exists():
         cert, key = ca.issue(common_name="custos-server", role=None,
                              server_names=["localhost", "127.0.0.1", "::1"])
-        pki.server_cert.write_bytes(cert)
-        _write_private(pki.server_key, key)
+        write_private(pki.server_key, key)
+        write_private(pki.server_cert, cert, mode=0o644)
+    private_dir(pki.client_dir)
     for role in ROLES:
         if not pki.client_cert(role).exists():
             cert, key = ca.issue(common_name=f"dev-{role}", role=role)
-            _write_private(pki.client_key(role), key)
-            pki.client_cert(role).write_bytes(cert)
+            write_private(pki.client_key(role), key)
+            write_private(pki.client_cert(role), cert, mode=0o644)
     return pki

@@ -47,6 +47,7 @@ from custos.controlplane.store import Store, open_store
 from custos.controlplane.store.etcd import EtcdStore
 from custos.core.signers import SignerSet
 from custos.errors import InvalidInput
+from custos.fs.private import write_private
 from custos.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -314,10 +315,8 @@ async def run(cfg: ServerConfig, *, announce: bool = True) -> None:
     if cfg.dev and cfg.data_dir is not None:
         lines = dev_env_lines(cfg, port, cp.enroll_port)
         env_path = cfg.data_dir / "dev.env"
-        tmp = env_path.with_suffix(".tmp")
-        tmp.write_text("# Custos dev server: source this file to point the CLI at it.\n"
-                       + "\n".join(lines) + "\n")
-        os.replace(tmp, env_path)
+        write_private(env_path, ("# Custos dev server: source this file to point the CLI at it.\n"
+                                 + "\n".join(lines) + "\n").encode())
         if announce:
             print("Custos dev server (DEVELOPMENT ONLY: generated CA, local files).", flush=True)
             print(f"In another shell:  source {env_path}", flush=True)

@@ -233,8 +233,9 @@ class Plane:
 
     def order(self, action: str, models: list[str], *, drill: bool = False, signers: int = 3) -> str:
         """Propose and sign to quorum with the dev executives; wait until its effects ran."""
+        from custos.client.signerkeys import load_private_key
         from custos.core.orders import Order
-        from custos.core.signers import encode_signatures, load_private_key
+        from custos.core.signers import encode_signatures
 
         d = self.run(self.cp.orders.propose(EXEC, action=action, models=models, reason="test",
                                             expires_seconds=3600, drill=drill))

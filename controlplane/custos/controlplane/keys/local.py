@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import fcntl
 import json
 import logging
 import os
-import secrets
 import stat
 import struct
 import threading
@@ -51,6 +49,7 @@ from custos.controlplane.keys.base import (
     zeroize,
 )
 from custos.errors import FailedPrecondition, IntegrityError, InvalidInput
+from custos.fs.private import write_private
 
 __all__ = ["LocalKeyProvider"]
 
@@ -171,25 +170,7 @@ class LocalKeyProvider(KeyProvider):
         return doc  # type: ignore[no-any-return]
 
     def _save(self, doc: _Doc) -> None:
-        data = json.dumps(doc, sort_keys=True, indent=1).encode("ascii")
-        directory = self._path.parent
-        tmp = directory / f".{self._path.name}.{secrets.token_hex(8)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        write_private(self._path, json.dumps(doc, sort_keys=True, indent=1).encode("ascii"))
 
     # -- helpers on one key entry --------------------------------------------------------
 
