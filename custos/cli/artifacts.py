@@ -86,7 +86,7 @@ def cmd_artifact_show(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     a = sub.add_parser("artifact", help="weight artifacts (manifests)").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
     ar = a.add_parser("register", parents=[common], help="hash DIR and register it as an artifact of MODEL")

@@ -97,7 +97,7 @@ def cmd_audit_verify(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     au = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
     al = au.add_parser("list", parents=[common], help="list audit events")

@@ -164,7 +164,7 @@ def cmd_demo(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     d = sub.add_parser("demo", parents=[common], help="five-minute demo on embedded defaults")
     d.add_argument("--data-dir", help="where to keep the demo's state (default: a temp dir)")
     d.add_argument("--keep", action="store_true", help="leave the dev server running")

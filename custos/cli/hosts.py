@@ -59,7 +59,7 @@ def cmd_alerts(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     h = sub.add_parser("host", help="enrolled hosts").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     ha = h.add_parser("add", parents=[common], help="add a host and print its one-time enrollment token")
     ha.add_argument("name")

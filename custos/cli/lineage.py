@@ -27,7 +27,7 @@ def cmd_lineage(ns: argparse.Namespace, out: Out) -> int:
             resp = c.call(c.registry().GetLineage,
                           registry_pb2.GetLineageRequest(artifact_id=subject, direction=direction))
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
     if resp is None:
         resp = c.call(c.registry().GetLineage,
@@ -87,7 +87,7 @@ def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     lg = sub.add_parser("lineage", parents=[common], help="ancestors and descendants of a model or artifact")
     lg.add_argument("subject", metavar="MODEL|ARTIFACT")
     lg.add_argument("--ancestors", action="store_true")

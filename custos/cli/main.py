@@ -27,7 +27,7 @@ plane's (`custos server`) and the agent's (`custos agent ...`). Each is a functi
 ``add_commands(sub, common)``."""
 
 
-def add_plugin_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_plugin_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the commands of every installed distribution in the ``custos.commands`` group."""
     for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         ep.load()(sub, common)
@@ -75,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(resolve(ns.fn)(ns, out))
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        details = exc.details() or code.name  # type: ignore[attr-defined]
+        code = exc.code()
+        details = exc.details() or code.name
         if code == grpc.StatusCode.UNAVAILABLE:
             addr = getattr(ns, "addr", None) or os.environ.get("CUSTOS_ADDR", "?")
             details = f"cannot reach the control plane at {addr}: {details.splitlines()[0]}"

@@ -107,7 +107,7 @@ def cmd_model_policy(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     m = sub.add_parser("model", help="models and their covered status").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
     mr = m.add_parser("register", parents=[common], help="register a model")

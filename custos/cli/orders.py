@@ -190,7 +190,7 @@ def cmd_drill(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     od = sub.add_parser("order", help="quorum-signed orders: drill, halt, lift, destroy").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
     op = od.add_parser("propose", parents=[common], help="propose an order; prints its id")

@@ -18,7 +18,7 @@ from custos.client.localagent import LocalClient
 from custos.errors import CustosError, InvalidInput
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", parents=[common], help="run CMD on a pulled artifact, supervised by the local agent",
                        usage="custos run --model M [--artifact ID] [--detach] -- CMD [ARG...]")
     r.add_argument("--model", required=True, help="the model whose artifact the workload runs")

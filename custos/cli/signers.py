@@ -109,7 +109,7 @@ def cmd_signer_rotate(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     sg = sub.add_parser("signer", help="executive signer keys and the signer set").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
     sk = sg.add_parser("keygen", parents=[common], help="make an Ed25519 signer key (encrypted with a passphrase)")

@@ -73,7 +73,7 @@ def cmd_push(ns: argparse.Namespace, out: Out) -> int:
     try:
         resp = c.call(keys.CreateDataKey, req)
     except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.ALREADY_EXISTS or "concurrently" not in (exc.details() or ""):  # type: ignore[attr-defined]
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS or "concurrently" not in (exc.details() or ""):
             raise
         resp = c.call(keys.CreateDataKey, req)
     aid = resp.artifact_id
@@ -135,7 +135,7 @@ def cmd_pull(ns: argparse.Namespace, out: Out) -> int:
 
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     ps = sub.add_parser("push", parents=[common], help="encrypt DIR locally and upload it as an artifact of MODEL")
     ps.add_argument("model")
     ps.add_argument("dir")

@@ -40,7 +40,7 @@ def test_replaces_atomically_and_leaves_no_temporary_file(tmp_path: Path) -> Non
 def test_a_replaced_file_gets_the_new_mode(tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_bytes(b"old")
-    os.chmod(target, 0o666)
+    os.chmod(target, 0o666)  # noqa: S103 - the wide mode the writer must narrow
     write_private(target, memoryview(b"new"))
     assert _mode(target) == 0o600 and target.read_bytes() == b"new"
 
@@ -85,7 +85,7 @@ def test_missing_directory_is_an_error_not_a_mkdir(tmp_path: Path) -> None:
 def test_private_dir_creates_0700_and_tightens(tmp_path: Path) -> None:
     d = private_dir(tmp_path / "a" / "b")
     assert _mode(d) == 0o700
-    os.chmod(d, 0o755)
+    os.chmod(d, 0o755)  # noqa: S103 - the wide mode private_dir must narrow
     private_dir(d)
     assert _mode(d) == 0o700
     f = tmp_path / "file"

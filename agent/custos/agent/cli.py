@@ -14,7 +14,7 @@ import argparse
 HANDLERS = "custos.agent.commands"
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add `agent enroll` and `agent run` to the `custos` sub-command parser."""
     ag = sub.add_parser("agent", help="the host agent daemon").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")

@@ -672,7 +672,7 @@ class Agent:
         self.inventory.close()
         for b in self._blobs.values():
             with contextlib.suppress(Exception):
-                b.close()  # type: ignore[attr-defined]
+                b.close()
         log.info("agent stopped")
 
 

@@ -58,7 +58,7 @@ def start_metrics(listen: str, status: Callable[[], dict[str, Any]]) -> tuple[An
     if not sep or not port.isdigit():
         raise InvalidInput(f"[metrics] listen {listen!r}: want HOST:PORT")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(status))  # type: ignore[arg-type]
+    registry.register(AgentCollector(status))
     try:
         server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     except OSError as exc:

@@ -74,8 +74,8 @@ _STATUS_ERRORS: dict[grpc.StatusCode, type[CustosError]] = {
 
 def rpc_error(exc: grpc.RpcError, what: str) -> CustosError:
     """The CustosError for a failed call, its message prefixed with ``what``."""
-    code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
-    details = (exc.details() if hasattr(exc, "details") else "") or (code.name if code else "error")  # type: ignore[attr-defined]
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or (code.name if code else "error")
     cls = _STATUS_ERRORS.get(code, CustosError) if code is not None else CustosError
     return cls(f"{what}: {details.splitlines()[0]}")
 

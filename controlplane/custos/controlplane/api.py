@@ -99,7 +99,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None:
-            return None  # type: ignore[return-value]
+            return None
         method = details.method
         guard = self._guard
         if handler.unary_unary is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("server", parents=[common], help="run the control plane")
     s.add_argument("--dev", action="store_true", help="development mode: dev CA, SQLite, local files")
     s.add_argument("--data-dir", help="state directory (dev: CA, certificates, SQLite, dev.env)")

@@ -531,7 +531,7 @@ def _sign_agent_csr(ca: CertificateAuthority, csr: x509.CertificateSigningReques
             x509.NameAttribute(NameOID.COMMON_NAME, host),
         ]))
         .issuer_name(ca.cert.subject)
-        .public_key(csr.public_key())  # type: ignore[arg-type]
+        .public_key(csr.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=AGENT_CERT_DAYS))

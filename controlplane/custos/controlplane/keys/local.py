@@ -167,7 +167,7 @@ class LocalKeyProvider(KeyProvider):
         except (ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError("the local key file is not valid JSON") from exc
         _check_doc(doc)
-        return doc  # type: ignore[no-any-return]
+        return doc
 
     def _save(self, doc: _Doc) -> None:
         write_private(self._path, json.dumps(doc, sort_keys=True, indent=1).encode("ascii"))
@@ -179,7 +179,7 @@ class LocalKeyProvider(KeyProvider):
         entry = doc["keys"].get(name)
         if entry is None:
             raise KeyDestroyed(f"key {name!r} does not exist")
-        return entry  # type: ignore[no-any-return]
+        return entry
 
     @staticmethod
     def _state_of(name: str, entry: dict[str, Any]) -> KeyState:

@@ -149,7 +149,7 @@ class EtcdStore(Store):
         resp = await self._call(run())
         return int(resp.header.revision)
 
-    async def watch(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+    async def watch(self, prefix: str) -> AsyncIterator[str]:
         start = self._k(prefix)
         try:
             watch = await self._client.watch_prefix(start)

@@ -144,7 +144,7 @@ class SQLiteStore(Store):
 
         return await self._run(q)
 
-    async def watch(self, prefix: str, *, poll: float = 0.1) -> AsyncIterator[str]:  # type: ignore[override]
+    async def watch(self, prefix: str, *, poll: float = 0.1) -> AsyncIterator[str]:
         """Polls: SQLite has no change feed across processes."""
         check_key(prefix)
         last = await self.revision()
