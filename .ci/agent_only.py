@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,7 +66,10 @@ def main() -> int:
     venv = work / "agent-venv"
     run([sys.executable, "-m", "venv", "--clear", str(venv)])
     py = str(venv / "bin" / "python")
-    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT), str(ROOT / "agent")])
+    # Build from a copy: an install from a source tree writes build/ and *.egg-info into it.
+    src = work / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__"))
+    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(src), str(src / "agent")])
     listed = subprocess.run([py, "-m", "pip", "list", "--format", "json", "--exclude", "pip",
                              "--exclude", "setuptools", "--exclude", "wheel"],
                             check=True, capture_output=True, text=True).stdout

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from custos import logs
-from custos.agent.config import AgentConfig, default_host_name, dev_config, load_agent_config, validate_host_name
+from custos.agent.config import AgentConfig, default_host_name, dev_config, load_agent_config
 from custos.agent.daemon import Agent
 from custos.agent.enroll import enroll
 from custos.agent.orders import VerifyingOrderHandler
+from custos.core.hosts import validate_host_name
 from custos.errors import InvalidInput
 
 # -- agent enroll ---------------------------------------------------------------------------

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from custos.agent.scanner import DEFAULT_EXCLUDE, DEFAULT_MIN_SIZE, WEIGHT_SUFFIXES, ScanConfig
+from custos.core.hosts import validate_host_name
 from custos.errors import InvalidInput
 
 DEFAULT_STATE_DIR = Path("/var/lib/custos-agent")
 DEFAULT_SOCKET = Path("/run/custos-agent/agent.sock")
-_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 
 # section -> key -> accepted types (bool is not an int here)
 _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
@@ -48,13 +48,6 @@ def default_host_name() -> str:
     raw = socket.gethostname().split(".")[0].lower()
     name = re.sub(r"[^a-z0-9.-]", "-", raw).strip("-.") or "localhost"
     return name[:253]
-
-
-def validate_host_name(name: str) -> str:
-    """Raises InvalidInput unless ``name`` is a DNS-like host name (a-z 0-9 . -)."""
-    if not isinstance(name, str) or not _HOST_NAME.match(name):
-        raise InvalidInput(f"bad host name {name!r}: want a-z 0-9 . - (a DNS-like name)")
-    return name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

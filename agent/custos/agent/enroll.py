@@ -18,7 +18,6 @@ failed enrollment leaves the previous identity (if any) intact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -31,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from custos.agent.config import validate_host_name
 from custos.agent.stream import Credentials, open_channel, rpc_error
+from custos.core.hosts import cert_fingerprint, validate_host_name
 from custos.errors import FailedPrecondition, IntegrityError, InvalidInput
 from custos.fs.private import private_dir, write_private
 from custos.v1 import custody_pb2, custody_pb2_grpc
@@ -63,15 +62,6 @@ class Identity:
         return self.directory / "ca.pem"
 
 
-
-
-def cert_fingerprint(pem: bytes) -> str:
-    """SHA-256 of the certificate's DER, hex (what the control plane pins). Raises InvalidInput."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise InvalidInput("unreadable certificate") from None
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def make_key_and_csr(name: str) -> tuple[bytes, bytes]:

@@ -24,12 +24,13 @@ import grpc
 from custos.client.wire import RELATION_TO_PB, relation_from_pb
 from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
-from custos.controlplane.custody import Custody, cert_fingerprint
+from custos.controlplane.custody import Custody
 from custos.controlplane.keys.broker import KeyBroker
 from custos.controlplane.orders import NoSignerSet
 from custos.controlplane.pki import identity_from_pem
 from custos.controlplane.registry import ArtifactRecord, Registry
 from custos.core.audit_chain import parse_stored
+from custos.core.hosts import cert_fingerprint
 from custos.core.keymaterial import zeroize
 from custos.core.reports import order_report_markdown
 from custos.core.signers import SignerSet

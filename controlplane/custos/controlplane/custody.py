@@ -41,31 +41,20 @@ from custos.controlplane.pki import CertificateAuthority
 from custos.controlplane.registry import Registry, new_copy
 from custos.controlplane.store.base import MAX_TXN_OPS, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.hosts import cert_fingerprint, validate_host_name
 from custos.core.manifest import decode_manifest
 from custos.core.matching import HashedFile, ManifestIndex
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
 
 log = logging.getLogger("custos.custody")
 
-HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 DEFAULT_TOKEN_TTL = 3600
 STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
 AGENT_CERT_DAYS = 365
 
 
-def validate_host_name(name: str) -> str:
-    if not isinstance(name, str) or not HOST_NAME.match(name):
-        raise InvalidInput(f"bad host name {name!r}: want a-z 0-9 . - (a DNS-like name)")
-    return name
-
-
 def _token_hash(token: str) -> str:
     return hashlib.sha256(b"custos.v1.enrollment-token\x00" + token.encode()).hexdigest()
-
-
-def cert_fingerprint(pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(pem)
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 class HostNotEnrolled(Unauthorized):

@@ -36,10 +36,10 @@ from custos.controlplane import authz
 from custos.controlplane.api import AuditServicer, GuardInterceptor
 from custos.controlplane.audit import Caller
 from custos.controlplane.config import ServerConfig
-from custos.controlplane.custody import cert_fingerprint
 from custos.controlplane.incidents import AUTHZ_ROWS, IncidentsRuntime, attach
 from custos.controlplane.server import ControlPlane, prepare_dev
 from custos.core.canonical import decode_canonical
+from custos.core.hosts import cert_fingerprint
 from custos.v1 import audit_pb2_grpc, custody_pb2, incidents_pb2_grpc
 
 T = TypeVar("T")
