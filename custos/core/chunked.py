@@ -5,7 +5,7 @@ size, so chunk ``i`` starts at a computable offset. That gives random access to 
 plaintext byte range and lets a pusher encrypt chunk ranges in parallel and upload them
 as independent multipart parts. ``docs/chunk-format.md`` is the specification; this
 module is its reference implementation and must not drift from it (the known-answer
-vectors in ``tests/crypto/vectors/`` pin both).
+vectors in ``tests/core/vectors/`` pin both).
 
 Pure logic: functions are handed buffers, streams or a ``read_at`` callable and do no
 I/O of their own. Errors:

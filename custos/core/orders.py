@@ -14,7 +14,7 @@ an ``OrderVerification`` (truthy only when valid) listing every reason it
 fails; ``raise_if_invalid()`` raises instead. Replay state is a small value
 (``ExecutedOrders``) that ``apply_executed`` advances.
 
-Specified in docs/orders.md; vectors in tests/orders/vectors/. Pure logic.
+Specified in docs/orders.md; vectors in tests/core/vectors/. Pure logic.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Adversarial orders and rotations: every case in tests/orders/cases.py is rejected
+"""Adversarial orders and rotations: every case in tests/core/order_cases.py is rejected
 with its reason code; valid cases pass; a seeded mutation fuzzer never gets a
 mutated order or signature accepted."""
 

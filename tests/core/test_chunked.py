@@ -1,6 +1,6 @@
 """Tests of the chunked AEAD file format (custos.core.chunked, docs/chunk-format.md).
 
-- Known-answer vectors (tests/crypto/vectors/chunk-format-v1.json): the module must
+- Known-answer vectors (tests/core/vectors/chunk-format-v1.json): the module must
   reproduce them, invert them, and so must an independent re-implementation written
   from the spec in this file, so code, spec and vectors cannot drift apart.
 - A table of tamper cases, each decrypted three ways (non-seekable stream, seekable

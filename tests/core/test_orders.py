@@ -305,7 +305,7 @@ def _sigs_json(sigs: Any) -> list[dict[str, str]]:
 
 
 def make_vectors() -> dict[str, dict[str, Any]]:
-    """Build both vector files from the fixed keys in tests/orders/cases.py."""
+    """Build both vector files from the fixed keys in tests/core/order_cases.py."""
     v1, v2 = panel("ed25519"), panel_v2("ed25519")
     mixed = panel("mixed")
     keys = []

@@ -1,7 +1,7 @@
 """A protocol-level stand-in for a host agent: enroll through the real
 enrollment listener and hold a real custody stream. Used where a test needs
 many hosts or exact control over what an "agent" sends (multi-replica fan-out,
-injected orders); the real daemon is tested in tests/agent_e2e/."""
+injected orders); the real daemon is tested in tests/e2e/."""
 
 from __future__ import annotations
 

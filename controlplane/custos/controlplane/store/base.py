@@ -2,7 +2,7 @@
 
 The registry, the audit log and everything later sit on these five calls, so
 the embedded SQLite file and a production etcd cluster behave the same and
-pass one conformance suite (tests/store/). A multi-key change is one
+pass one conformance suite (tests/controlplane/store/). A multi-key change is one
 ``commit``: every check holds and every write lands, or nothing does.
 """
 
