@@ -1,0 +1,120 @@
+"""Acks: agents' acks of orders, stored per host, and their evidence applied to that
+host's copies.
+
+Store keys:
+    orderacks/{id}/{host}       an agent's ack with evidence
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from custos.controlplane.custody import Custody
+from custos.controlplane.orders.book import OrderBook
+from custos.controlplane.store.base import Store, Txn
+from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.orders import Order
+from custos.errors import CustosError
+
+log = logging.getLogger("custos.orders")
+
+
+def acks_prefix(oid: str) -> str:
+    """Where the acks of order ``oid`` are stored."""
+    return f"orderacks/{oid}/"
+
+
+def ack_key(oid: str, host: str) -> str:
+    """Where the ack of ``host`` for order ``oid`` is stored."""
+    return acks_prefix(oid) + host
+
+
+class Acks:
+    """Records acks through one worker; hooks Custody's ``on_ack``.
+
+    Acks are evidence, not commands: they are stored per host (the completion
+    event in the audit chain commits to all of them by digest) rather than each
+    appending to the serialized audit chain, so 10,000 agents can ack within seconds.
+    """
+
+    def __init__(self, store: Store, custody: Custody, book: OrderBook) -> None:
+        self.store = store
+        self.custody = custody
+        self.book = book
+        self._queue: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
+
+    async def enqueue(self, host: str, ack: Any, received_ns: int) -> None:
+        """Called from stream readers: acks are recorded by one worker, so a flood
+        of 10,000 acks never starves the RPCs (like refused unwraps) behind it."""
+        self._queue.put_nowait((host, ack, received_ns))
+
+    async def run_worker(self, stop: asyncio.Event) -> None:
+        """Record queued acks until ``stop``; a failing one is logged, never fatal."""
+        while not stop.is_set():
+            host, ack, received = await self._queue.get()
+            try:
+                await self.record(host, ack, received)
+            except Exception:
+                log.exception("recording the ack of %s failed", host)
+
+    async def record(self, host: str, ack: Any, received_ns: int = 0) -> None:
+        """Store an agent's ack (the first of a host stands) and apply its evidence
+        to that host's copies. An ack for an unknown order is logged and dropped."""
+        try:
+            record = await self.book.get(ack.order_id)
+        except CustosError:
+            log.warning("ack from %s for unknown order %s", host, ack.order_id[:16])
+            return
+        now = received_ns or time.time_ns()  # when the ack reached the control plane
+        value = {
+            "done_ns": ack.done_unix_ns or now, "host": host, "outcome": ack.outcome[:32],
+            "paths_wiped": list(ack.paths_wiped)[:10_000], "pids_stopped": list(ack.pids_stopped)[:10_000],
+            "reason": ack.reason[:2000], "received_ns": ack.received_unix_ns, "recorded_ns": now,
+            "remaining": list(ack.remaining)[:1000], "verified": bool(ack.verified),
+            "would_stop": list(ack.would_stop)[:1000],
+        }
+        key = ack_key(record["id"], host)
+        if await self.store.get(key) is not None:
+            return  # the first ack of a host stands; a resent order is re-acked
+        await self.store.commit(Txn(checks={key: 0}, puts={key: encode_canonical(value)}))
+        async with self.custody.host_lock(host):
+            await self._apply_to_copies(record, host, value)
+
+    async def _apply_to_copies(self, record: dict[str, Any], host: str, ack: dict[str, Any]) -> None:
+        order = Order.decode(record["body"].encode())
+        if ack["outcome"] in ("dry-run", "lifted"):
+            return  # nothing was stopped: copies keep their state; the report shows would_stop
+        real = set(order.models)
+        scoped = set(order.artifacts)
+        wiped = set(ack["paths_wiped"])
+        pids = {str(p) for p in ack["pids_stopped"]}
+        puts: dict[str, bytes] = {}
+        keys = [k for k in await self.custody.host_copy_keys(host) if k.split("/", 2)[1] in scoped]
+        for key, entry in (await self.store.get_many(keys)).items():
+            c = dict(decode_canonical(entry.value))
+            if c["location_kind"] == "object-store" or c["model"] not in real:
+                continue
+            if c["state"] in ("wiped", "stopped"):
+                continue
+            where = c["location"].split(":", 1)[1]
+            stopped = c["location_kind"] == "process" and where in pids
+            was_wiped = c["location_kind"] == "host-path" and (
+                where in wiped or any(w.startswith(where + "/") for w in wiped))
+            if c["state"] == "gone" and not (stopped or was_wiped):
+                continue  # vanished before the ack, and the ack does not claim it
+            if stopped:
+                c["state"], ev = "stopped", f"pid {where} stopped"
+            elif was_wiped:
+                c["state"], ev = "wiped", f"plaintext at {where} wiped"
+            elif ack["outcome"] in ("halted", "destroyed", "already-executed"):
+                why = "; ".join(ack["remaining"])[:500] or "no reason given"
+                c["state"], ev = "residual", f"not stopped or wiped by the agent: {why}"
+            else:
+                c["state"], ev = "residual", f"agent outcome {ack['outcome']}: {ack['reason'][:300]}"
+            c["evidence"] = f"order {order.id[:16]}: {ev}"
+            c["final_at_ns"] = time.time_ns()
+            puts[key] = encode_canonical(c)
+        await self.custody.write_batches(puts)

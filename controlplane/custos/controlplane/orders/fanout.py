@@ -1,0 +1,97 @@
+"""Fan-out: signed orders down the agents' streams — to the agents connected to this
+replica, to agents that (re)connect later, and for orders executed on other replicas
+(learned through the Store's watch)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from custos.controlplane.custody import Custody
+from custos.controlplane.orders.acks import ack_key
+from custos.controlplane.orders.book import EXECUTED_STATES, all_records
+from custos.controlplane.orders.chain import SignerChain
+from custos.controlplane.store.base import Store
+from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.orders import Order
+from custos.core.signers import decode_signatures
+from custos.errors import CustosError
+from custos.v1 import custody_pb2
+
+log = logging.getLogger("custos.orders")
+
+
+class Fanout:
+    """Sends each executed order once per agent stream; hooks Custody's ``on_attach``."""
+
+    def __init__(self, store: Store, custody: Custody, signers: SignerChain) -> None:
+        self.store = store
+        self.custody = custody
+        self.signers = signers
+        self._sent: dict[str, set[str]] = {}  # order id -> hosts whose current stream has it
+
+    def broadcast(self, record: dict[str, Any]) -> None:
+        """Send a signed order to every agent connected to this replica, once per stream."""
+        msg = self.signed_message(record)
+        sent = self._sent.setdefault(record["id"], set())
+        for host, q in list(self.custody.streams.items()):
+            if host not in sent:
+                sent.add(host)
+                q.put_nowait(msg)
+
+    async def push(self, record: dict[str, Any]) -> None:
+        """Broadcast with the chain as the Store has it now (a rotation may be newer)."""
+        await self.signers.refresh()
+        self.broadcast(record)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Replicas learn of orders executed elsewhere through the Store's watch
+        (etcd watch) and push them to their own agents."""
+        while not stop.is_set():
+            try:
+                async for key in self.store.watch("orders/"):
+                    entry = await self.store.get(key)
+                    if entry is None:
+                        continue
+                    rec = dict(decode_canonical(entry.value))
+                    if rec["state"] in EXECUTED_STATES:
+                        await self.push(rec)
+            except CustosError as exc:
+                log.warning("order watch failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+
+    def signed_message(self, record: dict[str, Any]) -> custody_pb2.ControlMessage:
+        """The order as agents receive it: body, signatures, and the chain to verify them."""
+        sigs = decode_signatures(record["signatures"].encode())
+        chain = self.signers.cached
+        dry = record.get("dry_run") or {"artifacts": [], "models": []}
+        return custody_pb2.ControlMessage(order=custody_pb2.SignedOrder(
+            dry_run_models=dry["models"], dry_run_artifacts=dry["artifacts"],
+            body=record["body"].encode(),
+            signatures=[custody_pb2.OrderSignature(key_id=s.key_id, signature=s.sig.encode()) for s in sigs],
+            signer_set=chain[-1][0] if chain else b"",
+            signer_chain=[encode_canonical({"set": s.decode(), "signatures": g.decode()}) for s, g in chain[1:]],
+        ))
+
+    def on_attach(self, host: str) -> None:
+        """A stream opened for ``host``: catch it up, in the background."""
+        for hosts in self._sent.values():
+            hosts.discard(host)  # a new stream: what the old one had may be lost
+        asyncio.get_running_loop().create_task(self._catch_up(host))
+
+    async def _catch_up(self, host: str) -> None:
+        """A host (re)connected: send it every executed order it has not acked, oldest first."""
+        await self.signers.refresh()
+        pending = []
+        for rec in await all_records(self.store):
+            if rec["state"] not in EXECUTED_STATES:
+                continue
+            if await self.store.get(ack_key(rec["id"], host)) is not None:
+                continue
+            pending.append((Order.decode(rec["body"].encode()).sequence, rec))
+        q = self.custody.streams.get(host)
+        for _, rec in sorted(pending, key=lambda p: p[0]):
+            if q is not None:
+                self._sent.setdefault(rec["id"], set()).add(host)
+                q.put_nowait(self.signed_message(rec))

@@ -1,0 +1,170 @@
+"""The orders service: the one face the rest of the control plane calls, composing
+the parts of quorum-signed orders — proposal, signatures, execution at quorum, acks,
+reports.
+
+The control plane runs the same pure verifier as the agents (custos.core.orders)
+against the signer set in the Store, and executes an order only when it
+verifies. Execution, in this order:
+
+1. one transaction (with its audit event): the executed-orders state moves
+   (replay protection), the order becomes ``executing``, the scoped models
+   become ``halted`` (lift: ``active``; destroy: ``destroyed``) — from this
+   moment every unwrap for them is refused (book);
+2. side effects, idempotent and resumed after a restart: Transit keys suspended
+   (halt, drill of the drill model), resumed (lift) or deleted with the
+   ciphertext objects (destroy); leases of hosts holding scoped copies revoked (effects);
+3. the signed order goes down every agent stream (and to agents that connect
+   later), where each agent verifies it again before acting (fanout).
+
+Agents' acks (acks) then bring every copy to a final state (completion, sweep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from custos.blobs.base import BlobStore
+from custos.controlplane.audit import Caller
+from custos.controlplane.custody import Custody
+from custos.controlplane.keys.base import KeyProvider
+from custos.controlplane.orders.acks import Acks
+from custos.controlplane.orders.book import OrderBook, all_records
+from custos.controlplane.orders.chain import SignerChain
+from custos.controlplane.orders.completion import Completion
+from custos.controlplane.orders.effects import Effects
+from custos.controlplane.orders.fanout import Fanout
+from custos.controlplane.orders.report import order_report
+from custos.controlplane.orders.sweep import CompletionSweep
+from custos.controlplane.registry import Registry
+from custos.core.orders import OrderVerification
+from custos.core.signers import SignerSet
+
+
+class OrdersService:
+    """Builds the parts and hooks them into Custody (acks, stream attach, the pinned set)."""
+
+    def __init__(self, registry: Registry, custody: Custody, *, keys: KeyProvider, blobs: BlobStore,
+                 clock: Callable[[], float] = time.time) -> None:
+        store, audit = registry.store, registry.audit
+        self.signers = SignerChain(store, audit)
+        self.book = OrderBook(store, registry, audit, self.signers, clock=clock)
+        self.fanout = Fanout(store, custody, self.signers)
+        self.completion = Completion(store, audit, custody)
+        self.effects = Effects(store, registry, audit, custody, keys=keys, blobs=blobs, book=self.book,
+                               fanout=self.fanout, completion=self.completion)
+        self.sweep = CompletionSweep(store, self.effects, self.completion)
+        self.acks = Acks(store, custody, self.book)
+        self.store = store
+        self.custody = custody
+        self._effects = self.effects.tasks  # the running effect tasks (tests cancel them)
+        custody.on_ack = self.acks.enqueue
+        custody.on_attach = self.fanout.on_attach
+        custody.signer_set = self.signers.pinned
+
+    # -- signer sets (chain) ----------------------------------------------------------
+
+    async def install_bootstrap(self, signer_set: SignerSet) -> None:
+        """Install version 1 if no set is installed yet (idempotent, audited). Raises InvalidInput."""
+        await self.signers.install_bootstrap(signer_set)
+
+    async def _refresh_pinned(self) -> None:
+        await self.signers.refresh_pinned()
+
+    async def chain(self) -> list[tuple[bytes, bytes]]:
+        """Every installed version, oldest first: (canonical set bytes, rotation signatures)."""
+        return await self.signers.load()
+
+    async def refresh_chain(self) -> None:
+        """Reload the chain that goes down the streams with every order."""
+        await self.signers.refresh()
+
+    async def current_set(self) -> SignerSet:
+        """The newest installed set. Raises NoSignerSet."""
+        return await self.signers.current_set()
+
+    async def rotate(self, caller: Caller, *, new_set: bytes, signatures: bytes) -> SignerSet:
+        """Install version n+1. Raises RotationRejected (IntegrityError), InvalidInput, NoSignerSet."""
+        return await self.signers.rotate(caller, new_set=new_set, signatures=signatures)
+
+    # -- the order book ---------------------------------------------------------------
+
+    async def propose(self, caller: Caller, *, action: str, models: list[str], reason: str,
+                      expires_seconds: int, drill: bool) -> dict[str, Any]:
+        """Create an order over ``models`` and all their derivatives. Raises InvalidInput, NotFound."""
+        record = await self.book.propose(caller, action=action, models=models, reason=reason,
+                                         expires_seconds=expires_seconds, drill=drill)
+        return await self.book.describe(record)
+
+    async def get(self, order_id: str) -> dict[str, Any]:
+        """An order's record by id or unique prefix. Raises InvalidInput, NotFound."""
+        return await self.book.get(order_id)
+
+    async def list_orders(self) -> list[dict[str, Any]]:
+        """Every order, described."""
+        return [await self.book.describe(rec) for rec in await all_records(self.store)]
+
+    async def verify(self, record: dict[str, Any]) -> OrderVerification:
+        """The agents' verifier run on ``record`` against the Store. Raises NoSignerSet."""
+        return await self.book.verify(record)
+
+    async def describe(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with its decoded order, who signed, and what is missing. Raises NoSignerSet."""
+        return await self.book.describe(record)
+
+    async def attach(self, caller: Caller, *, order_id: str, signatures: bytes) -> dict[str, Any]:
+        """Add signatures; at quorum, execute. Raises InvalidInput, NotFound, FailedPrecondition."""
+        record = await self.book.attach(caller, order_id=order_id, signatures=signatures)
+        if record["state"] == "executing":
+            self.effects.start(record["id"])
+        return await self.book.describe(record)
+
+    # -- effects, fan-out, completion -------------------------------------------------
+
+    def start_effects(self, oid: str) -> None:
+        """Run the side effects of an executing order unless they are running here already."""
+        self.effects.start(oid)
+
+    async def resume_pending(self) -> None:
+        """After a restart: finish the side effects of orders that were executing."""
+        await self.sweep.resume_pending()
+
+    def broadcast(self, record: dict[str, Any]) -> None:
+        """Send a signed order to every agent connected to this replica, once per stream."""
+        self.fanout.broadcast(record)
+
+    async def run_fanout(self, stop: asyncio.Event) -> None:
+        """Push orders executed on other replicas (the Store's watch) to this replica's agents."""
+        await self.fanout.run(stop)
+
+    async def check_complete(self, oid: str) -> bool:
+        """Whether the order is complete; completes it when every copy is final."""
+        return await self.completion.check(oid)
+
+    async def run_completion(self, interval: float, stop: asyncio.Event) -> None:
+        """The completion sweep, every ``interval`` seconds until ``stop``."""
+        await self.sweep.run(interval, stop)
+
+    async def completion_round(self) -> None:
+        """One completion sweep over the executing orders."""
+        await self.sweep.round()
+
+    # -- acks and reports -------------------------------------------------------------
+
+    async def enqueue_ack(self, host: str, ack: Any, received_ns: int) -> None:
+        """Queue an agent's ack for the ack worker."""
+        await self.acks.enqueue(host, ack, received_ns)
+
+    async def run_ack_worker(self, stop: asyncio.Event) -> None:
+        """Record queued acks until ``stop``."""
+        await self.acks.run_worker(stop)
+
+    async def record_ack(self, host: str, ack: Any, received_ns: int = 0) -> None:
+        """Store an agent's ack and apply its evidence to that host's copies."""
+        await self.acks.record(host, ack, received_ns)
+
+    async def report(self, order_id: str) -> dict[str, Any]:
+        """Everything the completion report needs, as data. Raises InvalidInput, NotFound."""
+        return await order_report(self.store, self.custody, self.book, order_id)
