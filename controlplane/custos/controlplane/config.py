@@ -27,7 +27,7 @@ from typing import Any
 
 from custos.controlplane.metrics import parse_metrics_config
 from custos.controlplane.notify import parse_notify_config
-from custos.controlplane.rules import parse_rules_config
+from custos.controlplane.rules.config import parse_rules_config
 from custos.errors import InvalidInput
 
 _KNOWN = {

@@ -32,7 +32,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from custos.controlplane.rules import CURSOR_KEY, safe
+from custos.controlplane.periodic import pause, safe
+from custos.controlplane.rules.engine import CURSOR_KEY
 from custos.controlplane.store.base import Store
 from custos.core.canonical import decode_canonical
 from custos.core.incidents import incident_view
@@ -41,7 +42,6 @@ from custos.errors import InvalidInput
 
 log = logging.getLogger("custos.metrics")
 
-HOUR_NS = 3600 * 1_000_000_000
 TIME_LEFT_BUCKETS = ("overdue", "under_24h", "24h_to_48h", "48h_to_72h")
 
 
@@ -236,10 +236,7 @@ class MetricsServer:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await safe(self.refresh(), "metrics refresh")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.config.refresh_s)
-            except TimeoutError:
-                pass
+            await pause(self.config.refresh_s, stop)
 
     def close(self) -> None:
         if self._httpd is not None:

@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from custos.controlplane.rules import safe
+from custos.controlplane.periodic import pause, safe
 from custos.controlplane.store.base import Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.rules import SEVERITIES
 from custos.errors import BackendUnavailable, IntegrityError, InvalidInput
 
 log = logging.getLogger("custos.notify")
 
 OUTBOX_PREFIX = "notify/outbox/"
-SEVERITIES = ("low", "medium", "high", "critical")
 EVENT_KINDS = ("incident.opened", "incident.alert", "incident.updated", "incident.deadline")
 
 
@@ -323,9 +323,6 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event, is_leader: Callable[[], bool] = lambda: True) -> None:
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.config.interval_s)
-            except TimeoutError:
-                pass
+            await pause(self.config.interval_s, stop)
             if is_leader() and not stop.is_set():
                 await safe(self.dispatch_once(), "notification dispatch")

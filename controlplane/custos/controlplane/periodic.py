@@ -1,27 +1,53 @@
 """The control plane's background loops: run a round every ``interval`` seconds until
 ``stop`` is set. A failing round is logged and the loop goes on: one bad round of a
-sweeper must not end custody checks for good."""
+sweeper must not end custody checks for good.
+
+``every`` is the whole loop; loops of another shape (the rules lease, the metrics
+refresh, the notification dispatcher) are built of ``pause`` and ``safe``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from custos.errors import CustosError
 
 log = logging.getLogger("custos.periodic")
+# safe() has always logged under the rules' name (the rules loop was its first user).
+_rules_logger = logging.getLogger("custos.rules")
+
+
+async def pause(interval: float, stop: asyncio.Event) -> None:
+    """Wait ``interval`` seconds, or less if ``stop`` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=interval)
+    except TimeoutError:
+        pass
 
 
 async def every(interval: float, stop: asyncio.Event, round_: Callable[[], Awaitable[object]], what: str,
                 *, final: bool = False) -> None:
     """Await ``round_()`` every ``interval`` s until ``stop``; once more at the end if ``final``."""
     while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+        await pause(interval, stop)
         if stop.is_set() and not final:
             return
         try:
             await round_()
         except Exception as exc:  # noqa: BLE001 - the loop must outlive a bad round
             log.warning("%s failed: %s", what, exc)
+
+
+async def safe(coro: Awaitable[Any], what: str) -> Any:
+    """Run one background round; a failure is logged, never fatal to the loop.
+
+    Returns the round's result, or None if it raised (nothing is raised)."""
+    try:
+        return await coro
+    except CustosError as exc:
+        _rules_logger.warning("%s failed: %s", what, exc)
+    except Exception:  # the loop must outlive a bad round
+        _rules_logger.exception("%s failed", what)
+    return None

@@ -473,12 +473,17 @@ class Registry:
         return models, artifacts, copies
 
 
+def copy_id(artifact_id: str, kind: str, location: str, form: str) -> str:
+    """A copy's deterministic id: the same artifact, place and form is the same copy."""
+    return hashlib.sha256(f"{artifact_id}\x00{kind}\x00{location}\x00{form}".encode()).hexdigest()[:24]
+
+
 def new_copy(artifact_id: str, model: str, kind: str, location: str, host: str, form: str, *,
              authorized: bool, evidence: str = "", state: str = "present") -> dict[str, Any]:
     if kind not in LOCATION_KINDS or form not in COPY_FORMS:
         raise InvalidInput(f"bad copy kind/form {kind}/{form}")
     now = time.time_ns()
-    cid = hashlib.sha256(f"{artifact_id}\x00{kind}\x00{location}\x00{form}".encode()).hexdigest()[:24]
+    cid = copy_id(artifact_id, kind, location, form)
     return {
         "artifact_id": artifact_id,
         "authorized": authorized,

@@ -40,6 +40,19 @@ log = logging.getLogger("custos.vault_audit")
 CURSOR_KEY = "meta/vault-audit-cursor"
 
 
+@dataclass(frozen=True, slots=True)
+class VaultAuditConfig:
+    """``[rules.vault_foreign_access]``, parsed (custos.controlplane.rules.config)."""
+
+    path: Path
+    exclude_accessors: frozenset[str] = frozenset()
+    exclude_display_names: frozenset[str] = frozenset()
+    exclude_policies: frozenset[str] = frozenset()
+    paths: tuple[str, ...] = ("transit/*/custos-*",)
+    key_prefix: str = "custos-"
+    max_bytes_per_round: int = 4 << 20
+
+
 def _time_ns(text: str) -> int:
     """Vault's RFC 3339 time with nanoseconds -> Unix ns (0 if unreadable)."""
 
@@ -165,14 +178,3 @@ class VaultAuditTail:
     async def commit(self, pos: Position) -> None:
         await self.store.commit(Txn(puts={CURSOR_KEY: encode_canonical(
             {"inode": pos.inode, "offset": pos.offset, "path": pos.path})}))
-
-
-@dataclass(frozen=True, slots=True)
-class VaultAuditConfig:
-    path: Path
-    exclude_accessors: frozenset[str] = frozenset()
-    exclude_display_names: frozenset[str] = frozenset()
-    exclude_policies: frozenset[str] = frozenset()
-    paths: tuple[str, ...] = ("transit/*/custos-*",)
-    key_prefix: str = "custos-"
-    max_bytes_per_round: int = 4 << 20

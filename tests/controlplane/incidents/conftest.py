@@ -36,8 +36,10 @@ from custos.controlplane import authz
 from custos.controlplane.api import AuditServicer, GuardInterceptor
 from custos.controlplane.audit import Caller
 from custos.controlplane.config import ServerConfig
-from custos.controlplane.incidents import AUTHZ_ROWS, IncidentsRuntime, attach
+from custos.controlplane.incidents.runtime import LEADER_KEY, IncidentsRuntime, attach
+from custos.controlplane.incidents.servicer import AUTHZ_ROWS
 from custos.controlplane.server import ControlPlane, prepare_dev
+from custos.controlplane.store.base import Txn
 from custos.core.canonical import decode_canonical
 from custos.core.hosts import cert_fingerprint
 from custos.v1 import audit_pb2_grpc, custody_pb2, incidents_pb2_grpc
@@ -110,9 +112,6 @@ class Plane:
         await self.cp.start()
         # The control plane attached its own incidents runtime; these tests drive one
         # with an injected clock and config instead, so retire the built-in one.
-        from custos.controlplane.incidents import LEADER_KEY
-        from custos.controlplane.store.base import Txn
-
         await self.cp.incidents.close()
         await asyncio.gather(*self.cp.incidents.tasks, return_exceptions=True)
         await self.cp.store.commit(Txn(deletes=[LEADER_KEY]))

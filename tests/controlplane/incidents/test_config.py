@@ -13,9 +13,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custos.controlplane.audit import AuditLog
-from custos.controlplane.incidents import attach
-from custos.controlplane.rules import RULES, parse_rules_config, rule_setting_key
+from custos.controlplane.incidents.runtime import attach
+from custos.controlplane.rules.config import parse_rules_config, rule_setting_key
 from custos.controlplane.store.sqlite import SQLiteStore
+from custos.core.rules import RULES
 from custos.errors import InvalidInput
 from tests import ROOT
 from tests.servers.ports import free_port

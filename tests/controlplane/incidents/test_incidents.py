@@ -4,7 +4,9 @@ deadline warnings, and the report — every field, rebuilt from the audit log al
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,19 @@ import pytest
 from custos.cli.incidents import ReportMismatch, add_commands, time_left
 from custos.cli.main import Out
 from custos.controlplane.audit import Caller
-from custos.controlplane.incidents import build_report, incident_view, match_incident, report_markdown
+from custos.controlplane.incidents.runtime import LEADER_KEY, attach
 from custos.controlplane.store.base import Txn
+from custos.core.audit_chain import Event
 from custos.core.canonical import decode_canonical, encode_canonical
-from custos.core.incidents import INCIDENT_ACTIONS, rebuild_report, replay
+from custos.core.incidents import (
+    INCIDENT_ACTIONS,
+    build_report,
+    incident_view,
+    match_incident,
+    rebuild_report,
+    replay,
+    report_markdown,
+)
 from custos.errors import FailedPrecondition, InvalidInput
 from tests.controlplane.incidents.conftest import HOUR, SEC, Plane, tree, weights
 
@@ -242,8 +253,6 @@ def test_authz_auditors_read_only_agents_nothing(plane: Plane, tmp_path: Path,
 
 
 def test_report_builder_only_counts_successful_changes() -> None:
-    from custos.controlplane.rules import Event
-
     def e(seq: int, action: str, result: str, principal: str = "p") -> Event:
         return Event(seq=seq, time_ns=seq, principal=principal, role="security-team", host="h", action=action,
                      object="incident/abc123", result=result)
@@ -278,11 +287,6 @@ def test_security_team_member_is_the_attributed_principal(plane: Plane, tmp_path
 
 
 def test_one_replica_leads_and_its_loops_run_the_rounds(plane: Plane, tmp_path: Path) -> None:
-    import asyncio
-    import time
-
-    from custos.controlplane.incidents import LEADER_KEY, attach
-
     plane.enroll("gpu-5")
     plane.report("gpu-5", {"/scratch/y.safetensors": b"\x04" * 3000})
     stop = asyncio.Event()

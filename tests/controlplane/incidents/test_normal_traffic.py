@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from custos.controlplane.rules import RULES
+from custos.core.rules import RULES
 from tests.controlplane.incidents.conftest import Plane, tree, weights
 
 CUSTOS = [sys.executable, "-m", "custos.cli.main"]

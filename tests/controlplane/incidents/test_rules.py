@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from custos.controlplane.audit import Caller
-from custos.controlplane.rules import Event, UnwrapRateConfig, lease_lapses, unauthorized_unwraps, unwrap_rate
 from custos.controlplane.store.base import Txn
+from custos.core.audit_chain import Event
 from custos.core.canonical import decode_canonical, encode_canonical
-from custos.core.rules import alert_id
+from custos.core.rules import UnwrapRateConfig, alert_id, lease_lapses, unauthorized_unwraps, unwrap_rate
 from tests.controlplane.incidents.conftest import HOUR, Plane, tree, weights
 
 

@@ -12,9 +12,8 @@ from typing import Any
 import hvac
 import pytest
 
-from custos.controlplane.rules import VaultAuditConfig
 from custos.controlplane.store.sqlite import SQLiteStore
-from custos.controlplane.vault_audit import VaultAuditTail, foreign_access, is_control_plane
+from custos.controlplane.vault_audit import VaultAuditConfig, VaultAuditTail, foreign_access, is_control_plane
 from tests import ROOT
 from tests.controlplane.incidents.conftest import HOUR, Plane, tree, weights
 from tests.servers.openbao import OpenBaoDevServer, find_bao

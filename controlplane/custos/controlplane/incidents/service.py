@@ -1,4 +1,4 @@
-"""Incidents: alerts correlated into AI safety incidents on the 72-hour reporting clock.
+"""The incident service: alerts correlated into AI safety incidents on the 72-hour reporting clock.
 
 An alert (custos.controlplane.rules, or custody ingestion) joins the open
 incident of the same model — or, without a model, of the same host — within
@@ -10,36 +10,32 @@ and ``report_deadline`` = discovered + 72 hours (22603(g)); its status moves
 
 Every change to an incident is one ``AuditLog.mutate``: the new record and an
 audit event whose result is ``ok: `` + the canonical JSON of the change, so the
-record is the fold of its events (``apply_change``) and an incident report can
-be rebuilt from the audit log alone (``rebuild_report``) and compared with
-the server's (``IncidentService.export``). The engine also records, as such
-changes, the copies of the incident's artifacts on its hosts and the orders
-touching its model (the actions taken), as they change.
+record is the fold of its events (custos.core.incidents ``apply_change``) and an
+incident report can be rebuilt from the audit log alone (``rebuild_report``) and
+compared with the server's (``IncidentService.export``). The service also
+records, as such changes, the copies of the incident's artifacts on its hosts
+and the orders touching its model (the actions taken), as they change.
 
 Store keys:
     incidents/{id}          the incident record
     alertlinks/{alert-id}   {"incident": id}: which incident an alert joined
-    meta/rules-leader       which replica runs the rules, the correlation and the dispatcher
 Specified in docs/incidents.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from custos.controlplane.audit import SYSTEM, AuditLog, Caller, Plan, current_caller
-from custos.controlplane.metrics import MetricsConfig, MetricsServer, parse_metrics_config
-from custos.controlplane.notify import Notifier, NotifyConfig, parse_notify_config
-from custos.controlplane.rules import RULES, Event, RulesConfig, RulesEngine, parse_events, parse_rules_config, safe
+from custos.controlplane.audit import SYSTEM, AuditLog, Caller, Plan
+from custos.controlplane.notify import Notifier
+from custos.controlplane.rules.config import RulesConfig
+from custos.controlplane.rules.engine import whole_log
 from custos.controlplane.store.base import Store, Txn
+from custos.core.audit_chain import Event, parse_events
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.incidents import (
     HOUR_NS,
@@ -57,26 +53,13 @@ from custos.core.incidents import (
     iso,
     match_incident,
     payload_result,
-    report_markdown,
     with_clock,
 )
 from custos.core.orders import Order
-from custos.core.rules import CATEGORIES, DEFAULT_CATEGORY
+from custos.core.rules import CATEGORIES, DEFAULT_CATEGORY, RULES
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound
-from custos.v1 import incidents_pb2 as pb
-from custos.v1 import incidents_pb2_grpc
 
 log = logging.getLogger("custos.incidents")
-
-LEADER_KEY = "meta/rules-leader"
-
-# Rows for custos.controlplane.authz.POLICY (security team acts; auditors and admins read).
-AUTHZ_ROWS: Mapping[str, frozenset[str]] = {
-    "/custos.v1.Incidents/ListIncidents": frozenset({"security-team", "auditor", "admin"}),
-    "/custos.v1.Incidents/GetIncident": frozenset({"security-team", "auditor", "admin"}),
-    "/custos.v1.Incidents/ExportIncident": frozenset({"security-team", "auditor", "admin"}),
-    "/custos.v1.Incidents/UpdateIncident": frozenset({"security-team"}),
-}
 
 
 def alert_summary(alert: Mapping[str, Any], config: RulesConfig) -> dict[str, Any]:
@@ -160,14 +143,8 @@ class IncidentService:
         return sorted(out, key=lambda v: (v["status"] not in ("open", "triaged"), v["report_deadline_ns"], v["id"]))
 
     async def events(self) -> list[Event]:
-        stored: list[bytes] = []
-        after = 0
-        while True:
-            rows = await self.audit.list_events(after, 5000)
-            stored += [v for _, v in rows]
-            if len(rows) < 5000:
-                return parse_events(stored)
-            after = rows[-1][0]
+        """Every event of the audit log."""
+        return parse_events(await whole_log(self.audit))
 
     async def export(self, ref: str) -> dict[str, Any]:
         """The incident report (``build_report``) from the record and the audit log."""
@@ -394,155 +371,3 @@ def notice(v: Mapping[str, Any]) -> dict[str, Any]:
             "discovered_at": iso(v["discovered_at_ns"]), "hosts": v["hosts"], "id": v["id"],
             "model": v["model"]["name"], "report_deadline": iso(v["report_deadline_ns"]),
             "severity": v["severity"], "status": v["status"]}
-
-
-# -- gRPC ---------------------------------------------------------------------------------------
-
-
-def incident_pb(v: Mapping[str, Any]) -> pb.Incident:
-    return pb.Incident(
-        id=v["id"], model=v["model"]["name"], covered=v["model"]["covered"],
-        limited_duty_exemption=v["model"]["exemption"], category=v["category"], category_title=v["category_title"],
-        severity=v["severity"], status=v["status"], discovered_at_unix_ns=v["discovered_at_ns"],
-        report_deadline_unix_ns=v["report_deadline_ns"], opened_at_unix_ns=v["opened_at_ns"],
-        seconds_left=v.get("seconds_left", 0), under_24h=v.get("under_24h", False), overdue=v.get("overdue", False),
-        hosts=v["hosts"], artifact_ids=v["artifacts"],
-        alerts=[pb.IncidentAlert(id=a["id"], rule=a["rule"], category=a["category"], severity=a["severity"],
-                                 model=a["model"], artifact_id=a["artifact_id"], host=a["host"],
-                                 principal=a["principal"], detail=a["detail"], at_unix_ns=a["at_ns"],
-                                 evidence_seqs=a["evidence"]) for a in v["alerts"]],
-        copies=[pb.IncidentCopy(id=c["id"], artifact_id=c["artifact_id"], host=c["host"], location=c["location"],
-                                location_kind=c["kind"], form=c["form"], state=c["state"], authorized=c["authorized"])
-                for c in v["copies"]],
-        actions=[pb.IncidentAction(order_id=o["id"], action=o["action"], state=o["state"], models=o["models"],
-                                   drill=o["drill"]) for o in v["actions"]],
-        history=[pb.IncidentStatusChange(status=h["status"], from_status=h["from"], category=h["category"],
-                                         note=h["note"], by=h["by"], at_unix_ns=h["at_ns"]) for h in v["history"]],
-        alerts_dropped=v["alerts_dropped"])
-
-
-class IncidentsServicer(incidents_pb2_grpc.IncidentsServicer):
-    """custos.v1.Incidents; errors are CustosErrors, mapped by the one interceptor."""
-
-    def __init__(self, service: IncidentService) -> None:
-        self.s = service
-
-    async def ListIncidents(self, req: Any, ctx: Any) -> Any:
-        views = await self.s.list_incidents(statuses=list(req.status), model=req.model, include_closed=req.all)
-        return pb.ListIncidentsResponse(incidents=[incident_pb(v) for v in views], now_unix_ns=self.s.clock())
-
-    async def GetIncident(self, req: Any, ctx: Any) -> Any:
-        return pb.GetIncidentResponse(incident=incident_pb(await self.s.get(req.id)), now_unix_ns=self.s.clock())
-
-    async def UpdateIncident(self, req: Any, ctx: Any) -> Any:
-        v = await self.s.update(current_caller.get(), ref=req.id, status=req.status, note=req.note,
-                                category=req.category)
-        return pb.UpdateIncidentResponse(incident=incident_pb(v))
-
-    async def ExportIncident(self, req: Any, ctx: Any) -> Any:
-        if req.format not in ("", "json", "markdown"):
-            raise InvalidInput("format must be json or markdown")
-        report = await self.s.export(req.id)
-        content = report_markdown(report) if req.format == "markdown" else json.dumps(report, indent=2,
-                                                                                      sort_keys=True)
-        return pb.ExportIncidentResponse(content=content, incident_id=report["incident"])
-
-
-# -- wiring ------------------------------------------------------------------------------------
-
-
-class IncidentsRuntime:
-    """The rules engine, the incident service, the notifier and the metrics endpoint, with
-    their background loops. One replica at a time runs the rules, correlation and the
-    dispatcher (a lease in the Store); every replica serves the API and ``/metrics``."""
-
-    def __init__(self, *, store: Store, audit: AuditLog, rules: RulesConfig, notify: NotifyConfig,
-                 metrics: MetricsConfig, clock: Callable[[], int] = time.time_ns) -> None:
-        self.store = store
-        self.rules = rules
-        self.clock = clock
-        self.notifier = Notifier(store, notify, clock=clock)
-        self.engine = RulesEngine(store=store, audit=audit, config=rules, clock=clock)
-        self.service = IncidentService(store=store, audit=audit, config=rules, notifier=self.notifier, clock=clock)
-        self.metrics = MetricsServer(store, metrics, clock=clock) if metrics.listen else None
-        self.tasks: list[asyncio.Task[None]] = []
-        self.owner = uuid.uuid4().hex
-        self.leader = False
-
-    @property
-    def servicer(self) -> IncidentsServicer:
-        return IncidentsServicer(self.service)
-
-    async def round(self) -> list[dict[str, Any]]:
-        """One pass: rules -> alerts -> incidents -> copies, actions, deadlines. Returns new alerts."""
-        alerts = await self.engine.tick()
-        await self.service.correlate()
-        await self.service.refresh()
-        return alerts
-
-    async def lead(self) -> bool:
-        """Take or keep the lease that lets this replica run the rounds."""
-        now = time.time_ns()
-        ttl = int(max(10.0, 3 * self.rules.interval_s) * 1e9)
-        entry = await self.store.get(LEADER_KEY)
-        rec = decode_canonical(entry.value) if entry else None
-        if rec is not None and rec["owner"] != self.owner and rec["expires_ns"] > now:
-            self.leader = False
-            return False
-        value = encode_canonical({"expires_ns": now + ttl, "owner": self.owner})
-        was = self.leader
-        self.leader = await self.store.commit(Txn(checks={LEADER_KEY: entry.mod_revision if entry else 0},
-                                                  puts={LEADER_KEY: value}))
-        if self.leader and not was:
-            # Another replica may have led meanwhile: drop what we cached of its work.
-            self.service.forget()
-            self.engine.forget()
-        return self.leader
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if await safe(self.lead(), "rules lease"):
-                await safe(self.round(), "rules round")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.rules.interval_s)
-            except TimeoutError:
-                pass
-
-    async def start(self, stop: asyncio.Event) -> None:
-        """Bind ``/metrics`` (if configured) and start the loops. Raises InvalidInput."""
-        if self.metrics is not None:
-            await self.metrics.refresh()
-            self.metrics.start()
-            self.tasks.append(asyncio.create_task(self.metrics.run(stop)))
-        self.tasks.append(asyncio.create_task(self.run(stop)))
-        self.tasks.append(asyncio.create_task(self.notifier.run(stop, lambda: self.leader)))
-
-    async def close(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        if self.metrics is not None:
-            self.metrics.close()
-
-
-async def attach(*, store: Store, audit: AuditLog, stop: asyncio.Event, rules: Mapping[str, Any] | RulesConfig |
-                 None = None, notify: Mapping[str, Any] | NotifyConfig | None = None,
-                 metrics: Mapping[str, Any] | MetricsConfig | None = None, custody: Any = None,
-                 base_dir: Path | None = None, clock: Callable[[], int] = time.time_ns,
-                 start: bool = True) -> IncidentsRuntime:
-    """Build the incidents runtime for a control plane and (``start``) its background loops.
-
-    ``rules``, ``notify`` and ``metrics`` are the raw config sections (or parsed);
-    ``base_dir`` resolves their relative paths. With ``custody``, its inventory hook
-    (``on_inventory``) feeds the tampering rule exact hashes. Raises InvalidInput
-    for a bad section, before anything starts.
-    """
-    rc = rules if isinstance(rules, RulesConfig) else parse_rules_config(rules, base_dir=base_dir)
-    nc = notify if isinstance(notify, NotifyConfig) else parse_notify_config(notify, base_dir=base_dir)
-    mc = metrics if isinstance(metrics, MetricsConfig) else parse_metrics_config(metrics, base_dir=base_dir)
-    rt = IncidentsRuntime(store=store, audit=audit, rules=rc, notify=nc, metrics=mc, clock=clock)
-    if custody is not None:
-        custody.on_inventory = rt.engine.on_inventory
-    if start:
-        await rt.start(stop)
-    return rt
-
