@@ -43,6 +43,7 @@ from custos.agent.enroll import make_key_and_csr
 from custos.core.manifest import FileEntry, Manifest
 from custos.v1 import custody_pb2, custody_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.servers.custos import DevServer
+from tests.servers.etcd import EtcdServer
 
 GOAL = 2000.0
 ARTIFACTS = 10
@@ -152,8 +153,6 @@ async def run(ns: argparse.Namespace) -> None:
     data = Path(ns.dir) if ns.dir else Path(tempfile.mkdtemp(prefix="custos-ingest-bench-"))
     etcd = None
     if ns.etcd:
-        from tests.servers.etcd import EtcdServer
-
         (data / "etcd").mkdir(parents=True, exist_ok=True)
         etcd = EtcdServer(str(data / "etcd"))
         etcd.start()

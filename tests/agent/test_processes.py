@@ -254,6 +254,7 @@ def test_gpu_processes_without_nvml_is_empty_not_an_error(caplog: pytest.LogCapt
     second = gpu_processes()
     assert isinstance(first, list) and isinstance(second, list)
     try:
+        # optional: pynvml comes with the agent's nvml extra
         import pynvml  # noqa: F401
     except ImportError:
         assert first == second == []

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from custos.agent.scanner import (
     Watcher,
     lower_thread_priority,
 )
+from custos.core.chunked import MAGIC
 from custos.errors import FailedPrecondition, InvalidInput
 from custos.fs.hashing import hash_file
 
@@ -129,8 +132,6 @@ def shared_tmp() -> Iterator[Path]:
     for p in d.rglob("*"):
         if p.is_dir() and not p.is_symlink():
             p.chmod(0o755)
-    import shutil
-
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -157,8 +158,6 @@ def test_bad_config_rejected(kwargs: dict[str, object]) -> None:
 
 
 def test_magic_matches_the_chunked_format() -> None:
-    from custos.core.chunked import MAGIC
-
     assert CUSTOS_MAGIC == MAGIC
 
 
@@ -577,8 +576,6 @@ def test_rescan_paths_updates_only_those(tree: Path, cache: Path) -> None:
         new.unlink()
         res = s.rescan_paths([tree / "other"])
         assert not any(p.startswith(str(tree / "other")) for p in paths(res))
-        import shutil
-
         shutil.rmtree(tree / "model")
         res = s.rescan_paths([tree / "model", "/somewhere/else/entirely.bin"])
     assert res.records == () and res.problems == ()
@@ -654,8 +651,6 @@ def test_hashing_threads_lower_their_own_priority() -> None:
 
 def collect(w: Watcher, want: set[str], timeout: float = 10.0) -> set[str]:
     """Poll until every wanted path was reported (or the timeout passes)."""
-    import time
-
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
     while not want <= seen and time.monotonic() < deadline:

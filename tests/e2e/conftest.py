@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from custos.client.localagent import LocalClient
-from custos.v1 import custody_pb2_grpc, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
+from custos.v1 import custody_pb2, custody_pb2_grpc, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.servers.custos import CUSTOS, DevServer
 
 LEASE_TTL = 3
@@ -74,8 +74,6 @@ class Api:
         return list(self.registry.ListCopies(registry_pb2.ListCopiesRequest(model=model), timeout=10).copies)
 
     def hosts(self) -> dict[str, Any]:
-        from custos.v1 import custody_pb2
-
         return {h.name: h for h in self.custody.ListHosts(custody_pb2.ListHostsRequest(), timeout=10).hosts}
 
     def close(self) -> None:

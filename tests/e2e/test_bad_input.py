@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from custos.agent.config import load_agent_config
+from custos.agent.config import AgentConfig, load_agent_config
+from custos.agent.halt import HaltBlocks, ManifestCache
+from custos.agent.inventory import Inventory
+from custos.agent.workloads import _DROP_PRIVILEGES, Supervisor
 from custos.errors import InvalidInput
 from custos.fs.hashing import hash_file
 from tests import ROOT
@@ -98,11 +103,6 @@ def test_run_without_an_agent_is_a_clear_error(tmp_path: Path) -> None:
 async def test_file_vanishing_mid_hash_is_logged_and_the_scan_goes_on(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """The scanner reports the vanished file; the agent logs it once and keeps the rest of the inventory."""
-    from custos.agent.config import AgentConfig
-    from custos.agent.daemon import Inventory
-    from custos.agent.halt import HaltBlocks, ManifestCache
-    from custos.agent.workloads import Supervisor
-
     root = tmp_path / "root"
     root.mkdir()
     (root / "keep.safetensors").write_bytes(os.urandom(1000))
@@ -144,10 +144,6 @@ def test_the_example_config_is_valid() -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
 def test_another_users_workload_starts_as_that_user_with_its_environment(tmp_path: Path) -> None:
     """The privilege drop `custos run` uses when the caller is not the agent's user."""
-    import json
-    import sys
-
-    from custos.agent.workloads import _DROP_PRIVILEGES
 
     def drop(cwd: str) -> subprocess.CompletedProcess[str]:
         r, w = os.pipe()

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import grpc
 import pytest
 
 from custos.fs.hashing import build_manifest
-from custos.v1 import custody_pb2, keys_pb2, registry_pb2
+from custos.v1 import custody_pb2, keys_pb2, keys_pb2_grpc, registry_pb2
 from tests.e2e.conftest import (
     LEASE_TTL,
     AgentProc,
@@ -361,8 +362,6 @@ def test_control_plane_loss_fails_closed_and_restart_recovers(fleet: Fleet) -> N
 def test_a_silent_partition_fails_closed_on_the_lease_alone(fleet: Fleet) -> None:
     """SIGSTOP: the control plane's sockets stay open but nothing answers. No connection
     error tells the agents anything; their own lease deadline must."""
-    import signal
-
     agents = [fleet.a, fleet.b]
     runs = {}
     for ag in agents:
@@ -413,8 +412,6 @@ def test_removed_host_is_refused_and_fails_closed(fleet: Fleet) -> None:
                                          private_key=(ident / "agent.key").read_bytes(),
                                          certificate_chain=(ident / "agent.pem").read_bytes())
     with grpc.secure_channel(fleet.server.env["CUSTOS_ADDR"], creds) as ch:
-        from custos.v1 import keys_pb2_grpc
-
         with pytest.raises(grpc.RpcError) as err:
             keys_pb2_grpc.KeysStub(ch).UnwrapDataKey(keys_pb2.UnwrapDataKeyRequest(
                 artifact_id=fleet.artifact, purpose="run"), timeout=10)

@@ -1,7 +1,7 @@
-"""The host agent's local engine: inventory scanning, process attribution, matching.
+"""The host agent (`custos agent run`): inventory, process attribution, supervised runs, halts.
 
-Everything here runs on the host and talks to no network. The daemon calls
-:class:`~custos.agent.scanner.Scanner` for file inventory,
-:mod:`custos.agent.processes` for which processes hold those files, and
-:func:`~custos.core.matching.match_inventory` to turn both into custody findings.
+The daemon (:mod:`custos.agent.daemon`) keeps the custody stream and lease with
+the control plane, inventories weight files (:mod:`custos.agent.scanner`) and
+the processes holding them (:mod:`custos.agent.processes`), reports both
+(:mod:`custos.agent.inventory`), and halts and fails closed (:mod:`custos.agent.halt`).
 """

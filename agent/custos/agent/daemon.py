@@ -3,11 +3,11 @@
 One asyncio process that:
 
 - keeps the custody stream up (custos.agent.stream) and the custody lease live;
-- inventories weight files (custos.agent.scanner: a full scan at start and every
+- keeps the host's inventory (custos.agent.inventory) current and reported:
+  weight files (custos.agent.scanner: a full scan at start and every
   ``scan.interval``, inotify deltas in between) and the processes holding them
-  (custos.agent.processes, every ``scan.process_interval``), and reports them:
-  a full ``Inventory`` on every connection and after every full scan, deltas
-  otherwise;
+  (custos.agent.processes, every ``scan.process_interval``); a full
+  ``Inventory`` on every connection and after every full scan, deltas otherwise;
 - runs supervised workloads for `custos run` (custos.agent.workloads) behind
   its local socket (custos.agent.localapi);
 - executes halts (custos.agent.halt) and fails closed: when the lease is not
@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import threading
 import time
@@ -32,274 +31,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from custos.agent.calls import AgentCalls
 from custos.agent.config import AgentConfig
-from custos.agent.enroll import (
-    Identity,
-    enroll,
-    load_identity,
-    read_credentials,
-)
+from custos.agent.enroll import Identity, dev_enroll, load_identity, read_credentials
 from custos.agent.halt import HaltBlocks, Halter, HaltEvidence, ManifestCache, iso_utc
+from custos.agent.inventory import Inventory
 from custos.agent.localapi import LocalApi
-from custos.agent.processes import inspect_holders
-from custos.agent.scanner import FileRecord, Hasher, Scanner, ScanProblem, Watcher
-from custos.agent.stream import (
-    Credentials,
-    CustodyStream,
-    LeaseGrant,
-    OrderHandler,
-    RefuseUnverifiedOrders,
-    open_channel,
-    rpc_error,
-)
+from custos.agent.scanner import Hasher, Watcher
+from custos.agent.stream import Credentials, CustodyStream, LeaseGrant, OrderHandler, RefuseUnverifiedOrders
 from custos.agent.workloads import Supervisor, become_subreaper
 from custos.blobs.base import BlobStore
 from custos.blobs.url import open_blob_store
-from custos.errors import Conflict, CustosError, FailedPrecondition, InvalidInput, NotFound, Unauthorized
+from custos.errors import CustosError, FailedPrecondition
 from custos.fs.private import private_dir
-from custos.v1 import (
-    custody_pb2,
-    custody_pb2_grpc,
-    keys_pb2,
-    keys_pb2_grpc,
-    registry_pb2,
-    registry_pb2_grpc,
-)
+from custos.v1 import custody_pb2
 
 log = logging.getLogger("custos.agent")
-
-CALL_TIMEOUT = 60.0
-MAX_PROBLEMS_REPORTED = 200
-
-
-# -- calls to the control plane as this host ------------------------------------------------
-
-
-class AgentCalls:
-    """Unary calls over the custody stream's channel (so they share its mTLS identity)."""
-
-    def __init__(self, stream: CustodyStream, timeout: float = CALL_TIMEOUT) -> None:
-        self.stream = stream
-        self.timeout = timeout
-
-    def _channel(self) -> grpc.aio.Channel:
-        ch = self.stream.channel
-        if ch is None or not self.stream.connected:
-            raise FailedPrecondition("not connected to the control plane")
-        return ch
-
-    async def unwrap(self, artifact: str, purpose: str) -> keys_pb2.UnwrapDataKeyResponse:
-        try:
-            return await keys_pb2_grpc.KeysStub(self._channel()).UnwrapDataKey(
-                keys_pb2.UnwrapDataKeyRequest(artifact_id=artifact, purpose=purpose[:64]), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc, f"unwrapping the key of artifact {artifact[:12]}") from None
-
-    async def record_copy(self, artifact_id: str, path: str, form: int) -> None:
-        try:
-            await registry_pb2_grpc.RegistryStub(self._channel()).RecordCopy(
-                registry_pb2.RecordCopyRequest(artifact_id=artifact_id, path=path, form=form),  # type: ignore[arg-type]
-                timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc, f"recording the copy at {path}") from None
-
-    async def get_artifact(self, artifact: str) -> registry_pb2.Artifact:
-        try:
-            resp = await registry_pb2_grpc.RegistryStub(self._channel()).GetArtifact(
-                registry_pb2.GetArtifactRequest(id=artifact), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc, f"reading artifact {artifact[:12]}") from None
-        return resp.artifact
-
-    async def newest_artifact(self, model: str) -> str:
-        try:
-            resp = await registry_pb2_grpc.RegistryStub(self._channel()).ListArtifacts(
-                registry_pb2.ListArtifactsRequest(model=model), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-                raise Unauthorized(f"this agent may not look up the artifacts of model {model!r} "
-                                   "(role 'agent' lacks Registry.ListArtifacts): pass --artifact ID") from None
-            raise rpc_error(exc, f"listing the artifacts of model {model!r}") from None
-        stored = [a for a in resp.artifacts if a.stored]
-        if not stored:
-            raise NotFound(f"model {model!r} has no stored artifact to run")
-        return max(stored, key=lambda a: (a.created_at_unix_ns, a.id)).id
-
-
-# -- inventory ---------------------------------------------------------------------------------
-
-
-def _problem_text(p: ScanProblem) -> str:
-    return f"{p.kind}: {p.path}: {p.message}"
-
-
-def _user_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-class Inventory:
-    """What this host holds: weight files (scanner + the agent's own runs) and the processes holding them.
-
-    Scans run in threads; the rest on the event loop. :meth:`records` is thread-safe.
-    """
-
-    def __init__(self, cfg: AgentConfig, supervisor: Supervisor, *, hasher: Hasher | None = None,
-                 extra_exclude: tuple[str, ...] = ()) -> None:
-        self.scan_config = cfg.scan_config(extra_exclude)
-        kw: dict[str, Any] = {"hasher": hasher} if hasher is not None else {}
-        self.scanner = Scanner(self.scan_config, cfg.state_dir / "scan-cache.sqlite", **kw)
-        self.supervisor = supervisor
-        self._lock = threading.Lock()
-        self._files: dict[str, FileRecord] = {}
-        self.processes: list[custody_pb2.ProcessRecord] = []
-        self.problems: dict[tuple[str, str], ScanProblem] = {}
-        self.ready = False
-        self.full_scans = 0
-        self._sent_files: dict[str, tuple[int, str, str]] | None = None
-        self._sent_procs: frozenset[Any] | None = None
-        self._sent_roots: tuple[str, ...] | None = None
-
-    def close(self) -> None:
-        self.scanner.close()
-
-    def records(self) -> list[FileRecord]:
-        """Every weight file known: the scanner's, then the agent's own runs (same path: the run wins)."""
-        with self._lock:
-            merged = dict(self._files)
-        for r in self.supervisor.managed_records():
-            merged[r.path] = r
-        return list(merged.values())
-
-    # - scanning -
-
-    async def full_scan(self) -> None:
-        result = await asyncio.to_thread(self.scanner.scan)
-        with self._lock:
-            self._files = result.by_path()
-        self._note_problems(result.problems, replace=True)
-        self.full_scans += 1
-        self.ready = True
-        log.info("full scan done", extra={"fields": {
-            "files": len(result.records), "hashed": result.stats.hashed, "cache_hits": result.stats.cache_hits,
-            "problems": len(result.problems), "elapsed_s": round(result.stats.elapsed_s, 3)}})
-
-    async def rescan(self, paths: list[str]) -> None:
-        result = await asyncio.to_thread(self.scanner.rescan_paths, paths)
-        with self._lock:
-            self._files = result.by_path()
-        self._note_problems(result.problems, replace=False)
-
-    def _note_problems(self, problems: tuple[ScanProblem, ...], *, replace: bool) -> None:
-        now: dict[tuple[str, str], ScanProblem] = {(p.path, p.kind): p for p in problems}
-        for key, p in now.items():
-            if key not in self.problems:
-                # One line per problem when it appears, not on every scan.
-                log.warning("scan problem", extra={"fields": {"path": p.path, "kind": p.kind, "problem": p.message}})
-        if replace:
-            for key, p in self.problems.items():
-                if key not in now:
-                    log.info("scan problem resolved", extra={"fields": {"path": p.path, "kind": p.kind}})
-            self.problems = now
-        else:
-            self.problems.update(now)
-
-    def _scan_processes_sync(self) -> list[custody_pb2.ProcessRecord]:
-        self.supervisor.refresh_members()
-        targets = self.records()
-        workload_of = self.supervisor.workload_of()
-        holds = inspect_holders(targets).holds if targets else ()
-        # One record per process: the control plane keys a LOADED copy by host and pid.
-        # A process that maps a file usually also holds it open (Python's mmap keeps a
-        # descriptor): "mmap" says more, so it wins.
-        by_pid: dict[int, custody_pb2.ProcessRecord] = {}
-        for h in holds:
-            rec = by_pid.get(h.pid)
-            if rec is None:
-                by_pid[h.pid] = custody_pb2.ProcessRecord(
-                    pid=h.pid, user=h.user, cmdline=" ".join(h.cmdline)[:4096],
-                    start_time_unix_ns=int(h.create_time * 1e9), cgroup=h.cgroup[:1024],
-                    container_id=h.container_id or "", paths=list(h.paths), how=h.how,
-                    workload_id=workload_of.get(h.pid, ""))
-                continue
-            rec.paths[:] = sorted(set(rec.paths) | set(h.paths))
-            if h.how == "mmap":
-                rec.how = "mmap"
-        out = list(by_pid.values())
-        # A supervised workload holds its artifact even when it read the files and closed them.
-        held = {(p.workload_id, p.pid) for p in out}
-        for w, _pids, paths in self.supervisor.supervised():
-            if paths and (w.id, w.pid) not in held:
-                out.append(custody_pb2.ProcessRecord(
-                    pid=w.pid, user=_user_of(w.uid), cmdline=" ".join(w.argv)[:4096],
-                    start_time_unix_ns=int(w.create_time * 1e9), paths=list(paths), how="supervised",
-                    workload_id=w.id))
-        out.sort(key=lambda p: (p.pid, p.how))
-        return out
-
-    async def scan_processes(self) -> None:
-        self.processes = await asyncio.to_thread(self._scan_processes_sync)
-
-    # - reports -
-
-    def _proc_key(self) -> frozenset[Any]:
-        return frozenset((p.pid, p.how, tuple(p.paths), p.workload_id) for p in self.processes)
-
-    def _problem_list(self) -> list[str]:
-        return [_problem_text(p) for p in list(self.problems.values())[:MAX_PROBLEMS_REPORTED]]
-
-    def full_report(self) -> custody_pb2.Inventory:
-        records = self.records()
-        roots: tuple[str, ...] = tuple(self.supervisor.managed_roots())
-        inv = custody_pb2.Inventory(
-            full=True,
-            files=[custody_pb2.FileRecord(path=r.path, size=r.size, sha256=r.sha256, form=r.form)
-                   for r in sorted(records, key=lambda r: r.path)],
-            processes=list(self.processes), problems=self._problem_list(), managed_roots=list(roots))
-        self._sent_files = {r.path: (r.size, r.sha256, r.form) for r in records}
-        self._sent_procs = self._proc_key()
-        self._sent_roots = roots
-        return inv
-
-    def delta_report(self) -> custody_pb2.Inventory | None:
-        """Changed and removed files since the last report, or None if nothing changed.
-
-        A changed process list or set of managed roots gives a full report: the
-        control plane attributes processes and managed roots against the files
-        of the same report.
-        """
-        if self._sent_files is None:
-            return self.full_report()
-        roots: tuple[str, ...] = tuple(self.supervisor.managed_roots())
-        if self._proc_key() != self._sent_procs or roots != self._sent_roots:
-            return self.full_report()
-        records = self.records()
-        now: dict[str, tuple[int, str, str]] = {r.path: (r.size, r.sha256, r.form) for r in records}
-        changed = [r for r in records if self._sent_files.get(r.path) != now[r.path]]
-        removed = sorted(p for p in self._sent_files if p not in now)
-        if not changed and not removed:
-            return None
-        self._sent_files = now
-        return custody_pb2.Inventory(
-            full=False,
-            files=[custody_pb2.FileRecord(path=r.path, size=r.size, sha256=r.sha256, form=r.form)
-                   for r in sorted(changed, key=lambda r: r.path)],
-            removed_paths=removed, processes=list(self.processes), problems=self._problem_list(),
-            managed_roots=list(roots))
-
-    def forget_sent(self) -> None:
-        """After a disconnect: the next report is a full one."""
-        self._sent_files = None
-        self._sent_procs = None
-        self._sent_roots = None
-
-
-# -- the agent ---------------------------------------------------------------------------------
-
 
 OrderHandlerFactory = Callable[["Agent"], OrderHandler]
 
@@ -471,9 +218,7 @@ class Agent:
             "lease": lease, "failed_closed": self.failed_closed, "refusing": self.refusal(),
             "blocks": self.blocks.snapshot(), "workloads": self.supervisor.list_workloads(),
             "managed_roots": self.supervisor.managed_roots(),
-            "inventory": {"files": len(self.inventory.records()), "processes": len(self.inventory.processes),
-                          "problems": sorted(_problem_text(p) for p in self.inventory.problems.values())[:50],
-                          "full_scans": self.inventory.full_scans, "ready": self.inventory.ready},
+            "inventory": self.inventory.status(),
             "last_halt": self.last_halt.as_dict() if self.last_halt is not None else None,
             "dev": self.cfg.dev,
         }
@@ -680,37 +425,3 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout=max(0.0, seconds))
 
-
-# -- dev mode -----------------------------------------------------------------------------------
-
-
-async def dev_enroll(cfg: AgentConfig) -> Identity:
-    """DEVELOPMENT ONLY: add this host with the dev security-team certificate, then enroll it.
-
-    Raises Conflict (the host exists but this state dir has no identity for it),
-    InvalidInput, BackendUnavailable, Unauthorized.
-    """
-    if cfg.dev_admin_cert is None or cfg.dev_admin_key is None:
-        raise InvalidInput("dev enrollment needs the dev security-team certificate")
-    try:
-        creds = grpc.ssl_channel_credentials(root_certificates=cfg.ca_file.read_bytes(),
-                                             private_key=cfg.dev_admin_key.read_bytes(),
-                                             certificate_chain=cfg.dev_admin_cert.read_bytes())
-    except OSError as exc:
-        raise InvalidInput(f"cannot read the dev certificates ({exc.filename}: {exc.strerror})") from None
-    channel = open_channel(cfg.addr, creds, cfg.server_name)
-    try:
-        resp = await custody_pb2_grpc.CustodyStub(channel).AddHost(
-            custody_pb2.AddHostRequest(name=cfg.name, labels={"dev": "true"}), timeout=30)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-            raise Conflict(f"host {cfg.name!r} already exists on the control plane but {cfg.state_dir} has no "
-                           f"identity for it: `custos host remove {cfg.name}` first, or pick another --name") from None
-        raise rpc_error(exc, f"adding host {cfg.name!r}") from None
-    finally:
-        await channel.close()
-    ident = await enroll(enroll_addr=cfg.enroll_addr, ca_file=cfg.ca_file, name=cfg.name,
-                         token=resp.enrollment_token, state_dir=cfg.state_dir, server_name=cfg.server_name)
-    log.warning("DEVELOPMENT MODE: added and enrolled this host with the dev security-team certificate",
-                extra={"fields": {"host": cfg.name, "cert_sha256": ident.fingerprint[:16]}})
-    return ident

@@ -14,11 +14,15 @@ client certificate yet. What enrollment stores, in STATE_DIR/identity/ (0700):
 
 Every file is written to a temporary name and renamed, the key last, so a
 failed enrollment leaves the previous identity (if any) intact.
+
+In development mode :func:`dev_enroll` first adds the host itself, with the
+dev security-team certificate, then enrolls it the same way.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -30,11 +34,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from custos.agent.config import AgentConfig
 from custos.agent.stream import Credentials, open_channel, rpc_error
 from custos.core.hosts import cert_fingerprint, validate_host_name
-from custos.errors import FailedPrecondition, IntegrityError, InvalidInput
+from custos.errors import Conflict, FailedPrecondition, IntegrityError, InvalidInput
 from custos.fs.private import private_dir, write_private
 from custos.v1 import custody_pb2, custody_pb2_grpc
+
+log = logging.getLogger("custos.agent")
 
 IDENTITY_DIR = "identity"
 
@@ -60,8 +67,6 @@ class Identity:
     @property
     def ca_file(self) -> Path:
         return self.directory / "ca.pem"
-
-
 
 
 def make_key_and_csr(name: str) -> tuple[bytes, bytes]:
@@ -193,3 +198,38 @@ def read_credentials(*, ca_file: Path, cert_file: Path, key_file: Path) -> Crede
     except InvalidInput:
         raise FailedPrecondition(f"{cert_file} is not a readable certificate") from None
     return Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=fp)
+
+
+# -- dev mode -----------------------------------------------------------------------------------
+
+
+async def dev_enroll(cfg: AgentConfig) -> Identity:
+    """DEVELOPMENT ONLY: add this host with the dev security-team certificate, then enroll it.
+
+    Raises Conflict (the host exists but this state dir has no identity for it),
+    InvalidInput, BackendUnavailable, Unauthorized.
+    """
+    if cfg.dev_admin_cert is None or cfg.dev_admin_key is None:
+        raise InvalidInput("dev enrollment needs the dev security-team certificate")
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cfg.ca_file.read_bytes(),
+                                             private_key=cfg.dev_admin_key.read_bytes(),
+                                             certificate_chain=cfg.dev_admin_cert.read_bytes())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the dev certificates ({exc.filename}: {exc.strerror})") from None
+    channel = open_channel(cfg.addr, creds, cfg.server_name)
+    try:
+        resp = await custody_pb2_grpc.CustodyStub(channel).AddHost(
+            custody_pb2.AddHostRequest(name=cfg.name, labels={"dev": "true"}), timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+            raise Conflict(f"host {cfg.name!r} already exists on the control plane but {cfg.state_dir} has no "
+                           f"identity for it: `custos host remove {cfg.name}` first, or pick another --name") from None
+        raise rpc_error(exc, f"adding host {cfg.name!r}") from None
+    finally:
+        await channel.close()
+    ident = await enroll(enroll_addr=cfg.enroll_addr, ca_file=cfg.ca_file, name=cfg.name,
+                         token=resp.enrollment_token, state_dir=cfg.state_dir, server_name=cfg.server_name)
+    log.warning("DEVELOPMENT MODE: added and enrolled this host with the dev security-team certificate",
+                extra={"fields": {"host": cfg.name, "cert_sha256": ident.fingerprint[:16]}})
+    return ident

@@ -1,4 +1,4 @@
-"""Which processes hold weight files, and stopping them.
+"""Which processes hold weight files: open or memory-mapped, found through /proc.
 
 :func:`find_holders` reports every process that has one of the given files open
 or memory-mapped. On Linux it reads ``/proc/PID/fd`` and ``/proc/PID/maps``
@@ -7,21 +7,15 @@ container (another mount namespace, another path) or one holding a deleted file
 is still found. ``psutil.Process.open_files`` / ``memory_maps`` are the fallback
 elsewhere; on Linux they are much slower (they read ``fdinfo`` per descriptor
 and ``smaps``, which walks page tables: see ``bench/scan_bench.py --procs``).
-
-:func:`stop_processes` sends SIGTERM, waits, sends SIGKILL and confirms each
-process gone, returning evidence per pid; it never signals pid 1 or itself, and
-never a process that replaced a recycled pid (psutil checks the start time).
+Each holder is described with its user, command line, cgroup and container.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import re
-import signal
 import sys
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,8 +25,6 @@ import psutil
 from custos.agent.scanner import FileRecord
 from custos.errors import InvalidInput
 
-log = logging.getLogger(__name__)
-
 How = Literal["open", "mmap"]
 Method = Literal["auto", "proc", "psutil"]
 _PROC = "/proc"
@@ -40,12 +32,8 @@ _DELETED = " (deleted)"
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessHold:
-    """A process holding some of the asked-for files, one way (open or mmap).
-
-    ``paths`` are the host paths as given by the caller, whatever path the
-    process itself used.
-    """
+class ProcessInfo:
+    """Who a process is. Fields that could not be read are left blank ("?", -1, ())."""
 
     pid: int
     ppid: int
@@ -54,6 +42,16 @@ class ProcessHold:
     create_time: float
     cgroup: str
     container_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessHold(ProcessInfo):
+    """A process holding some of the asked-for files, one way (open or mmap).
+
+    ``paths`` are the host paths as given by the caller, whatever path the
+    process itself used.
+    """
+
     paths: tuple[str, ...]
     how: How
 
@@ -307,9 +305,9 @@ def inspect_holders(
         if who is None:
             continue
         if opened:
-            holds.append(who.hold(opened, "open"))
+            holds.append(_hold(who, opened, "open"))
         if mapped:
-            holds.append(who.hold(mapped, "mmap"))
+            holds.append(_hold(who, mapped, "mmap"))
     return HolderScan(tuple(holds), tuple(denied), scanned)
 
 
@@ -326,31 +324,12 @@ def find_holders(
     return list(inspect_holders(targets, pids=pids, method=method).holds)
 
 
-@dataclass(frozen=True, slots=True)
-class _Who:
-    pid: int
-    ppid: int
-    user: str
-    cmdline: tuple[str, ...]
-    create_time: float
-    cgroup: str
-    container_id: str | None
-
-    def hold(self, paths: set[str], how: How) -> ProcessHold:
-        return ProcessHold(
-            pid=self.pid,
-            ppid=self.ppid,
-            user=self.user,
-            cmdline=self.cmdline,
-            create_time=self.create_time,
-            cgroup=self.cgroup,
-            container_id=self.container_id,
-            paths=tuple(sorted(paths)),
-            how=how,
-        )
+def _hold(who: ProcessInfo, paths: set[str], how: How) -> ProcessHold:
+    known = {f.name: getattr(who, f.name) for f in dataclasses.fields(ProcessInfo)}
+    return ProcessHold(**known, paths=tuple(sorted(paths)), how=how)
 
 
-def _describe(pid: int) -> _Who | None:
+def _describe(pid: int) -> ProcessInfo | None:
     """Who ``pid`` is; None if it exited. Fields we may not read are left blank ("?", -1, ())."""
     ppid, create_time, user, cmdline = -1, 0.0, "?", ()
     try:
@@ -371,234 +350,4 @@ def _describe(pid: int) -> _Who | None:
     except psutil.AccessDenied:
         pass
     cgroup, container_id = read_cgroup(pid)
-    return _Who(pid, ppid, user, cmdline, create_time, cgroup, container_id)
-
-
-# --- GPU processes ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GpuProcess:
-    pid: int
-    gpu_index: int
-    gpu_uuid: str
-    used_memory: int | None  # bytes; None where the driver does not say
-
-
-_gpu_note_lock = threading.Lock()
-_gpu_noted = False
-
-
-def _note_no_gpu(reason: str) -> None:
-    global _gpu_noted
-    with _gpu_note_lock:
-        if not _gpu_noted:
-            _gpu_noted = True
-            log.info("no GPU process attribution: %s", reason)
-
-
-def gpu_processes() -> list[GpuProcess]:
-    """Processes using a GPU, through NVML where present.
-
-    No NVML library, no driver or no GPU is not an error: returns [] and logs
-    the reason once per process lifetime.
-    """
-    try:
-        import pynvml  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        _note_no_gpu("pynvml is not installed")
-        return []
-    nvml_errors = (getattr(pynvml, "NVMLError", OSError), OSError)
-    try:
-        pynvml.nvmlInit()
-    except nvml_errors as exc:  # no driver, no library, no GPU
-        _note_no_gpu(f"NVML unavailable: {exc}")
-        return []
-    out: list[GpuProcess] = []
-    try:
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-            seen: set[int] = set()
-            for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                fn = getattr(pynvml, getter, None)
-                if fn is None:
-                    continue
-                try:
-                    procs = fn(handle)
-                except nvml_errors as exc:
-                    log.debug("NVML %s on GPU %d: %s", getter, i, exc)
-                    continue
-                for pr in procs:
-                    if pr.pid in seen:
-                        continue
-                    seen.add(pr.pid)
-                    mem = getattr(pr, "usedGpuMemory", None)
-                    out.append(GpuProcess(int(pr.pid), i, uuid, int(mem) if isinstance(mem, int) else None))
-        if not out and pynvml.nvmlDeviceGetCount() == 0:
-            _note_no_gpu("NVML reports no GPU")
-    except nvml_errors as exc:
-        _note_no_gpu(f"NVML query failed: {exc}")
-        return []
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except nvml_errors as exc:  # a failed shutdown changes nothing we report
-            log.debug("NVML shutdown: %s", exc)
-    return out
-
-
-# --- process trees and stopping -----------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` followed by all its descendants; [] if ``pid`` does not exist."""
-    try:
-        root = psutil.Process(pid)
-        children = root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    except psutil.AccessDenied:
-        return [pid]
-    return [pid, *(c.pid for c in children)]
-
-
-@dataclass(frozen=True, slots=True)
-class StopResult:
-    """Evidence of stopping one process.
-
-    ``signals`` are the signals actually delivered, in order; ``exit_code`` is
-    known only for our own children (negative: killed by that signal);
-    ``refused`` says why nothing was sent; ``error`` why stopping failed.
-    """
-
-    pid: int
-    name: str
-    create_time: float | None
-    signals: tuple[str, ...]
-    exited: bool
-    exit_code: int | None
-    elapsed_s: float
-    refused: str | None = None
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class _Stopping:
-    pid: int
-    proc: psutil.Process | None
-    name: str = ""
-    create_time: float | None = None
-    signals: list[str] = field(default_factory=list)
-    exited: bool = False
-    exit_code: int | None = None
-    refused: str | None = None
-    error: str | None = None
-    done_at: float | None = None
-
-
-def _poll_exit(p: psutil.Process) -> tuple[bool, int | None]:
-    try:
-        code = p.wait(timeout=0)  # reaps our own children and returns their code
-        return True, None if code is None else int(code)
-    except psutil.TimeoutExpired:
-        pass
-    except psutil.NoSuchProcess:
-        return True, None
-    try:
-        # A killed process whose parent has not reaped it yet no longer runs.
-        return p.status() == psutil.STATUS_ZOMBIE, None
-    except psutil.NoSuchProcess:
-        return True, None
-
-
-def _signal(s: _Stopping, sig: signal.Signals) -> None:
-    assert s.proc is not None
-    try:
-        s.proc.send_signal(sig)  # psutil refuses if the pid was recycled since
-        s.signals.append(sig.name)
-    except psutil.NoSuchProcess:
-        s.exited = True
-    except psutil.AccessDenied:
-        s.error = f"permission denied sending {sig.name}"
-
-
-def _wait_all(states: list[_Stopping], deadline: float, t0: float) -> None:
-    pending = [s for s in states if s.proc is not None and not s.exited and s.error is None]
-    delay = 0.005
-    while pending:
-        for s in list(pending):
-            assert s.proc is not None
-            gone, code = _poll_exit(s.proc)
-            if gone:
-                s.exited, s.exit_code, s.done_at = True, code, time.monotonic() - t0
-                pending.remove(s)
-        if not pending or time.monotonic() >= deadline:
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def stop_processes(pids: Iterable[int], grace_s: float, *, kill_wait_s: float = 5.0) -> list[StopResult]:
-    """Stop ``pids``: SIGTERM, wait up to ``grace_s``, SIGKILL the rest, confirm them gone.
-
-    Returns one StopResult per distinct pid, in the order given. Never signals
-    pid 0, pid 1, negative pids (process groups) or this process. Raises
-    InvalidInput for a non-integer pid or a negative grace.
-    """
-    if not isinstance(grace_s, int | float) or grace_s < 0 or kill_wait_s < 0:
-        raise InvalidInput("stop_processes: grace_s and kill_wait_s must be >= 0")
-    order: list[int] = []
-    for pid in pids:
-        if not isinstance(pid, int) or isinstance(pid, bool):
-            raise InvalidInput(f"stop_processes: pid must be an int, got {pid!r}")
-        if pid not in order:
-            order.append(pid)
-    t0 = time.monotonic()
-    me = os.getpid()
-    states: list[_Stopping] = []
-    for pid in order:
-        if pid <= 1:
-            states.append(_Stopping(pid, None, refused="refusing to signal pid <= 1 (init or a process group)"))
-            continue
-        if pid == me:
-            states.append(_Stopping(pid, None, refused="refusing to signal the agent itself"))
-            continue
-        try:
-            p = psutil.Process(pid)
-            s = _Stopping(pid, p, create_time=p.create_time())
-            try:
-                s.name = p.name()
-            except psutil.AccessDenied:
-                pass
-        except psutil.NoSuchProcess:
-            s = _Stopping(pid, None, exited=True, done_at=0.0)
-        states.append(s)
-    for s in states:
-        if s.proc is not None:
-            _signal(s, signal.SIGTERM)
-    _wait_all(states, t0 + grace_s, t0)
-    for s in states:
-        if s.proc is not None and not s.exited and s.error is None:
-            _signal(s, signal.SIGKILL)
-    _wait_all(states, time.monotonic() + kill_wait_s, t0)
-    out = []
-    for s in states:
-        error = s.error
-        if s.proc is not None and not s.exited and error is None:
-            error = "still running after SIGKILL (uninterruptible sleep?)"
-        out.append(
-            StopResult(
-                pid=s.pid,
-                name=s.name,
-                create_time=s.create_time,
-                signals=tuple(s.signals),
-                exited=s.exited,
-                exit_code=s.exit_code,
-                elapsed_s=s.done_at if s.done_at is not None else time.monotonic() - t0,
-                refused=s.refused,
-                error=error,
-            )
-        )
-    return out
+    return ProcessInfo(pid, ppid, user, cmdline, create_time, cgroup, container_id)
