@@ -8,16 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import Conn, Out, size, table, ts
-from custos.client.wire import RELATION_FROM_PB, RELATION_TO_PB, RELATIONS
-from custos.errors import (
-    InvalidInput,
-)
+from custos.cli.common import Out, connect, size, table, ts
+from custos.client.registry import get_artifact, register_artifact, resolve_parents
+from custos.client.wire import RELATION_FROM_PB, RELATIONS
+from custos.errors import InvalidInput
 from custos.fs.hashing import build_manifest
 from custos.v1 import registry_pb2
 
 
-def artifact_json(a: Any) -> dict[str, Any]:
+def artifact_json(a: registry_pb2.Artifact) -> dict[str, Any]:
     return {
         "id": a.id, "model": a.model, "total_size": a.total_size,
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in a.files],
@@ -44,20 +43,15 @@ def parse_parents(ns: argparse.Namespace) -> list[tuple[str, str]]:
 
 def cmd_artifact_register(ns: argparse.Namespace, out: Out) -> int:
     parents = parse_parents(ns)
-    c = Conn(ns)
+    client = connect(ns)
     # Resolve short parent ids before hashing, so a typo fails fast.
-    resolved = []
-    for pid, rel in parents:
-        a = c.call(c.registry().GetArtifact, registry_pb2.GetArtifactRequest(id=pid)).artifact
-        resolved.append(registry_pb2.ParentRef(artifact_id=a.id, relation=RELATION_TO_PB[rel]))
+    refs = resolve_parents(client, parents)
     t0 = time.monotonic()
     manifest = build_manifest(ns.dir)
     elapsed = time.monotonic() - t0
-    req = registry_pb2.RegisterArtifactRequest(
-        model=ns.model, manifest=manifest.encode(), parents=resolved,
-        source_host="" if ns.no_record_copy else socket.gethostname(),
-        source_path="" if ns.no_record_copy else str(Path(ns.dir).resolve()))
-    resp = c.call(c.registry().RegisterArtifact, req)
+    resp = register_artifact(client, ns.model, manifest, parents=refs,
+                             source_host="" if ns.no_record_copy else socket.gethostname(),
+                             source_path="" if ns.no_record_copy else str(Path(ns.dir).resolve()))
     a = artifact_json(resp.artifact)
     a["created"] = resp.created
     a["hash_seconds"] = round(elapsed, 3)
@@ -68,8 +62,7 @@ def cmd_artifact_register(ns: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_artifact_show(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    a = artifact_json(c.call(c.registry().GetArtifact, registry_pb2.GetArtifactRequest(id=ns.id)).artifact)
+    a = artifact_json(get_artifact(connect(ns), ns.id))
 
     def text() -> str:
         lines = [f"artifact {a['id']}", f"model:   {a['model']}",
@@ -83,7 +76,6 @@ def cmd_artifact_show(ns: argparse.Namespace, out: Out) -> int:
 
     out.emit(a, text)
     return 0
-
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -100,5 +92,3 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     ash = a.add_parser("show", parents=[common], help="show an artifact and its manifest")
     ash.add_argument("id")
     ash.set_defaults(fn=cmd_artifact_show)
-
-

@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from custos.cli.common import Conn, Out, table, ts
-from custos.core.audit_chain import verify_log
-from custos.errors import (
-    InvalidInput,
-)
-from custos.v1 import audit_pb2
-
-
-def all_events(c: Conn) -> list[Any]:
-    events: list[Any] = []
-    after = 0
-    while True:
-        resp = c.call(c.audit().ListEvents, audit_pb2.ListEventsRequest(after_seq=after, limit=5000))
-        events += list(resp.events)
-        if not resp.next_after_seq:
-            return events
-        after = resp.next_after_seq
+from custos.cli.common import Out, connect, table, ts
+from custos.client.audit import all_events, verify_audit
 
 
 def cmd_audit_list(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    events = all_events(c)
+    events = all_events(connect(ns))
     if ns.limit:
         events = events[-ns.limit:]
-    data = [{"seq": e.seq, "time": ts(e.time_unix_ns), "principal": e.principal, "role": e.role,
-             "host": e.host, "action": e.action, "object": e.object, "result": e.result,
-             "request_id": e.request_id, "hash": e.hash} for e in events]
+    data: list[dict[str, Any]] = [
+        {"seq": e.seq, "time": ts(e.time_unix_ns), "principal": e.principal, "role": e.role, "host": e.host,
+         "action": e.action, "object": e.object, "result": e.result, "request_id": e.request_id, "hash": e.hash}
+        for e in events]
     out.emit(data, lambda: table(
         [[str(d["seq"]), d["time"], f"{d['principal']} ({d['role']})", d["host"], d["action"],
           d["object"][:60], d["result"][:60]] for d in data],
@@ -44,39 +24,9 @@ def cmd_audit_list(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
-def pinned_key() -> Any:
-    path = os.environ.get("CUSTOS_AUDIT_PUBKEY")
-    if not path:
-        return None
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot read CUSTOS_AUDIT_PUBKEY {path}: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise InvalidInput(f"CUSTOS_AUDIT_PUBKEY {path}: not an Ed25519 public key")
-    return key
-
-
 def cmd_audit_verify(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    events = all_events(c)
-    cps = c.call(c.audit().GetCheckpoints, audit_pb2.GetCheckpointsRequest())
-    pinned = pinned_key()
-    warnings = []
-    served = Ed25519PublicKey.from_public_bytes(cps.public_key) if cps.public_key else None
-    if pinned is None:
-        key = served
-        warnings.append("audit key not pinned (set CUSTOS_AUDIT_PUBKEY): trusting the key the "
-                        "server presents")
-    else:
-        key = pinned
-        raw = pinned.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        if raw != cps.public_key:
-            warnings.append("the server presents a different audit key than the pinned one")
-    result = verify_log([e.stored for e in events],
-                        [(cp.body, cp.signature) for cp in cps.checkpoints], key)
-    last_cp = max((cp.seq for cp in cps.checkpoints), default=0)
-    uncovered = max(0, result.head_seq - last_cp)
+    v = verify_audit(connect(ns))
+    result, warnings, uncovered = v.result, v.warnings, v.events_after_last_checkpoint
     data = {"ok": bool(result), "events": result.events_checked,
             "checkpoints": result.checkpoints_checked, "head_seq": result.head_seq,
             "head_hash": result.head_hash, "first_bad_seq": result.first_bad_seq,
@@ -96,7 +46,6 @@ def cmd_audit_verify(ns: argparse.Namespace, out: Out) -> int:
     return 7
 
 
-
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     au = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
@@ -105,4 +54,3 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     al.set_defaults(fn=cmd_audit_list)
     av = au.add_parser("verify", parents=[common], help="verify the hash chain and signed checkpoints")
     av.set_defaults(fn=cmd_audit_verify)
-

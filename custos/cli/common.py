@@ -9,14 +9,13 @@ import json
 import os
 import re
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from custos.client import ClientConfig
+from custos.client.session import Client
 from custos.client.signerkeys import load_private_key
 from custos.errors import (
     BackendUnavailable,
@@ -28,30 +27,12 @@ from custos.errors import (
     NotFound,
     Unauthorized,
 )
-from custos.v1 import audit_pb2_grpc, custody_pb2_grpc, incidents_pb2_grpc, orders_pb2_grpc, registry_pb2_grpc
-
-EXIT_BY_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 2,
-    grpc.StatusCode.NOT_FOUND: 3,
-    grpc.StatusCode.PERMISSION_DENIED: 4,
-    grpc.StatusCode.UNAUTHENTICATED: 4,
-    grpc.StatusCode.UNAVAILABLE: 5,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 5,
-    grpc.StatusCode.ALREADY_EXISTS: 6,
-    grpc.StatusCode.FAILED_PRECONDITION: 6,
-}
-
 
 EXIT_BY_ERROR: list[tuple[type[CustosError], int]] = [
     (IntegrityError, 7), (InvalidInput, 2), (NotFound, 3), (Unauthorized, 4),
     (BackendUnavailable, 5), (Conflict, 6), (FailedPrecondition, 6),
 ]
-
-
-
-
-class VerificationFailed(IntegrityError):
-    pass
+"""Exit code by error class, first match wins (IntegrityError first: verification failed is 7)."""
 
 
 class Out:
@@ -89,31 +70,11 @@ def size(n: int) -> str:
     return str(n)
 
 
-class Conn:
-    def __init__(self, ns: argparse.Namespace) -> None:
-        self.cfg = ClientConfig.from_env(addr=ns.addr, ca=ns.ca, cert=ns.tls_cert, key=ns.tls_key,
-                                         role=ns.role)
-        self.channel = self.cfg.channel()
-        self.timeout = ns.timeout
-
-    def call(self, stub_method: Any, request: Any) -> Any:
-        return stub_method(request, timeout=self.timeout,
-                           metadata=(("x-request-id", uuid.uuid4().hex),))
-
-    def registry(self) -> Any:
-        return registry_pb2_grpc.RegistryStub(self.channel)
-
-    def audit(self) -> Any:
-        return audit_pb2_grpc.AuditStub(self.channel)
-
-    def orders(self) -> Any:
-        return orders_pb2_grpc.OrdersStub(self.channel)
-
-    def custody(self) -> Any:
-        return custody_pb2_grpc.CustodyStub(self.channel)
-
-    def incidents(self) -> Any:
-        return incidents_pb2_grpc.IncidentsStub(self.channel)
+def connect(ns: argparse.Namespace) -> Client:
+    """A client from the connection flags over the environment. Raises InvalidInput (not configured,
+    unreadable certificate or key)."""
+    return Client.from_env(addr=ns.addr, ca=ns.ca, cert=ns.tls_cert, key=ns.tls_key, role=ns.role,
+                           timeout=ns.timeout)
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -157,7 +118,5 @@ def read_passphrase(ns: argparse.Namespace, *, confirm: bool = False) -> bytes |
     return first or None
 
 
-def load_signer(ns: argparse.Namespace) -> Any:
+def load_signer(ns: argparse.Namespace) -> Ed25519PrivateKey:
     return load_private_key(ns.key, read_passphrase(ns))
-
-

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -154,14 +155,11 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, signal.SIGKILL)
             if own_tmp:
-                import shutil
-
                 shutil.rmtree(root, ignore_errors=True)
 
 
 def cmd_demo(ns: argparse.Namespace, out: Out) -> int:
     return run_demo(data_dir=Path(ns.data_dir) if ns.data_dir else None, keep=ns.keep, out=out)
-
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from custos.cli.common import Conn, Out, parse_labels, table, ts
-from custos.v1 import custody_pb2, custody_pb2_grpc
+from custos.cli.common import Out, connect, parse_labels, table, ts
+from custos.client.hosts import add_host, list_alerts, list_hosts, remove_host
+from custos.v1 import custody_pb2
 
 
-def host_json(h: Any) -> dict[str, Any]:
+def host_json(h: custody_pb2.Host) -> dict[str, Any]:
     return {"name": h.name, "state": h.state, "labels": dict(h.labels), "lease_state": h.lease_state,
             "lease_expires": ts(h.lease_expires_unix_ns), "last_report": ts(h.last_report_unix_ns),
             "enrolled_at": ts(h.enrolled_at_unix_ns), "cert_fingerprint": h.cert_fingerprint,
@@ -17,9 +18,8 @@ def host_json(h: Any) -> dict[str, Any]:
 
 
 def cmd_host_add(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    resp = c.call(c.custody().AddHost, custody_pb2.AddHostRequest(
-        name=ns.name, labels=parse_labels(ns.label), token_ttl_seconds=ns.token_ttl))
+    client = connect(ns)
+    resp = add_host(client, ns.name, labels=parse_labels(ns.label), token_ttl_seconds=ns.token_ttl)
     data = {**host_json(resp.host), "enrollment_token": resp.enrollment_token,
             "token_expires": ts(resp.token_expires_unix_ns)}
     out.emit(data, f"host {ns.name} added; one-time enrollment token (expires {data['token_expires']}):\n"
@@ -29,15 +29,13 @@ def cmd_host_add(ns: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_host_remove(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    h = host_json(c.call(c.custody().RemoveHost, custody_pb2.RemoveHostRequest(name=ns.name)).host)
+    h = host_json(remove_host(connect(ns), ns.name))
     out.emit(h, f"host {ns.name} removed: its certificate is refused, its lease revoked")
     return 0
 
 
 def cmd_hosts(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    hosts = [host_json(h) for h in c.call(c.custody().ListHosts, custody_pb2.ListHostsRequest()).hosts]
+    hosts = [host_json(h) for h in list_hosts(connect(ns))]
     out.emit(hosts, lambda: table(
         [[h["name"], h["state"], h["lease_state"], h["lease_expires"], h["last_report"], str(h["files"]),
           str(h["processes"])] for h in hosts],
@@ -46,17 +44,13 @@ def cmd_hosts(ns: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_alerts(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    resp = c.call(custody_pb2_grpc.AlertsStub(c.channel).ListAlerts,
-                  custody_pb2.ListAlertsRequest(host=ns.host or "", model=ns.model or ""))
     alerts = [{"id": a.id, "rule": a.rule, "severity": a.severity, "model": a.model,
                "artifact_id": a.artifact_id, "host": a.host, "detail": a.detail, "at": ts(a.at_unix_ns),
-               "state": a.state} for a in resp.alerts]
+               "state": a.state} for a in list_alerts(connect(ns), host=ns.host or "", model=ns.model or "")]
     out.emit(alerts, lambda: table(
         [[a["at"], a["severity"], a["rule"], a["host"], a["model"] or "-", a["detail"][:90]] for a in alerts],
         ["TIME", "SEVERITY", "RULE", "HOST", "MODEL", "DETAIL"]))
     return 0
-
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -75,4 +69,3 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     alp.add_argument("--host")
     alp.add_argument("--model")
     alp.set_defaults(fn=cmd_alerts)
-

@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from custos.cli.audit import all_events, pinned_key
-from custos.cli.common import Conn, table, ts
-from custos.core.audit_chain import verify_log
+from custos.cli.common import connect, table, ts
+from custos.client.audit import verified_events
+from custos.client.incidents import export_incident, get_incident, list_incidents, update_incident
 from custos.core.incidents import rebuild_report, report_markdown
 from custos.errors import IntegrityError, InvalidInput
 from custos.v1 import audit_pb2, incidents_pb2
@@ -36,7 +34,7 @@ def time_left(seconds: int, status: str) -> str:
     return f"!! {text}" if seconds < 24 * 3600 else text
 
 
-def incident_json(i: Any) -> dict[str, Any]:
+def incident_json(i: incidents_pb2.Incident) -> dict[str, Any]:
     return {
         "id": i.id, "model": i.model, "covered": i.covered, "limited_duty_exemption": i.limited_duty_exemption,
         "category": i.category, "category_title": i.category_title, "severity": i.severity, "status": i.status,
@@ -86,10 +84,8 @@ def _show_text(d: dict[str, Any]) -> str:
 
 
 def cmd_incident_list(ns: argparse.Namespace, out: Any) -> int:
-    c = Conn(ns)
-    resp = c.call(c.incidents().ListIncidents, incidents_pb2.ListIncidentsRequest(
-        status=ns.status or [], model=ns.model or "", all=ns.all))
-    rows = [incident_json(i) for i in resp.incidents]
+    rows = [incident_json(i) for i in list_incidents(connect(ns), status=ns.status or [], model=ns.model or "",
+                                                     include_closed=ns.all)]
     out.emit(rows, lambda: table(
         [[d["id"], d["status"], d["category"], d["severity"], d["model"] or "-", d["discovered_at"],
           d["report_deadline"], d["time_left"], str(len(d["alerts"]))] for d in rows],
@@ -99,8 +95,7 @@ def cmd_incident_list(ns: argparse.Namespace, out: Any) -> int:
 
 
 def cmd_incident_show(ns: argparse.Namespace, out: Any) -> int:
-    c = Conn(ns)
-    d = incident_json(c.call(c.incidents().GetIncident, incidents_pb2.GetIncidentRequest(id=ns.id)).incident)
+    d = incident_json(get_incident(connect(ns), ns.id))
     out.emit(d, lambda: _show_text(d))
     return 0
 
@@ -108,27 +103,13 @@ def cmd_incident_show(ns: argparse.Namespace, out: Any) -> int:
 def cmd_incident_update(ns: argparse.Namespace, out: Any) -> int:
     if not (ns.status or ns.note or ns.category):
         raise InvalidInput("give --status, --category and/or --note")
-    c = Conn(ns)
-    d = incident_json(c.call(c.incidents().UpdateIncident, incidents_pb2.UpdateIncidentRequest(
-        id=ns.id, status=ns.status or "", note=ns.note or "", category=ns.category or "")).incident)
+    d = incident_json(update_incident(connect(ns), ns.id, status=ns.status or "", note=ns.note or "",
+                                      category=ns.category or ""))
     out.emit(d, lambda: f"incident {d['id']} is {d['status']} ({d['category']}); time left: {d['time_left']}")
     return 0
 
 
-def _audit_events(c: Any) -> list[Any]:
-    """Every audit event, after verifying the chain and checkpoints. Raises IntegrityError."""
-
-    cps = c.call(c.audit().GetCheckpoints, audit_pb2.GetCheckpointsRequest())
-    events = all_events(c)
-    key = pinned_key() or (Ed25519PublicKey.from_public_bytes(cps.public_key) if cps.public_key else None)
-    result = verify_log([e.stored for e in events], [(cp.body, cp.signature) for cp in cps.checkpoints], key)
-    if not result:
-        raise IntegrityError(f"the audit log fails verification at event {result.first_bad_seq}: "
-                             f"{'; '.join(result.problems)[:300]} — refusing to build a report from it")
-    return events
-
-
-def _resolve_in_log(ref: str, events: list[Any]) -> str:
+def _resolve_in_log(ref: str, events: list[audit_pb2.AuditEvent]) -> str:
     ref = (ref or "").strip().lower()
     ids = {e.object[len("incident/"):] for e in events
            if e.action == "OpenIncident" and e.object.startswith(f"incident/{ref}") and e.result.startswith("ok: ")}
@@ -141,16 +122,15 @@ def cmd_incident_export(ns: argparse.Namespace, out: Any) -> int:
     """The report, from the server; or rebuilt here from the verified audit log (--from-audit);
     or both, compared (--verify, exit 7 if they differ)."""
 
-    c = Conn(ns)
+    client = connect(ns)
     fmt = "json" if out.json or ns.format == "json" else "markdown"
     rebuilt = None
     if ns.from_audit or ns.verify:
-        events = _audit_events(c)
+        events = verified_events(client)
         rebuilt = rebuild_report(_resolve_in_log(ns.id, events), [e.stored for e in events])
     if ns.verify:
         assert rebuilt is not None
-        served = json.loads(c.call(c.incidents().ExportIncident, incidents_pb2.ExportIncidentRequest(
-            id=rebuilt["incident"], format="json")).content)
+        served = json.loads(export_incident(client, rebuilt["incident"], "json"))
         diff = sorted(k for k in set(served) | set(rebuilt) if served.get(k) != rebuilt.get(k))
         if diff:
             raise ReportMismatch(f"incident {rebuilt['incident']}: the server's report differs from the audit "
@@ -163,8 +143,7 @@ def cmd_incident_export(ns: argparse.Namespace, out: Any) -> int:
     if rebuilt is not None:
         content = json.dumps(rebuilt, indent=2, sort_keys=True) if fmt == "json" else report_markdown(rebuilt)
     else:
-        req = incidents_pb2.ExportIncidentRequest(id=ns.id, format=fmt)
-        content = c.call(c.incidents().ExportIncident, req).content
+        content = export_incident(client, ns.id, fmt)
     if ns.out:
         try:
             Path(ns.out).write_text(content if content.endswith("\n") else content + "\n")

@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-import grpc
-
-from custos.cli.common import Conn, Out, enum_name, table, ts
+from custos.cli.common import Out, connect, enum_name, table, ts
+from custos.client.registry import lineage, list_copies
 from custos.client.wire import RELATION_FROM_PB
 from custos.core.lineage import render_tree
 from custos.v1 import registry_pb2
 
 
 def cmd_lineage(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
+    client = connect(ns)
     direction = registry_pb2.LINEAGE_DIRECTION_BOTH
     if ns.ancestors and not ns.descendants:
         direction = registry_pb2.LINEAGE_DIRECTION_ANCESTORS
     elif ns.descendants and not ns.ancestors:
         direction = registry_pb2.LINEAGE_DIRECTION_DESCENDANTS
     subject = ns.subject
-    resp = None
-    if re.fullmatch(r"[0-9a-f]{8,64}", subject):
-        try:
-            resp = c.call(c.registry().GetLineage,
-                          registry_pb2.GetLineageRequest(artifact_id=subject, direction=direction))
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-    if resp is None:
-        resp = c.call(c.registry().GetLineage,
-                      registry_pb2.GetLineageRequest(model=subject, direction=direction))
+    resp = lineage(client, subject, direction)
     nodes = {n.artifact_id: n for n in resp.nodes}
     edges = [{"parent": e.parent, "child": e.child, "relation": RELATION_FROM_PB.get(e.relation, "?")}
              for e in resp.edges]
@@ -60,9 +48,7 @@ def cmd_lineage(ns: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    resp = c.call(c.registry().ListCopies, registry_pb2.ListCopiesRequest(
-        model=ns.model, exclude_derivatives=ns.no_derivatives))
+    resp = list_copies(connect(ns), ns.model, exclude_derivatives=ns.no_derivatives)
     copies = [{
         "id": x.id, "artifact_id": x.artifact_id, "model": x.model,
         "location_kind": enum_name(registry_pb2.LocationKind, x.location_kind, "LOCATION_KIND_"),
@@ -86,7 +72,6 @@ def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
-
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     lg = sub.add_parser("lineage", parents=[common], help="ancestors and descendants of a model or artifact")
     lg.add_argument("subject", metavar="MODEL|ARTIFACT")
@@ -98,5 +83,3 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     cp.add_argument("model")
     cp.add_argument("--no-derivatives", action="store_true", help="only the model's own artifacts")
     cp.set_defaults(fn=cmd_copies)
-
-

@@ -18,7 +18,8 @@ from typing import NoReturn
 import grpc
 
 from custos.cli import artifacts, audit, demo, hosts, incidents, lineage, models, orders, run, signers, transfer
-from custos.cli.common import EXIT_BY_ERROR, EXIT_BY_STATUS, Out
+from custos.cli.common import EXIT_BY_ERROR, Out
+from custos.client.session import error_from_rpc
 from custos.errors import CustosError
 
 PLUGIN_GROUP = "custos.commands"
@@ -73,14 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     out = Out(getattr(ns, "output", "text"))
     try:
-        return int(resolve(ns.fn)(ns, out))
-    except grpc.RpcError as exc:
-        code = exc.code()
-        details = exc.details() or code.name
-        if code == grpc.StatusCode.UNAVAILABLE:
-            addr = getattr(ns, "addr", None) or os.environ.get("CUSTOS_ADDR", "?")
-            details = f"cannot reach the control plane at {addr}: {details.splitlines()[0]}"
-        _fail(details, EXIT_BY_STATUS.get(code, 1))
+        try:
+            return int(resolve(ns.fn)(ns, out))
+        except grpc.RpcError as exc:
+            # The library maps its calls' errors itself; this is for a plugin command's own calls.
+            raise error_from_rpc(exc, getattr(ns, "addr", None) or os.environ.get("CUSTOS_ADDR", "?")) from None
     except CustosError as exc:
         for cls, rc in EXIT_BY_ERROR:
             if isinstance(exc, cls):
@@ -90,7 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail("interrupted", 130)
     except BrokenPipeError:
         return 0
-
 
 
 if __name__ == "__main__":

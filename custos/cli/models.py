@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from custos.cli.common import Conn, Out, table, ts
-from custos.errors import (
-    InvalidInput,
-)
+from custos.cli.common import Out, connect, table, ts
+from custos.client.registry import get_model, list_models, register_model, set_custody_policy
+from custos.errors import InvalidInput
 from custos.v1 import registry_pb2
 
 
-def model_json(m: Any) -> dict[str, Any]:
+def model_json(m: registry_pb2.Model) -> dict[str, Any]:
     d = {
         "name": m.name, "owner": m.owner, "training_flops": m.training_flops,
         "benchmark_equivalence": m.benchmark_equivalence, "covered": m.covered,
@@ -45,11 +44,10 @@ def cmd_model_register(ns: argparse.Namespace, out: Out) -> int:
                                                certifier=ns.exemption_certifier or "")
     if ns.training_flops is None and not ns.benchmark_equivalence:
         raise InvalidInput("give --training-flops N and/or --benchmark-equivalence BASIS")
-    c = Conn(ns)
-    resp = c.call(c.registry().RegisterModel, registry_pb2.RegisterModelRequest(
-        name=ns.name, owner=ns.owner or "", training_flops=_parse_flops(ns.training_flops or "0"),
-        benchmark_equivalence=ns.benchmark_equivalence or "", exemption=ex, drill=ns.drill))
-    m = model_json(resp.model)
+    client = connect(ns)
+    m = model_json(register_model(client, ns.name, owner=ns.owner or "",
+                                  training_flops=_parse_flops(ns.training_flops or "0"),
+                                  benchmark_equivalence=ns.benchmark_equivalence or "", exemption=ex, drill=ns.drill))
     out.emit(m, f"registered model {m['name']} (covered: {'yes' if m['covered'] else 'no'}, "
                 f"key {m['transit_key']})")
     return 0
@@ -78,16 +76,13 @@ def _model_text(m: dict[str, Any]) -> str:
 
 
 def cmd_model_show(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    m = model_json(c.call(c.registry().GetModel, registry_pb2.GetModelRequest(name=ns.name)).model)
+    m = model_json(get_model(connect(ns), ns.name))
     out.emit(m, lambda: _model_text(m))
     return 0
 
 
 def cmd_model_list(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    models = [model_json(m) for m in
-              c.call(c.registry().ListModels, registry_pb2.ListModelsRequest()).models]
+    models = [model_json(m) for m in list_models(connect(ns))]
     out.emit(models, lambda: table(
         [[m["name"], m["state"], "yes" if m["covered"] else "no", f"{m['training_flops']:.3g}",
           m["owner"]] for m in models],
@@ -96,15 +91,12 @@ def cmd_model_list(ns: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_model_policy(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    m = c.call(c.registry().SetCustodyPolicy, registry_pb2.SetCustodyPolicyRequest(
-        model=ns.name, hosts=ns.host or [], paths=ns.path or [])).model
+    m = set_custody_policy(connect(ns), ns.name, hosts=ns.host or [], paths=ns.path or [])
     data = model_json(m)
     data["custody_hosts"], data["custody_paths"] = list(m.custody_hosts), list(m.custody_paths)
     out.emit(data, f"custody policy of {ns.name}: hosts {data['custody_hosts'] or '(none)'}, "
                    f"paths {data['custody_paths'] or '(any on those hosts)'}")
     return 0
-
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -131,5 +123,3 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     mp.add_argument("--host", action="append", help="host-name pattern (fnmatch), repeatable")
     mp.add_argument("--path", action="append", help="path pattern (fnmatch), repeatable")
     mp.set_defaults(fn=cmd_model_policy)
-
-

@@ -6,24 +6,22 @@ import argparse
 import datetime as dt
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import Conn, Out, duration, load_signer, read_passphrase, table, ts
+from custos.cli.common import Out, connect, duration, load_signer, read_passphrase, table, ts
+from custos.client import orders
+from custos.client.session import Client
 from custos.client.signerkeys import load_private_key
 from custos.core import sshsig
 from custos.core.orders import ORDER_DOMAIN, Order
 from custos.core.reports import time_to_halt_png
 from custos.core.signers import Signature, decode_signatures, encode_signatures, key_id_of
-from custos.errors import (
-    IntegrityError,
-    InvalidInput,
-)
+from custos.errors import InvalidInput
 from custos.v1 import orders_pb2
 
 
-def order_json(o: Any) -> dict[str, Any]:
+def order_json(o: orders_pb2.OrderInfo) -> dict[str, Any]:
     return {"id": o.id, "action": o.action, "models": list(o.models), "artifacts": len(o.artifacts),
             "reason": o.reason, "issued_at": o.issued_at, "not_after": o.not_after, "sequence": o.sequence,
             "signer_set_version": o.signer_set_version, "drill": o.drill, "state": o.state,
@@ -48,44 +46,27 @@ def _order_text(d: dict[str, Any]) -> str:
 
 
 def cmd_order_propose(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    o = c.call(c.orders().Propose, orders_pb2.ProposeRequest(
-        action=ns.action, models=ns.model, reason=ns.reason, expires_seconds=duration(ns.expires),
-        drill=ns.drill)).order
-    d = order_json(o)
+    client = connect(ns)
+    d = order_json(orders.propose(client, action=ns.action, models=ns.model, reason=ns.reason,
+                                  expires_seconds=duration(ns.expires), drill=ns.drill))
     out.emit(d, lambda: _order_text(d))
     return 0
 
 
-def _attach(c: Conn, order_id: str, sigs: list[Any]) -> dict[str, Any]:
-    o = c.call(c.orders().AttachSignature, orders_pb2.AttachSignatureRequest(
-        order_id=order_id, signatures=encode_signatures(sigs))).order
-    return order_json(o)
-
-
-def _fetch_order(c: Conn, ref: str) -> Any:
-    info = c.call(c.orders().GetOrder, orders_pb2.GetOrderRequest(order_id=ref)).order
-    order = Order.decode(info.body)
-    if order.id != info.id:
-        raise IntegrityError("the order body does not hash to its id: refusing to sign")
-    return info, order
-
-
 def cmd_order_sign(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    _, order = _fetch_order(c, ns.order)
+    client = connect(ns)
+    _, order = orders.fetch_order(client, ns.order)
     key = load_signer(ns)
     # Sign what the canonical body says, not what the server summarizes.
     print(f"signing: {order.action}{' (drill)' if order.drill else ''} of {', '.join(order.models)} "
           f"({len(order.artifacts)} artifacts); reason: {order.reason}", file=sys.stderr)
-    d = _attach(c, order.id, [order.sign(key)])
+    d = order_json(orders.sign(client, order, key))
     out.emit(d, lambda: _order_text(d))
     return 0
 
 
 def cmd_order_export(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    _, order = _fetch_order(c, ns.order)
+    _, order = orders.fetch_order(connect(ns), ns.order)
     data = order.signature_input()
     if ns.file:
         Path(ns.file).write_bytes(data)
@@ -123,71 +104,57 @@ def cmd_order_attach(ns: argparse.Namespace, out: Out) -> int:
         sigs = [Signature(key_id=key_id_of(pub.algorithm, pub.public), sig=text)]
     else:
         sigs = decode_signatures(raw)
-    c = Conn(ns)
-    d = _attach(c, ns.order, sigs)
+    d = order_json(orders.attach(connect(ns), ns.order, sigs))
     out.emit(d, lambda: _order_text(d))
     return 0
 
 
 def cmd_order_status(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
+    client = connect(ns)
     if ns.order:
-        d = order_json(c.call(c.orders().GetOrder, orders_pb2.GetOrderRequest(order_id=ns.order)).order)
+        d = order_json(orders.get_order(client, ns.order))
         out.emit(d, lambda: _order_text(d))
         return 0
-    orders = [order_json(o) for o in c.call(c.orders().ListOrders, orders_pb2.ListOrdersRequest()).orders]
-    out.emit(orders, lambda: table(
+    rows = [order_json(o) for o in orders.list_orders(client)]
+    out.emit(rows, lambda: table(
         [[o["id"][:16], o["action"] + (" (drill)" if o["drill"] else ""), ",".join(o["models"])[:40], o["state"],
-          f"{len(o['signed_by'])}/{o['threshold']}", o["proposed_by"]] for o in orders],
+          f"{len(o['signed_by'])}/{o['threshold']}", o["proposed_by"]] for o in rows],
         ["ORDER", "ACTION", "MODELS", "STATE", "SIGS", "PROPOSED BY"]))
     return 0
 
 
-def _report(c: Conn, order_id: str, fmt: str) -> tuple[str, bool]:
-    r = c.call(c.orders().GetReport, orders_pb2.GetReportRequest(order_id=order_id, format=fmt))
-    return r.content, r.complete
+def _print_report(client: Client, order_id: str, fmt: str, png: str | None) -> None:
+    """Print the order's report; write its time-to-halt plot to ``png`` when asked."""
+    content = orders.report(client, order_id, fmt).content
+    if png:
+        Path(png).write_bytes(time_to_halt_png(json.loads(orders.report(client, order_id, "json").content)))
+    print(content)
 
 
 def cmd_order_report(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    fmt = "json" if out.json or ns.format == "json" else "markdown"
-    content, _ = _report(c, ns.order, fmt)
-    if ns.png:
-
-        Path(ns.png).write_bytes(time_to_halt_png(json.loads(_report(c, ns.order, "json")[0])))
-    print(content)
+    _print_report(connect(ns), ns.order, "json" if out.json or ns.format == "json" else "markdown", ns.png)
     return 0
 
 
 def cmd_drill(ns: argparse.Namespace, out: Out) -> int:
     """Propose a drill, sign it with the given keys, wait for completion, print the report."""
-    c = Conn(ns)
-    o = c.call(c.orders().Propose, orders_pb2.ProposeRequest(
-        action=ns.action, models=ns.model, reason=ns.reason, expires_seconds=duration(ns.expires),
-        drill=ns.action == "drill")).order
-    print(f"proposed {ns.action} order {o.id[:16]} over {', '.join(o.models)}", file=sys.stderr)
-
-    order = Order.decode(o.body)
-    d = order_json(o)
+    client = connect(ns)
+    info = orders.propose(client, action=ns.action, models=ns.model, reason=ns.reason,
+                          expires_seconds=duration(ns.expires), drill=ns.action == "drill")
+    print(f"proposed {ns.action} order {info.id[:16]} over {', '.join(info.models)}", file=sys.stderr)
+    order = Order.decode(info.body)
     for path in ns.key or []:
-        d = _attach(c, order.id, [order.sign(load_private_key(path, read_passphrase(ns)))])
-        print(f"signed with {path}: {len(d['signed_by'])}/{d['threshold']}", file=sys.stderr)
-        if d["state"] != "proposed":
+        info = orders.sign(client, order, load_private_key(path, read_passphrase(ns)))
+        print(f"signed with {path}: {len(info.signed_by)}/{info.threshold}", file=sys.stderr)
+        if info.state != "proposed":
             break
-    deadline = time.monotonic() + ns.wait
-    while d["state"] in ("quorum", "executing") and time.monotonic() < deadline:
-        time.sleep(0.2)
-        d = order_json(c.call(c.orders().GetOrder, orders_pb2.GetOrderRequest(order_id=order.id)).order)
-    if d["state"] == "proposed":
+    info = orders.wait(client, info, timeout=ns.wait)
+    if info.state == "proposed":
+        d = order_json(info)
         out.emit(d, _order_text(d) + "\nnot yet at quorum: more executives sign with `custos order sign`")
         return 0
-    content, _ = _report(c, order.id, "json" if out.json else "markdown")
-    if ns.png:
-
-        Path(ns.png).write_bytes(time_to_halt_png(json.loads(_report(c, order.id, "json")[0])))
-    print(content)
+    _print_report(client, order.id, "json" if out.json else "markdown", ns.png)
     return 0
-
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -238,5 +205,3 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     dr.add_argument("--png", help="write a time-to-halt plot here")
     dr.add_argument("--passphrase-file")
     dr.set_defaults(fn=cmd_drill)
-
-

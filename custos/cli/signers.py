@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from custos.cli.common import Conn, Out, load_signer, read_passphrase, table
+from custos.cli.common import Out, connect, load_signer, read_passphrase, table
 from custos.client.signerkeys import save_private_key
+from custos.client.signersets import get_signer_set, rotate_signer_set
 from custos.core.signers import (
     SignerKey,
     SignerSet,
@@ -16,10 +17,7 @@ from custos.core.signers import (
     public_key_to_openssh,
     sign_raw,
 )
-from custos.errors import (
-    InvalidInput,
-)
-from custos.v1 import orders_pb2
+from custos.errors import InvalidInput
 
 
 def cmd_signer_keygen(ns: argparse.Namespace, out: Out) -> int:
@@ -40,9 +38,7 @@ def cmd_signer_keygen(ns: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_signer_show(ns: argparse.Namespace, out: Out) -> int:
-    c = Conn(ns)
-    info = c.call(c.orders().GetSignerSet, orders_pb2.GetSignerSetRequest())
-    ss = SignerSet.decode(info.signer_set)
+    ss = SignerSet.decode(get_signer_set(connect(ns)).signer_set)
     data = {"version": ss.version, "id": ss.id, "thresholds": dict(ss.thresholds),
             "keys": [{"name": k.name, "key_id": k.key_id, "keytype": k.keytype} for k in ss.keys]}
     out.emit(data, lambda: f"signer set v{ss.version} ({ss.id[:16]})\nthresholds: "
@@ -53,8 +49,7 @@ def cmd_signer_show(ns: argparse.Namespace, out: Out) -> int:
 
 def cmd_signer_new_set(ns: argparse.Namespace, out: Out) -> int:
     """Write version n+1 of the signer set (unsigned) for executives to review and sign."""
-    c = Conn(ns)
-    current = SignerSet.decode(c.call(c.orders().GetSignerSet, orders_pb2.GetSignerSetRequest()).signer_set)
+    current = SignerSet.decode(get_signer_set(connect(ns)).signer_set)
     keys = {k.name: k for k in current.keys}
     for name in ns.remove or []:
         if keys.pop(name, None) is None:
@@ -100,13 +95,9 @@ def cmd_signer_rotate(ns: argparse.Namespace, out: Out) -> int:
         sigs = [s for f in ns.sig for s in decode_signatures(Path(f).read_bytes())]
     except OSError as exc:
         raise InvalidInput(f"cannot read a file: {exc.strerror}") from None
-    c = Conn(ns)
-    info = c.call(c.orders().RotateSignerSet, orders_pb2.RotateSignerSetRequest(
-        signer_set=new_bytes, signatures=encode_signatures(sigs)))
-    ss = SignerSet.decode(info.signer_set)
+    ss = SignerSet.decode(rotate_signer_set(connect(ns), new_bytes, sigs).signer_set)
     out.emit({"version": ss.version, "id": ss.id}, f"signer set rotated to v{ss.version} ({ss.id[:16]})")
     return 0
-
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -136,5 +127,3 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     sr.add_argument("file")
     sr.add_argument("--sig", action="append", required=True, help="signature file (repeat)")
     sr.set_defaults(fn=cmd_signer_rotate)
-
-

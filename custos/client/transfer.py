@@ -1,21 +1,20 @@
-"""Encrypted push and verified pull: the client side of promise 1.
+"""Encrypted transfer, byte by byte: the client side of promise 1 below the protocol.
 
 Weights are encrypted and decrypted here, on the client or agent, with the
 artifact's data key; the blob store holds only ciphertext in the chunked format
-(docs/chunk-format.md) and the control plane only brokers the key.
+(docs/chunk-format.md) and the control plane only brokers the key (the calls
+around these bytes are in :mod:`custos.client.push` and :mod:`custos.client.pull`).
 
-push: hash the directory into a manifest, get the data key (CreateDataKey),
-encrypt every file chunk by chunk while hashing it again (a file that changed
-since the manifest was built is refused), upload parts in parallel, then ask
-the control plane to register the artifact as stored — which it does only when
-every object is there with the right size and header. A push killed at any
-point resumes: the control plane hands back the same data key, and a small
-state file (no secrets: upload ids and file headers) tells which parts are done.
+Pusher: encrypt every file chunk by chunk while hashing it again (a file that
+changed since the manifest was built is refused) and upload parts in parallel.
+A push killed at any point resumes: the control plane hands back the same data
+key, and a small state file (PushState; no secrets: upload ids and file
+headers) tells which parts are done.
 
-pull: unwrap the data key (UnwrapDataKey, audited), download, decrypt and check
-every file's SHA-256 against the manifest into a private staging directory
-beside DEST (0700, files 0600), and move it into place only when every file
-verified. Any failure removes the staging directory: no plaintext is left behind.
+pull_into: download, decrypt and check every file's SHA-256 against the manifest
+into a private staging directory beside DEST (0700, files 0600), and move it
+into place only when every file verified. Any failure removes the staging
+directory: no plaintext is left behind.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -37,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from custos.blobs.base import MIN_PART_SIZE, BlobStore, PartInfo
-from custos.blobs.url import object_key
+from custos.blobs.url import object_key, open_blob_store
 from custos.core import chunked
 from custos.core.keymaterial import zeroize
-from custos.core.manifest import FileEntry, Manifest, decode_manifest
+from custos.core.manifest import FileEntry, Manifest
 from custos.errors import CustosError, IntegrityError, InvalidInput
 from custos.fs.private import private_dir, write_private
 
@@ -67,6 +65,36 @@ class TransferStats:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+Progress = Callable[[int, int], None]
+"""Told (bytes done, bytes in all) as a transfer goes, one call at a time."""
+
+
+class ProgressTally:
+    """Adds up the bytes the transfer threads report and tells a :data:`Progress` the running total."""
+
+    def __init__(self, total: int, report: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.report = report
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        if self.report is None:
+            return
+        with self._lock:
+            self.done += n
+            self.report(self.done, self.total)
+
+
+def open_blobs(url: str | None, advertised: str) -> BlobStore:
+    """The blob store at ``url``, else at CUSTOS_BLOBS, else the one the control plane advertised.
+    Raises InvalidInput when there is none, or for a bad URL."""
+    url = url or os.environ.get("CUSTOS_BLOBS") or advertised
+    if not url:
+        raise InvalidInput("no blob store: the control plane did not advertise one; set CUSTOS_BLOBS")
+    return open_blob_store(url)
 
 
 class _Buffers:
@@ -443,10 +471,3 @@ def pull_into(blobs: BlobStore, *, data_key: bytearray, artifact_id: str, manife
     stats.seconds = time.monotonic() - t0
     return stats
 
-
-def this_host() -> str:
-    return os.environ.get("CUSTOS_HOST") or socket.gethostname()
-
-
-def manifest_of(artifact: Any) -> Manifest:
-    return decode_manifest(bytes(artifact.manifest))

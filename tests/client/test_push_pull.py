@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 
 from custos.blobs.local import LocalBlobStore
+from custos.client import pull as pull_mod
+from custos.client import push as push_mod
+from custos.client.pull import pull
+from custos.client.push import push as push_lib
+from custos.client.session import Client
 from custos.client.transfer import Pusher, PushState
 from custos.core.manifest import Manifest
-from custos.errors import IntegrityError
+from custos.errors import IntegrityError, InvalidInput
 from custos.fs.hashing import build_manifest
 from tests.servers.custos import CUSTOS, DevServer
 
@@ -188,6 +193,41 @@ def test_pull_of_registered_but_not_stored_artifact(srv: DevServer, tmp_path: Pa
     # Pushing it afterwards stores the already registered artifact.
     pushed = push(srv, d)
     assert pushed["id"] == art["id"] and pushed["stored"]
+
+
+def test_library_push_pull_progress_and_every_key_zeroized(srv: DevServer, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The protocols as the CLI and a console call them: progress as (done, total), each data key
+    zeroized however its transfer ended."""
+    for k, v in srv.client_env().items():
+        monkeypatch.setenv(k, v)
+    keys: list[bytearray] = []
+
+    def spy(buf: bytearray) -> None:
+        keys.append(buf)
+        real(buf)
+
+    real = push_mod.zeroize
+    monkeypatch.setattr(push_mod, "zeroize", spy)
+    monkeypatch.setattr(pull_mod, "zeroize", spy)
+    src = weights(tmp_path / "w", 60, big=2 * MiB)
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    pushed: list[tuple[int, int]] = []
+    pulled: list[tuple[int, int]] = []
+    with Client.from_env() as client:
+        with pytest.raises(InvalidInput, match="unknown blob store URL"):
+            push_lib(client, "m", src, blobs="bogus://x", state_dir=tmp_path / "state")
+        res = push_lib(client, "m", src, state_dir=tmp_path / "state", progress=lambda d, t: pushed.append((d, t)))
+        assert not res.already_stored and res.stats.files == 4 and res.stats.bytes == total
+        assert push_lib(client, "m", src).already_stored
+        got = pull(client, res.artifact.id[:16], tmp_path / "out", progress=lambda d, t: pulled.append((d, t)))
+    assert got.artifact.id == res.artifact.id and got.copy.artifact_id == res.artifact.id
+    assert tree(got.dest) == tree(src)
+    for seen in (pushed, pulled):
+        assert seen[-1] == (total, total)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert len(keys) == 4 and sum(1 for k in keys if k) >= 3
+    assert not any(any(k) for k in keys)
 
 
 def test_file_changed_after_hashing_is_refused(tmp_path: Path) -> None:

@@ -25,16 +25,15 @@ import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from custos.agent.workloads import RunRequest
+from custos.agent.workloads.request import RunRequest
+from custos.agent.workloads.supervisor import Supervisor
 from custos.client.localagent import MAX_FDS, MAX_LINE, error_event
 from custos.errors import CustosError, FailedPrecondition, InvalidInput, Unauthorized
 
-if TYPE_CHECKING:
-    from custos.agent.workloads import Supervisor
-
 log = logging.getLogger("custos.agent.localapi")
+
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""

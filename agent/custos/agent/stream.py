@@ -30,14 +30,12 @@ from typing import Any, Protocol
 
 import grpc
 
+from custos.client.wire import error_for
 from custos.core.orders import order_id_of
 from custos.errors import (
-    BackendUnavailable,
-    Conflict,
     CustosError,
     FailedPrecondition,
     InvalidInput,
-    NotFound,
     Unauthorized,
 )
 from custos.v1 import custody_pb2, custody_pb2_grpc
@@ -59,24 +57,9 @@ CHANNEL_OPTIONS = [
 FIRST_LEASE_TIMEOUT = 15.0
 REMOVAL_MARKERS = ("host removed", "was removed", "certificate not accepted")
 
-_STATUS_ERRORS: dict[grpc.StatusCode, type[CustosError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: Conflict,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: Unauthorized,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthorized,
-    grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: BackendUnavailable,
-    grpc.StatusCode.CANCELLED: BackendUnavailable,
-}
-
-
 def rpc_error(exc: grpc.RpcError, what: str) -> CustosError:
     """The CustosError for a failed call, its message prefixed with ``what``."""
-    code = exc.code() if hasattr(exc, "code") else None
-    details = (exc.details() if hasattr(exc, "details") else "") or (code.name if code else "error")
-    cls = _STATUS_ERRORS.get(code, CustosError) if code is not None else CustosError
+    cls, details = error_for(exc)
     return cls(f"{what}: {details.splitlines()[0]}")
 
 

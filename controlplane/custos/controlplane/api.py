@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from custos.client.wire import RELATION_TO_PB, relation_from_pb
+from custos.client.wire import RELATION_TO_PB, relation_from_pb, status_for
 from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
 from custos.controlplane.custody import Custody
@@ -35,14 +35,8 @@ from custos.core.keymaterial import zeroize
 from custos.core.reports import order_report_markdown
 from custos.core.signers import SignerSet
 from custos.errors import (
-    BackendUnavailable,
-    Conflict,
     CustosError,
-    FailedPrecondition,
-    IntegrityError,
     InvalidInput,
-    NotFound,
-    Unauthorized,
 )
 from custos.v1 import (
     audit_pb2,
@@ -59,24 +53,10 @@ from custos.v1 import (
 
 log = logging.getLogger("custos.api")
 
-STATUS_BY_ERROR: list[tuple[type[CustosError], grpc.StatusCode]] = [
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (IntegrityError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (Unauthorized, grpc.StatusCode.PERMISSION_DENIED),
-    (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
-]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def status_for(exc: CustosError) -> grpc.StatusCode:
-    for cls, code in STATUS_BY_ERROR:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 def _peer_host(peer: str) -> str:
@@ -265,16 +245,19 @@ class RegistryStorageMixin:
     broker: KeyBroker
     custody: Custody
 
-    async def RegisterStoredArtifact(self, req: registry_pb2.RegisterStoredArtifactRequest, ctx: Any) -> Any:
+    async def RegisterStoredArtifact(self, req: registry_pb2.RegisterStoredArtifactRequest,
+                                     ctx: grpc.aio.ServicerContext) -> registry_pb2.RegisterStoredArtifactResponse:
         rec, created = await self.broker.register_stored(current_caller.get(), artifact_id=req.artifact_id)
         return registry_pb2.RegisterStoredArtifactResponse(artifact=artifact_pb(rec), created=created)
 
-    async def SetCustodyPolicy(self, req: registry_pb2.SetCustodyPolicyRequest, ctx: Any) -> Any:
+    async def SetCustodyPolicy(self, req: registry_pb2.SetCustodyPolicyRequest,
+                               ctx: grpc.aio.ServicerContext) -> registry_pb2.SetCustodyPolicyResponse:
         m = await self.r.set_custody_policy(current_caller.get(), name=req.model, hosts=list(req.hosts),
                                             paths=list(req.paths))
         return registry_pb2.SetCustodyPolicyResponse(model=model_pb(m))
 
-    async def RecordCopy(self, req: registry_pb2.RecordCopyRequest, ctx: Any) -> Any:
+    async def RecordCopy(self, req: registry_pb2.RecordCopyRequest,
+                         ctx: grpc.aio.ServicerContext) -> registry_pb2.RecordCopyResponse:
         form = _FORM_FROM_PB.get(req.form)
         if form is None:
             raise InvalidInput("copy form is required (ciphertext, plaintext, loaded)")
@@ -298,7 +281,8 @@ class RegistryServicer(RegistryStorageMixin, registry_pb2_grpc.RegistryServicer)
         self.broker = broker
         self.custody = custody
 
-    async def RegisterModel(self, req: registry_pb2.RegisterModelRequest, ctx: Any) -> Any:
+    async def RegisterModel(self, req: registry_pb2.RegisterModelRequest,
+                            ctx: grpc.aio.ServicerContext) -> registry_pb2.RegisterModelResponse:
         ex = None
         if req.HasField("exemption"):
             ex = {"basis": req.exemption.basis, "date": req.exemption.date,
@@ -309,34 +293,41 @@ class RegistryServicer(RegistryStorageMixin, registry_pb2_grpc.RegistryServicer)
             exemption=ex, drill=req.drill)
         return registry_pb2.RegisterModelResponse(model=model_pb(m))
 
-    async def GetModel(self, req: registry_pb2.GetModelRequest, ctx: Any) -> Any:
+    async def GetModel(self, req: registry_pb2.GetModelRequest,
+                       ctx: grpc.aio.ServicerContext) -> registry_pb2.GetModelResponse:
         m = await self.r.get_model(req.name)
         return registry_pb2.GetModelResponse(
             model=model_pb(m, await self.r.model_artifact_ids(req.name)))
 
-    async def ListModels(self, req: registry_pb2.ListModelsRequest, ctx: Any) -> Any:
+    async def ListModels(self, req: registry_pb2.ListModelsRequest,
+                         ctx: grpc.aio.ServicerContext) -> registry_pb2.ListModelsResponse:
         return registry_pb2.ListModelsResponse(models=[model_pb(m) for m in await self.r.list_models()])
 
-    async def RegisterArtifact(self, req: registry_pb2.RegisterArtifactRequest, ctx: Any) -> Any:
+    async def RegisterArtifact(self, req: registry_pb2.RegisterArtifactRequest,
+                               ctx: grpc.aio.ServicerContext) -> registry_pb2.RegisterArtifactResponse:
         parents = [(p.artifact_id, relation_from_pb(p.relation)) for p in req.parents]
         rec, created = await self.r.register_artifact(
             current_caller.get(), model=req.model, manifest_bytes=req.manifest, parents=parents,
             source_host=req.source_host, source_path=req.source_path)
         return registry_pb2.RegisterArtifactResponse(artifact=artifact_pb(rec), created=created)
 
-    async def GetArtifact(self, req: registry_pb2.GetArtifactRequest, ctx: Any) -> Any:
+    async def GetArtifact(self, req: registry_pb2.GetArtifactRequest,
+                          ctx: grpc.aio.ServicerContext) -> registry_pb2.GetArtifactResponse:
         return registry_pb2.GetArtifactResponse(artifact=artifact_pb(await self.r.get_artifact(req.id)))
 
-    async def ListArtifacts(self, req: registry_pb2.ListArtifactsRequest, ctx: Any) -> Any:
+    async def ListArtifacts(self, req: registry_pb2.ListArtifactsRequest,
+                            ctx: grpc.aio.ServicerContext) -> registry_pb2.ListArtifactsResponse:
         return registry_pb2.ListArtifactsResponse(
             artifacts=[artifact_pb(a) for a in await self.r.list_artifacts(req.model)])
 
-    async def RecordDerivation(self, req: registry_pb2.RecordDerivationRequest, ctx: Any) -> Any:
+    async def RecordDerivation(self, req: registry_pb2.RecordDerivationRequest,
+                               ctx: grpc.aio.ServicerContext) -> registry_pb2.RecordDerivationResponse:
         await self.r.record_derivation(current_caller.get(), child=req.child, parent=req.parent,
                                        relation=relation_from_pb(req.relation))
         return registry_pb2.RecordDerivationResponse()
 
-    async def GetLineage(self, req: registry_pb2.GetLineageRequest, ctx: Any) -> Any:
+    async def GetLineage(self, req: registry_pb2.GetLineageRequest,
+                         ctx: grpc.aio.ServicerContext) -> registry_pb2.GetLineageResponse:
         d = req.direction
         lin = await self.r.lineage(
             model=req.model if req.WhichOneof("subject") == "model" else None,
@@ -353,7 +344,8 @@ class RegistryServicer(RegistryStorageMixin, registry_pb2_grpc.RegistryServicer)
             models=lin["models"],
         )
 
-    async def ListCopies(self, req: registry_pb2.ListCopiesRequest, ctx: Any) -> Any:
+    async def ListCopies(self, req: registry_pb2.ListCopiesRequest,
+                         ctx: grpc.aio.ServicerContext) -> registry_pb2.ListCopiesResponse:
         models, artifacts, copies = await self.r.list_copies(
             req.model, include_derivatives=not req.exclude_derivatives)
         return registry_pb2.ListCopiesResponse(
@@ -364,7 +356,8 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     def __init__(self, broker: KeyBroker) -> None:
         self.b = broker
 
-    async def CreateDataKey(self, req: keys_pb2.CreateDataKeyRequest, ctx: Any) -> Any:
+    async def CreateDataKey(self, req: keys_pb2.CreateDataKeyRequest,
+                            ctx: grpc.aio.ServicerContext) -> keys_pb2.CreateDataKeyResponse:
         parents = [(p.artifact_id, relation_from_pb(p.relation)) for p in req.parents]
         out = await self.b.create_data_key(current_caller.get(), model=req.model,
                                            manifest_bytes=req.manifest, parents=parents)
@@ -378,7 +371,8 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             if key is not None:
                 zeroize(key)
 
-    async def UnwrapDataKey(self, req: keys_pb2.UnwrapDataKeyRequest, ctx: Any) -> Any:
+    async def UnwrapDataKey(self, req: keys_pb2.UnwrapDataKeyRequest,
+                            ctx: grpc.aio.ServicerContext) -> keys_pb2.UnwrapDataKeyResponse:
         rec, key = await self.b.unwrap(current_caller.get(), artifact=req.artifact_id, purpose=req.purpose)
         try:
             return keys_pb2.UnwrapDataKeyResponse(artifact=artifact_pb(rec), data_key=bytes(key))
@@ -398,16 +392,19 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
     def __init__(self, custody: Custody) -> None:
         self.c = custody
 
-    async def AddHost(self, req: custody_pb2.AddHostRequest, ctx: Any) -> Any:
+    async def AddHost(self, req: custody_pb2.AddHostRequest,
+                      ctx: grpc.aio.ServicerContext) -> custody_pb2.AddHostResponse:
         h, token, expires = await self.c.add_host(current_caller.get(), name=req.name, labels=dict(req.labels),
                                                   token_ttl=req.token_ttl_seconds)
         return custody_pb2.AddHostResponse(host=host_pb(h), enrollment_token=token, token_expires_unix_ns=expires)
 
-    async def RemoveHost(self, req: custody_pb2.RemoveHostRequest, ctx: Any) -> Any:
+    async def RemoveHost(self, req: custody_pb2.RemoveHostRequest,
+                         ctx: grpc.aio.ServicerContext) -> custody_pb2.RemoveHostResponse:
         return custody_pb2.RemoveHostResponse(host=host_pb(await self.c.remove_host(current_caller.get(),
                                                                                      name=req.name)))
 
-    async def ListHosts(self, req: custody_pb2.ListHostsRequest, ctx: Any) -> Any:
+    async def ListHosts(self, req: custody_pb2.ListHostsRequest,
+                        ctx: grpc.aio.ServicerContext) -> custody_pb2.ListHostsResponse:
         return custody_pb2.ListHostsResponse(hosts=[host_pb(h) for h in await self.c.list_hosts()])
 
     async def Stream(self, request_iterator: Any, ctx: Any) -> Any:
@@ -465,7 +462,7 @@ class EnrollmentServicer(custody_pb2_grpc.EnrollmentServicer):
     def __init__(self, custody: Custody) -> None:
         self.c = custody
 
-    async def Enroll(self, req: custody_pb2.EnrollRequest, ctx: Any) -> Any:
+    async def Enroll(self, req: custody_pb2.EnrollRequest, ctx: grpc.aio.ServicerContext) -> custody_pb2.EnrollResponse:
         try:
             cert, ca = await self.c.enroll(peer=_peer_host(ctx.peer() or ""), name=req.name, token=req.token,
                                            csr_pem=req.csr_pem)
@@ -479,7 +476,8 @@ class AlertsServicer(custody_pb2_grpc.AlertsServicer):
     def __init__(self, custody: Custody) -> None:
         self.c = custody
 
-    async def ListAlerts(self, req: custody_pb2.ListAlertsRequest, ctx: Any) -> Any:
+    async def ListAlerts(self, req: custody_pb2.ListAlertsRequest,
+                         ctx: grpc.aio.ServicerContext) -> custody_pb2.ListAlertsResponse:
         alerts = await self.c.list_alerts(host=req.host, model=req.model)
         return custody_pb2.ListAlertsResponse(alerts=[custody_pb2.Alert(
             id=a["id"], rule=a["rule"], severity=a["severity"], model=a["model"], artifact_id=a["artifact_id"],
@@ -512,30 +510,37 @@ class OrdersServicer(orders_pb2_grpc.OrdersServicer):
             signer_set=chain[-1][0], version=current.version,
             chain=[orders_pb2.SignedRotation(signer_set=s, signatures=g) for s, g in chain])
 
-    async def GetSignerSet(self, req: orders_pb2.GetSignerSetRequest, ctx: Any) -> Any:
+    async def GetSignerSet(self, req: orders_pb2.GetSignerSetRequest,
+                           ctx: grpc.aio.ServicerContext) -> orders_pb2.SignerSetInfo:
         return await self._set_info()
 
-    async def RotateSignerSet(self, req: orders_pb2.RotateSignerSetRequest, ctx: Any) -> Any:
+    async def RotateSignerSet(self, req: orders_pb2.RotateSignerSetRequest,
+                              ctx: grpc.aio.ServicerContext) -> orders_pb2.SignerSetInfo:
         await self.o.rotate(current_caller.get(), new_set=req.signer_set, signatures=req.signatures)
         await self.o.refresh_chain()
         return await self._set_info()
 
-    async def Propose(self, req: orders_pb2.ProposeRequest, ctx: Any) -> Any:
+    async def Propose(self, req: orders_pb2.ProposeRequest,
+                      ctx: grpc.aio.ServicerContext) -> orders_pb2.ProposeResponse:
         d = await self.o.propose(current_caller.get(), action=req.action, models=list(req.models),
                                  reason=req.reason, expires_seconds=req.expires_seconds, drill=req.drill)
         return orders_pb2.ProposeResponse(order=order_pb(d))
 
-    async def AttachSignature(self, req: orders_pb2.AttachSignatureRequest, ctx: Any) -> Any:
+    async def AttachSignature(self, req: orders_pb2.AttachSignatureRequest,
+                              ctx: grpc.aio.ServicerContext) -> orders_pb2.AttachSignatureResponse:
         d = await self.o.attach(current_caller.get(), order_id=req.order_id, signatures=req.signatures)
         return orders_pb2.AttachSignatureResponse(order=order_pb(d))
 
-    async def GetOrder(self, req: orders_pb2.GetOrderRequest, ctx: Any) -> Any:
+    async def GetOrder(self, req: orders_pb2.GetOrderRequest,
+                       ctx: grpc.aio.ServicerContext) -> orders_pb2.GetOrderResponse:
         return orders_pb2.GetOrderResponse(order=order_pb(await self.o.describe(await self.o.get(req.order_id))))
 
-    async def ListOrders(self, req: orders_pb2.ListOrdersRequest, ctx: Any) -> Any:
+    async def ListOrders(self, req: orders_pb2.ListOrdersRequest,
+                         ctx: grpc.aio.ServicerContext) -> orders_pb2.ListOrdersResponse:
         return orders_pb2.ListOrdersResponse(orders=[order_pb(d) for d in await self.o.list_orders()])
 
-    async def GetReport(self, req: orders_pb2.GetReportRequest, ctx: Any) -> Any:
+    async def GetReport(self, req: orders_pb2.GetReportRequest,
+                        ctx: grpc.aio.ServicerContext) -> orders_pb2.GetReportResponse:
         data = await self.o.report(req.order_id)
         if req.format in ("", "json"):
 
@@ -551,7 +556,8 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
     def __init__(self, audit: AuditLog) -> None:
         self.a = audit
 
-    async def ListEvents(self, req: audit_pb2.ListEventsRequest, ctx: Any) -> Any:
+    async def ListEvents(self, req: audit_pb2.ListEventsRequest,
+                         ctx: grpc.aio.ServicerContext) -> audit_pb2.ListEventsResponse:
         limit = req.limit or 1000
         if limit > 5000:
             raise InvalidInput("limit must be at most 5000")
@@ -571,7 +577,8 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         next_after = rows[-1][0] if len(rows) == limit else 0
         return audit_pb2.ListEventsResponse(events=events, next_after_seq=next_after)
 
-    async def GetCheckpoints(self, req: audit_pb2.GetCheckpointsRequest, ctx: Any) -> Any:
+    async def GetCheckpoints(self, req: audit_pb2.GetCheckpointsRequest,
+                             ctx: grpc.aio.ServicerContext) -> audit_pb2.GetCheckpointsResponse:
         cps = await self.a.checkpoints()
         return audit_pb2.GetCheckpointsResponse(
             checkpoints=[audit_pb2.Checkpoint(seq=s, body=b, signature=sig) for s, b, sig in cps],

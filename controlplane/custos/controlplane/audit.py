@@ -161,6 +161,17 @@ class AuditLog:
         entries = await self.store.range(EVENTS_PREFIX, start_after=start_after, limit=limit)
         return [(int(e.key[len(EVENTS_PREFIX):]), e.value) for e in entries]
 
+    async def stored_events(self, page: int = 5000) -> list[bytes]:
+        """Every stored event, oldest first, read in pages of ``page``."""
+        stored: list[bytes] = []
+        after = 0
+        while True:
+            rows = await self.list_events(after, page)
+            stored += [v for _, v in rows]
+            if len(rows) < page:
+                return stored
+            after = rows[-1][0]
+
     async def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
         out = []
         for e in await self.store.range(CHECKPOINTS_PREFIX):

@@ -324,19 +324,8 @@ class Registry:
 
         Raises InvalidInput, NotFound.
         """
-        ref = (ref or "").strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{8,64}", ref):
-            raise InvalidInput(f"bad artifact id {ref!r}: want at least 8 hex digits")
-        if len(ref) == 64:
-            if await self.store.get(f"artifacts/{ref}") is None:
-                raise NotFound(f"artifact {ref[:12]} not found")
-            return ref
-        found = await self.store.range(f"artifacts/{ref}", limit=2)
-        if not found:
-            raise NotFound(f"artifact {ref} not found")
-        if len(found) > 1:
-            raise InvalidInput(f"artifact prefix {ref} is ambiguous")
-        return found[0].key[len("artifacts/"):]
+        entry = await self.store.find_by_id("artifact", "artifacts/", ref, min_hex=8)
+        return entry.key[len("artifacts/"):]
 
     async def get_artifact(self, ref: str) -> ArtifactRecord:
         aid = await self.resolve_artifact_id(ref)

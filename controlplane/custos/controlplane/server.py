@@ -214,7 +214,7 @@ class ControlPlane:
         elif cfg.signer_set_file is not None:
 
             await self.orders.install_bootstrap(SignerSet.decode(_read(cfg.signer_set_file, "signer set")))
-        await self.orders._refresh_pinned()
+        await self.orders.refresh_pinned()
         await self.orders.refresh_chain()
 
 

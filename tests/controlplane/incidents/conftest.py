@@ -4,10 +4,10 @@
 or etcd; local keys, or OpenBao Transit) on its own event loop in a thread,
 attaches ``custos.controlplane.incidents.attach`` to it, and serves the
 Incidents and Audit services on a second ``grpc.aio`` server behind the
-production ``GuardInterceptor`` (with ``incidents.AUTHZ_ROWS`` in the authz
-table, as the wiring will have them). Tests are plain functions: they drive
-the control plane's services with ``plane.run(coro)``, and the CLI handlers
-or subprocesses talk to it over mTLS like any client.
+production ``GuardInterceptor`` and its role table
+(``custos.controlplane.authz.POLICY``). Tests are plain functions: they drive
+the control plane's services with ``plane.run(coro)``, and the CLI handlers or
+subprocesses talk to it over mTLS like any client.
 
 The runtime's background loops are not started: tests run rounds with
 ``plane.round()`` and move the clock with ``plane.advance(hours)``.
@@ -32,12 +32,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from custos.controlplane import authz
 from custos.controlplane.api import AuditServicer, GuardInterceptor
 from custos.controlplane.audit import Caller
 from custos.controlplane.config import ServerConfig
 from custos.controlplane.incidents.runtime import LEADER_KEY, IncidentsRuntime, attach
-from custos.controlplane.incidents.servicer import AUTHZ_ROWS
 from custos.controlplane.server import ControlPlane, prepare_dev
 from custos.controlplane.store.base import Txn
 from custos.core.canonical import decode_canonical
@@ -48,16 +46,6 @@ T = TypeVar("T")
 HOUR = 3600 * 1_000_000_000
 SEC = Caller(principal="alice", role="security-team", host="10.0.0.2", request_id="t")
 EXEC = Caller(principal="exec", role="executive", host="10.0.0.3", request_id="t")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def incident_authz_rows() -> Iterator[None]:
-    """The rows the wiring pastes into authz.POLICY, for the production interceptor here."""
-    mp = pytest.MonkeyPatch()
-    for method, roles in AUTHZ_ROWS.items():
-        mp.setitem(authz.POLICY, method, roles)
-    yield
-    mp.undo()
 
 
 class Plane:

@@ -4,6 +4,6 @@ the rules, notifications and metrics (``runtime``)."""
 
 from custos.controlplane.incidents.runtime import LEADER_KEY, IncidentsRuntime, attach
 from custos.controlplane.incidents.service import IncidentService
-from custos.controlplane.incidents.servicer import AUTHZ_ROWS, IncidentsServicer
+from custos.controlplane.incidents.servicer import IncidentsServicer
 
-__all__ = ["AUTHZ_ROWS", "LEADER_KEY", "IncidentService", "IncidentsRuntime", "IncidentsServicer", "attach"]
+__all__ = ["LEADER_KEY", "IncidentService", "IncidentsRuntime", "IncidentsServicer", "attach"]

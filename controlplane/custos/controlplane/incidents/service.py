@@ -25,7 +25,6 @@ Specified in docs/incidents.md.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +32,6 @@ from typing import Any
 from custos.controlplane.audit import SYSTEM, AuditLog, Caller, Plan
 from custos.controlplane.notify import Notifier
 from custos.controlplane.rules.config import RulesConfig
-from custos.controlplane.rules.engine import whole_log
 from custos.controlplane.store.base import Store, Txn
 from custos.core.audit_chain import Event, parse_events
 from custos.core.canonical import decode_canonical, encode_canonical
@@ -103,15 +101,8 @@ class IncidentService:
 
     async def resolve(self, ref: str) -> str:
         """Full id from an id or a unique prefix of 6+ hex digits. Raises InvalidInput, NotFound."""
-        r = (ref or "").strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{6,16}", r):
-            raise InvalidInput(f"bad incident id {ref!r}: want 6 to 16 hex digits")
-        found = await self.store.range(f"incidents/{r}", limit=2)
-        if not found:
-            raise NotFound(f"incident {r} not found")
-        if len(found) > 1:
-            raise InvalidInput(f"incident id prefix {r} is ambiguous")
-        return found[0].key[len("incidents/"):]
+        entry = await self.store.find_by_id("incident", "incidents/", ref, min_hex=6, max_hex=16)
+        return entry.key[len("incidents/"):]
 
     async def state(self, ref: str) -> dict[str, Any]:
         iid = await self.resolve(ref)
@@ -144,7 +135,7 @@ class IncidentService:
 
     async def events(self) -> list[Event]:
         """Every event of the audit log."""
-        return parse_events(await whole_log(self.audit))
+        return parse_events(await self.audit.stored_events())
 
     async def export(self, ref: str) -> dict[str, Any]:
         """The incident report (``build_report``) from the record and the audit log."""

@@ -13,14 +13,6 @@ from custos.errors import InvalidInput
 from custos.v1 import incidents_pb2 as pb
 from custos.v1 import incidents_pb2_grpc
 
-# Rows for custos.controlplane.authz.POLICY (security team acts; auditors and admins read).
-AUTHZ_ROWS: Mapping[str, frozenset[str]] = {
-    "/custos.v1.Incidents/ListIncidents": frozenset({"security-team", "auditor", "admin"}),
-    "/custos.v1.Incidents/GetIncident": frozenset({"security-team", "auditor", "admin"}),
-    "/custos.v1.Incidents/ExportIncident": frozenset({"security-team", "auditor", "admin"}),
-    "/custos.v1.Incidents/UpdateIncident": frozenset({"security-team"}),
-}
-
 
 def incident_pb(v: Mapping[str, Any]) -> pb.Incident:
     """An incident view (custos.core.incidents ``incident_view``) as its message."""

@@ -19,7 +19,7 @@ from custos.controlplane.store.base import Entry, Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.orders import ExecutedOrders, Order, OrderVerification, apply_executed, verify_order
 from custos.core.signers import decode_signatures, encode_signatures
-from custos.errors import FailedPrecondition, InvalidInput, NotFound
+from custos.errors import FailedPrecondition, InvalidInput
 
 META = "meta/orders"
 EXECUTED_STATES = ("executing", "complete")  # states in which agents must have the order
@@ -123,15 +123,8 @@ class OrderBook:
 
     async def get(self, order_id: str) -> dict[str, Any]:
         """The record of the order whose id starts with ``order_id``. Raises InvalidInput, NotFound."""
-        oid = (order_id or "").strip().lower()
-        if len(oid) < 8 or any(c not in "0123456789abcdef" for c in oid):
-            raise InvalidInput(f"bad order id {order_id!r}: want at least 8 hex digits")
-        found = await self.store.range(f"orders/{oid}", limit=2)
-        if not found:
-            raise NotFound(f"order {oid} not found")
-        if len(found) > 1 and len(oid) < 64:
-            raise InvalidInput(f"order id prefix {oid} is ambiguous")
-        return dict(decode_canonical(found[0].value))
+        entry = await self.store.find_by_id("order", "orders/", order_id, min_hex=8)
+        return dict(decode_canonical(entry.value))
 
     async def verify(self, record: dict[str, Any]) -> OrderVerification:
         """Run the agents' verifier on a record against the Store. Raises NoSignerSet."""

@@ -70,7 +70,8 @@ class OrdersService:
         """Install version 1 if no set is installed yet (idempotent, audited). Raises InvalidInput."""
         await self.signers.install_bootstrap(signer_set)
 
-    async def _refresh_pinned(self) -> None:
+    async def refresh_pinned(self) -> None:
+        """Reload the pinned version 1 that agents check their chains against."""
         await self.signers.refresh_pinned()
 
     async def chain(self) -> list[tuple[bytes, bytes]]:

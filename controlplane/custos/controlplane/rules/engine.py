@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from custos.controlplane.audit import AuditLog
 from custos.controlplane.registry import copy_id
 from custos.controlplane.rules.config import RulesConfig
 from custos.controlplane.store.base import MAX_TXN_OPS, Store, Txn
@@ -58,18 +57,6 @@ log = logging.getLogger("custos.rules")
 
 CURSOR_KEY = "meta/rules-cursor"
 ALERTS_PREFIX = "alerts/"
-
-
-async def whole_log(audit: AuditLog) -> list[bytes]:
-    """Every stored event of the audit log, oldest first (read in pages of 5000)."""
-    stored: list[bytes] = []
-    after = 0
-    while True:
-        rows = await audit.list_events(after, 5000)
-        stored += [v for _, v in rows]
-        if len(rows) < 5000:
-            return stored
-        after = rows[-1][0]
 
 
 class RulesEngine:
@@ -295,7 +282,7 @@ class RulesEngine:
         """Verify the whole audit log against the checkpoints and the control plane's key."""
         # Checkpoints first: one signed after the events were read would look like a truncation.
         cps = await self.audit.checkpoints()
-        stored = await whole_log(self.audit)
+        stored = await self.audit.stored_events()
         result = await asyncio.to_thread(verify_log, stored, [(b, s) for _, b, s in cps],
                                          self.audit.signing_key.public_key())
         return chain_failure(result, now_ns=self.clock())

@@ -12,7 +12,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from custos.errors import BackendUnavailable, InvalidInput
+from custos.errors import BackendUnavailable, InvalidInput, NotFound
 
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1 << 20  # etcd's default request limit is 1.5 MiB; keep headroom
@@ -97,3 +97,23 @@ class Store(abc.ABC):
             if entry is not None:
                 out[key] = entry
         return out
+
+    async def find_by_id(self, what: str, directory: str, ref: str, *, min_hex: int,
+                         max_hex: int = 64) -> Entry:
+        """The entry under ``directory`` named ``ref`` or, for a shorter ``ref``, the one
+        name starting with it: ``min_hex`` to ``max_hex`` hex digits, any case.
+
+        Raises InvalidInput (malformed, or a prefix two names share), NotFound.
+        """
+        r = (ref or "").strip().lower()
+        if not (min_hex <= len(r) <= max_hex) or any(c not in "0123456789abcdef" for c in r):
+            raise InvalidInput(f"bad {what} id {ref!r}: want {min_hex} to {max_hex} hex digits")
+        found = await self.range(directory + r, limit=2)
+        exact = [e for e in found if e.key == directory + r]
+        if exact:
+            return exact[0]
+        if not found:
+            raise NotFound(f"{what} {r} not found")
+        if len(found) > 1:
+            raise InvalidInput(f"{what} id prefix {r} is ambiguous")
+        return found[0]

@@ -1,0 +1,93 @@
+"""A session with the control plane: one channel, the per-call timeout and request ids, one error root.
+
+Every operation in :mod:`custos.client` goes through :meth:`Client.call`, which
+turns a failed call (``grpc.RpcError``) into the :mod:`custos.errors` subclass
+its status names, with the server's details as the message, so that callers
+(the CLI, the agent, a console) handle one error root.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from custos.client.connection import ClientConfig
+from custos.client.wire import error_for
+from custos.errors import CustosError
+from custos.v1 import (
+    audit_pb2_grpc,
+    custody_pb2_grpc,
+    incidents_pb2_grpc,
+    keys_pb2_grpc,
+    orders_pb2_grpc,
+    registry_pb2_grpc,
+)
+
+R = TypeVar("R", bound=Message)
+
+
+
+def error_from_rpc(exc: grpc.RpcError, addr: str) -> CustosError:
+    """The CustosError for a failed call to the control plane at ``addr``: the server's
+    details as its message (the status name when there are none); an unreachable
+    server says so and where."""
+    cls, details = error_for(exc)
+    if hasattr(exc, "code") and exc.code() == grpc.StatusCode.UNAVAILABLE:
+        details = f"cannot reach the control plane at {addr}: {details.splitlines()[0]}"
+    return cls(details)
+
+
+class Client:
+    """A session with the control plane over one mTLS channel. Close it (or use it as a
+    context manager) when done."""
+
+    def __init__(self, *, config: ClientConfig, timeout: float | None = 30.0) -> None:
+        """Opens the channel. Raises InvalidInput if a certificate or key cannot be read."""
+        self.config = config
+        self.timeout = timeout
+        self.channel = config.channel()
+        self.registry = registry_pb2_grpc.RegistryStub(self.channel)
+        self.keys = keys_pb2_grpc.KeysStub(self.channel)
+        self.orders = orders_pb2_grpc.OrdersStub(self.channel)
+        self.custody = custody_pb2_grpc.CustodyStub(self.channel)
+        self.alerts = custody_pb2_grpc.AlertsStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditStub(self.channel)
+        self.incidents = incidents_pb2_grpc.IncidentsStub(self.channel)
+
+    @classmethod
+    def from_env(cls, *, addr: str | None = None, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None, role: str | None = None, timeout: float | None = 30.0) -> Client:
+        """A client configured by flags over the environment (see :class:`ClientConfig`).
+        Raises InvalidInput naming what is missing or unreadable."""
+        return cls(config=ClientConfig.from_env(addr=addr, ca=ca, cert=cert, key=key, role=role),
+                   timeout=timeout)
+
+    @property
+    def addr(self) -> str:
+        return self.config.addr
+
+    def call(self, method: Callable[..., object], request: Message, response: type[R]) -> R:
+        """Make one unary call (``method`` is a stub's method) with the timeout and a fresh
+        ``x-request-id``. Raises the CustosError for the status the server returned."""
+        try:
+            result = method(request, timeout=self.timeout, metadata=(("x-request-id", uuid.uuid4().hex),))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.addr) from None
+        if not isinstance(result, response):
+            raise TypeError(f"expected {response.__name__} from the call, got {type(result).__name__}")
+        return result
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
