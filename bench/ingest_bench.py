@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 
-from custos.agent.enroll import make_key_and_csr
 from custos.core.manifest import FileEntry, Manifest
 from custos.v1 import custody_pb2, custody_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tests.servers.agentsim import enroll_fleet
 from tests.servers.custos import DevServer
 from tests.servers.etcd import EtcdServer
 
@@ -74,33 +74,6 @@ def report(i: int, manifests: list[Manifest], files: int, matching: int) -> cust
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
-
-
-async def enroll_fleet(server: DevServer, n: int) -> list[tuple[bytes, bytes]]:
-    env = server.env
-    certs = Path(env["CUSTOS_CERT_DIR"])
-    ca = Path(env["CUSTOS_CA"]).read_bytes()
-    admin = grpc.aio.secure_channel(env["CUSTOS_ADDR"], grpc.ssl_channel_credentials(
-        ca, (certs / "security-team.key").read_bytes(), (certs / "security-team.pem").read_bytes()))
-    enroll = grpc.aio.secure_channel(env["CUSTOS_ENROLL_ADDR"], grpc.ssl_channel_credentials(ca))
-    custody = custody_pb2_grpc.CustodyStub(admin)
-    enrollment = custody_pb2_grpc.EnrollmentStub(enroll)
-    sem = asyncio.Semaphore(2)  # audited mutations share one hash chain: more only adds retries
-
-    async def one(i: int) -> tuple[bytes, bytes]:
-        name = f"bench-{i:05d}"
-        key, csr = make_key_and_csr(name)
-        async with sem:
-            added = await custody.AddHost(custody_pb2.AddHostRequest(name=name), timeout=60)
-            got = await enrollment.Enroll(custody_pb2.EnrollRequest(
-                name=name, token=added.enrollment_token, csr_pem=csr), timeout=60)
-        return key, bytes(got.certificate_pem)
-
-    try:
-        return list(await asyncio.gather(*[one(i) for i in range(n)]))
-    finally:
-        await admin.close()
-        await enroll.close()
 
 
 async def register_artifacts(server: DevServer, files: int) -> list[Manifest]:
@@ -163,7 +136,7 @@ async def run(ns: argparse.Namespace) -> None:
               f"artifact), store {ns.store or 'sqlite (dev)'}, {os.cpu_count()} cores")
         manifests = await register_artifacts(server, ns.matching)
         t = time.perf_counter()
-        ids = await enroll_fleet(server, ns.hosts)
+        ids = await enroll_fleet(server.env, ns.hosts, prefix="bench")
         print(f"  enrolled {ns.hosts} hosts through the API    : {time.perf_counter() - t:6.2f} s "
               f"({ns.hosts / (time.perf_counter() - t):.0f} hosts/s)")
         ca = Path(server.env["CUSTOS_CA"]).read_bytes()

@@ -257,6 +257,23 @@ class LocalBlobStore(BlobStore):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self._tmp_fd)
 
+    @contextlib.contextmanager
+    def _new_object(self, key: str, etag: str) -> Iterator[int]:
+        """A new object under ``key``: yields its tmp file's descriptor after the header; the
+        file is fsynced and published when the block ends, and discarded if it raises."""
+        name, fd = self._new_tmp()
+        try:
+            try:
+                _write_all(fd, _object_header(etag))
+                yield fd
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._publish(name, key)
+        except BaseException:
+            self._discard_tmp(name)
+            raise
+
     def _publish(self, tmp_name: str, key: str) -> None:
         """Rename a finished tmp file to the object path, creating directories."""
         *dirs, last = key.split("/")
@@ -287,19 +304,8 @@ class LocalBlobStore(BlobStore):
         if base64.b64encode(md5).decode("ascii") != md5_b64:
             raise IntegrityError(f"local put {key!r}: Content-MD5 mismatch, nothing stored")
         etag = md5.hex()
-        with _os_errors("put", key):
-            name, fd = self._new_tmp()
-            try:
-                try:
-                    _write_all(fd, _object_header(etag))
-                    _write_all(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._publish(name, key)
-            except BaseException:
-                self._discard_tmp(name)
-                raise
+        with _os_errors("put", key), self._new_object(key, etag) as fd:
+            _write_all(fd, data)
         return ObjectInfo(key=key, size=data.nbytes, etag=etag)
 
     def _start_upload(self, key: str) -> str:
@@ -458,28 +464,18 @@ class LocalBlobStore(BlobStore):
             ordered = check_completion(parts, self._read_parts(dfd, key), self.min_part_size)
             md5s = b"".join(bytes.fromhex(p.etag) for p in ordered)
             etag = f"{_md5(md5s).hex()}-{len(ordered)}"
-            name, fd = self._new_tmp()
-            try:
-                try:
-                    _write_all(fd, _object_header(etag))
-                    for part in ordered:
-                        pfd = os.open(f"{part.number:05d}", _READ_FLAGS, dir_fd=dfd)
-                        try:
-                            if os.fstat(pfd).st_size - HEADER_SIZE != part.size:
-                                raise IntegrityError(f"part {part.number} changed size")
-                            _copy(pfd, HEADER_SIZE, fd, part.size)
-                        finally:
-                            os.close(pfd)
-                    total = sum(p.size for p in ordered)
-                    if os.fstat(fd).st_size != HEADER_SIZE + total:
-                        raise IntegrityError(f"local complete_upload {key!r}: assembled wrong size")
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._publish(name, key)
-            except BaseException:
-                self._discard_tmp(name)
-                raise
+            with self._new_object(key, etag) as fd:
+                for part in ordered:
+                    pfd = os.open(f"{part.number:05d}", _READ_FLAGS, dir_fd=dfd)
+                    try:
+                        if os.fstat(pfd).st_size - HEADER_SIZE != part.size:
+                            raise IntegrityError(f"part {part.number} changed size")
+                        _copy(pfd, HEADER_SIZE, fd, part.size)
+                    finally:
+                        os.close(pfd)
+                total = sum(p.size for p in ordered)
+                if os.fstat(fd).st_size != HEADER_SIZE + total:
+                    raise IntegrityError(f"local complete_upload {key!r}: assembled wrong size")
             self._retire(upload_id)
         return ObjectInfo(key=key, size=total, etag=etag)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from custos.agent.enroll import make_key_and_csr
 from custos.v1 import custody_pb2, custody_pb2_grpc
+from tests.servers.agentsim import enroll_fleet
 from tests.servers.custos import DevServer
 
 pytestmark = pytest.mark.slow
@@ -50,34 +50,9 @@ def _pem(server: DevServer) -> tuple[bytes, bytes, bytes]:
             (certs / "security-team.pem").read_bytes())
 
 
-async def _enroll_fleet(server: DevServer, n: int, pem: tuple[bytes, bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    env = server.env
-    ca = pem[0]
-    admin = grpc.aio.secure_channel(env["CUSTOS_ADDR"], grpc.ssl_channel_credentials(*pem))
-    enroll = grpc.aio.secure_channel(env["CUSTOS_ENROLL_ADDR"], grpc.ssl_channel_credentials(ca))
-    custody = custody_pb2_grpc.CustodyStub(admin)
-    enrollment = custody_pb2_grpc.EnrollmentStub(enroll)
-    sem = asyncio.Semaphore(ENROLL_CONCURRENCY)
-
-    async def one(i: int) -> tuple[bytes, bytes]:
-        name = f"storm-{i:05d}"
-        key, csr = make_key_and_csr(name)
-        async with sem:
-            added = await custody.AddHost(custody_pb2.AddHostRequest(name=name), timeout=60)
-            got = await enrollment.Enroll(custody_pb2.EnrollRequest(
-                name=name, token=added.enrollment_token, csr_pem=csr), timeout=60)
-        return key, bytes(got.certificate_pem)
-
-    try:
-        return list(await asyncio.gather(*[one(i) for i in range(n)]))
-    finally:
-        await admin.close()
-        await enroll.close()
-
-
 async def test_two_thousand_streams_at_once_none_cancelled(storm_server: DevServer) -> None:
     pem = _pem(storm_server)
-    identities = await _enroll_fleet(storm_server, HOSTS, pem)
+    identities = await enroll_fleet(storm_server.env, HOSTS, prefix="storm", concurrency=ENROLL_CONCURRENCY)
     ca = pem[0]
     addr = storm_server.env["CUSTOS_ADDR"]
     all_open = asyncio.Event()

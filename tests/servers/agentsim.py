@@ -5,6 +5,7 @@ injected orders); the real daemon is tested in tests/e2e/."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from custos.agent.enroll import make_key_and_csr
 from custos.v1 import custody_pb2, custody_pb2_grpc
 
 
@@ -103,3 +105,31 @@ def enroll(env: dict[str, str], name: str) -> SimHost:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return SimHost(name=name, cert=resp.certificate_pem, key=key_pem, ca=resp.ca_pem, signer_set=resp.signer_set)
+
+
+async def enroll_fleet(env: dict[str, str], n: int, *, prefix: str, concurrency: int = 2) -> list[tuple[bytes, bytes]]:
+    """Add and enroll ``n`` hosts PREFIX-00000... as the dev security team; their (key, certificate)
+    PEMs. Audited mutations share one hash chain, so more concurrency only adds retries."""
+    certs = Path(env["CUSTOS_CERT_DIR"])
+    ca = Path(env["CUSTOS_CA"]).read_bytes()  # noqa: ASYNC240 - small local files, once
+    admin = grpc.aio.secure_channel(env["CUSTOS_ADDR"], grpc.ssl_channel_credentials(
+        ca, (certs / "security-team.key").read_bytes(), (certs / "security-team.pem").read_bytes()))
+    enroll_ch = grpc.aio.secure_channel(env["CUSTOS_ENROLL_ADDR"], grpc.ssl_channel_credentials(ca))
+    custody = custody_pb2_grpc.CustodyStub(admin)
+    enrollment = custody_pb2_grpc.EnrollmentStub(enroll_ch)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> tuple[bytes, bytes]:
+        name = f"{prefix}-{i:05d}"
+        key, csr = make_key_and_csr(name)
+        async with sem:
+            added = await custody.AddHost(custody_pb2.AddHostRequest(name=name), timeout=60)
+            got = await enrollment.Enroll(custody_pb2.EnrollRequest(
+                name=name, token=added.enrollment_token, csr_pem=csr), timeout=60)
+        return key, bytes(got.certificate_pem)
+
+    try:
+        return list(await asyncio.gather(*[one(i) for i in range(n)]))
+    finally:
+        await admin.close()
+        await enroll_ch.close()

@@ -11,12 +11,13 @@ a request id; the traceback goes to the log, never to the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -147,12 +148,14 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             )
         return caller
 
-    async def _guard(self, method: str, context: grpc.aio.ServicerContext,
-                     call: Callable[[], Awaitable[Any]]) -> Any:
+    @contextlib.asynccontextmanager
+    async def _guarded(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Authenticate, authorize and attribute the call; map its errors to status codes in one
+        place: a CustosError to its status, anything unexpected to INTERNAL with a request id."""
         caller = await self._authenticate(method, context)
         token = current_caller.set(caller)
         try:
-            return await call()
+            yield
         except CustosError as exc:
             await context.abort(status_for(exc), str(exc))
         except grpc.aio.AbortError:
@@ -164,23 +167,16 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         finally:
             current_caller.reset(token)
 
+    async def _guard(self, method: str, context: grpc.aio.ServicerContext,
+                     call: Callable[[], Awaitable[Any]]) -> Any:
+        async with self._guarded(method, context):
+            return await call()
+
     async def _guard_stream(self, method: str, context: grpc.aio.ServicerContext,
                             call: Callable[[], Any]) -> Any:
-        caller = await self._authenticate(method, context)
-        token = current_caller.set(caller)
-        try:
+        async with self._guarded(method, context):
             async for item in call():
                 yield item
-        except CustosError as exc:
-            await context.abort(status_for(exc), str(exc))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("internal error in %s (request %s)", method, caller.request_id)
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"internal error (request id {caller.request_id})")
-        finally:
-            current_caller.reset(token)
 
 
 # -- conversions -------------------------------------------------------------
