@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from custos.agent.blocks import HaltBlocks, ManifestCache
 from custos.agent.processes import inspect_holders, stop_processes
 from custos.agent.scanner import FileRecord
@@ -99,8 +101,6 @@ def _check_scope(scope: Iterable[str] | None) -> frozenset[str] | None:
 
 def _describe_pid(pid: int) -> str:
     try:
-        import psutil
-
         p = psutil.Process(pid)
         cmd = " ".join(p.cmdline())[:120]
         return f"{p.username()}: {cmd}"

@@ -378,7 +378,8 @@ class CustodyStream:
         self._on_lease(grant)
         return grant
 
-    async def _writer(self, call: Any, out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+    async def _writer(self, call: grpc.aio.StreamStreamCall,
+                      out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
         while True:
             msg = await out.get()
             if msg is None:
@@ -396,7 +397,8 @@ class CustodyStream:
                 raise _Reconnect(f"no lease for {ttl} s on an open stream")
             out.put_nowait(custody_pb2.AgentMessage(heartbeat=custody_pb2.Heartbeat(sent_unix_ns=time.time_ns())))
 
-    async def _reader(self, call: Any, out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+    async def _reader(self, call: grpc.aio.StreamStreamCall,
+                      out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
         while True:
             msg = await call.read()
             if msg is grpc.aio.EOF:

@@ -27,7 +27,7 @@ from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
 from custos.controlplane.custody import Custody
 from custos.controlplane.keys.broker import KeyBroker
-from custos.controlplane.orders import NoSignerSet
+from custos.controlplane.orders import NoSignerSet, OrdersService
 from custos.controlplane.pki import identity_from_pem
 from custos.controlplane.registry import ArtifactRecord, Registry
 from custos.core.audit_chain import parse_stored
@@ -403,7 +403,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                         ctx: grpc.aio.ServicerContext) -> custody_pb2.ListHostsResponse:
         return custody_pb2.ListHostsResponse(hosts=[host_pb(h) for h in await self.c.list_hosts()])
 
-    async def Stream(self, request_iterator: Any, ctx: Any) -> Any:
+    async def Stream(self, request_iterator: AsyncIterator[custody_pb2.AgentMessage],
+                     ctx: grpc.aio.ServicerContext) -> AsyncIterator[custody_pb2.ControlMessage]:
         caller = current_caller.get()
         await self.c.check_agent(caller, need_lease=False)
         host = caller.principal
@@ -428,7 +429,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                 reader.cancel()
             self.c.detach(host, q)
 
-    async def _read(self, it: Any, host: str, caller: Caller, q: asyncio.Queue[Any]) -> None:
+    async def _read(self, it: AsyncIterator[custody_pb2.AgentMessage], host: str, caller: Caller,
+                    q: asyncio.Queue[Any]) -> None:
         try:
             async for msg in it:
                 received = time.time_ns()
@@ -458,7 +460,8 @@ class EnrollmentServicer(custody_pb2_grpc.EnrollmentServicer):
     def __init__(self, custody: Custody) -> None:
         self.c = custody
 
-    async def Enroll(self, req: custody_pb2.EnrollRequest, ctx: grpc.aio.ServicerContext) -> custody_pb2.EnrollResponse:
+    async def Enroll(self, req: custody_pb2.EnrollRequest,
+                     ctx: grpc.aio.ServicerContext) -> custody_pb2.EnrollResponse:
         try:
             cert, ca = await self.c.enroll(peer=_peer_host(ctx.peer() or ""), name=req.name, token=req.token,
                                            csr_pem=req.csr_pem)
@@ -492,7 +495,7 @@ def order_pb(d: dict[str, Any]) -> orders_pb2.OrderInfo:
 
 
 class OrdersServicer(orders_pb2_grpc.OrdersServicer):
-    def __init__(self, orders: Any) -> None:
+    def __init__(self, orders: OrdersService) -> None:
         self.o = orders
 
     async def _set_info(self) -> orders_pb2.SignerSetInfo:
