@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import Out, connect, size, table, ts
+from custos.cli.common import connect
+from custos.cli.output import Out, size, table, ts
 from custos.client.registry import get_artifact, register_artifact, resolve_parents
 from custos.client.wire import RELATION_FROM_PB, RELATIONS
 from custos.errors import InvalidInput

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from custos.cli.common import Out, connect, table, ts
+from custos.cli.common import connect
+from custos.cli.output import Out, table, ts
 from custos.client.audit import all_events, verify_audit
 
 

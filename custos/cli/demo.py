@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import Out
+from custos.cli.output import Out
 from custos.errors import BackendUnavailable
 
 

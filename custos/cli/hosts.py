@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from custos.cli.common import Out, connect, parse_labels, table, ts
+from custos.cli.common import connect, parse_labels
+from custos.cli.output import Out, table, ts
 from custos.client.hosts import add_host, list_alerts, list_hosts, remove_host
 from custos.v1 import custody_pb2
 

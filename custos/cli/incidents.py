@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import connect, table, ts
+from custos.cli.common import connect
+from custos.cli.output import table, ts
 from custos.client.audit import verified_events
 from custos.client.incidents import export_incident, get_incident, list_incidents, update_incident
 from custos.core.incidents import rebuild_report, report_markdown

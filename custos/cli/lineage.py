@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from custos.cli.common import Out, connect, enum_name, table, ts
+from custos.cli.common import connect, enum_name
+from custos.cli.output import Out, table, ts
 from custos.client.registry import lineage, list_copies
 from custos.client.wire import RELATION_FROM_PB
 from custos.core.lineage import render_tree

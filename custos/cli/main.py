@@ -17,21 +17,47 @@ from typing import NoReturn
 
 import grpc
 
-from custos.cli import artifacts, audit, demo, hosts, incidents, lineage, models, orders, run, signers, transfer
-from custos.cli.common import EXIT_BY_ERROR, Out
-from custos.client.session import error_from_rpc
+from custos.cli.output import EXIT_BY_ERROR, Out
+from custos.client.status import error_from_rpc
 from custos.errors import CustosError
+
+COMMANDS: dict[str, str] = {
+    "demo": "custos.cli.demo",
+    "model": "custos.cli.models",
+    "artifact": "custos.cli.artifacts",
+    "push": "custos.cli.transfer", "pull": "custos.cli.transfer",
+    "lineage": "custos.cli.lineage", "copies": "custos.cli.lineage",
+    "host": "custos.cli.hosts", "hosts": "custos.cli.hosts", "alerts": "custos.cli.hosts",
+    "incident": "custos.cli.incidents",
+    "run": "custos.cli.run",
+    "signer": "custos.cli.signers",
+    "order": "custos.cli.orders", "drill": "custos.cli.orders",
+    "audit": "custos.cli.audit",
+}
+"""Each top-level command -> the module whose ``add_commands(sub, common)`` declares it.
+The parser is built for the command that runs only (the whole parser for help and
+for an unknown command), so a command loads what it uses and no more."""
 
 PLUGIN_GROUP = "custos.commands"
 """Entry points of the distributions that bring their own commands: the control
 plane's (`custos server`) and the agent's (`custos agent ...`). Each is a function
 ``add_commands(sub, common)``."""
 
+AddCommands = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]
 
-def add_plugin_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add the commands of every installed distribution in the ``custos.commands`` group."""
-    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
-        ep.load()(sub, common)
+
+def _declarers(command: str | None) -> list[AddCommands]:
+    """The ``add_commands`` that declare ``command``: its module's, or a plugin's; every one
+    when ``command`` is None or unknown (help lists them all; argparse names the choices)."""
+    if command in COMMANDS:
+        add: AddCommands = importlib.import_module(COMMANDS[command]).add_commands
+        return [add]
+    plugins = sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)
+    mine = [ep for ep in plugins if ep.name == command]
+    if mine:
+        return [ep.load() for ep in mine]
+    modules = list(dict.fromkeys(COMMANDS.values()))
+    return [importlib.import_module(m).add_commands for m in modules] + [ep.load() for ep in plugins]
 
 
 def resolve(fn: str | Callable[[argparse.Namespace, Out], int]) -> Callable[[argparse.Namespace, Out], int]:
@@ -44,7 +70,8 @@ def resolve(fn: str | Callable[[argparse.Namespace, Out], int]) -> Callable[[arg
     return handler
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (its first word picks the command); None: the whole parser."""
     p = argparse.ArgumentParser(prog="custos", description="Model-weight custody and full-shutdown control plane.")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("connection and output")
@@ -56,10 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--role", help="pick ROLE.pem/ROLE.key from CUSTOS_CERT_DIR (env CUSTOS_ROLE)")
     g.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
-    for add in (demo.add_commands, models.add_commands, artifacts.add_commands, transfer.add_commands,
-                lineage.add_commands, hosts.add_commands, incidents.add_commands, run.add_commands,
-                signers.add_commands, orders.add_commands, audit.add_commands, add_plugin_commands):
+    command = argv[0] if argv else None
+    for add in _declarers(command):
         add(sub, common)
     return p
 
@@ -70,8 +95,8 @@ def _fail(msg: str, code: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    ns = build_parser(args).parse_args(args)
     out = Out(getattr(ns, "output", "text"))
     try:
         try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from custos.cli.common import Out, connect, table, ts
+from custos.cli.common import connect
+from custos.cli.output import Out, table, ts
 from custos.client.registry import get_model, list_models, register_model, set_custody_policy
 from custos.errors import InvalidInput
 from custos.v1 import registry_pb2

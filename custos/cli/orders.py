@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import Out, connect, duration, load_signer, read_passphrase, table, ts
+from custos.cli.common import connect, duration, load_signer, read_passphrase
+from custos.cli.output import Out, table, ts
 from custos.client import orders
 from custos.client.session import Client
 from custos.client.signerkeys import load_private_key

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from custos.cli.common import Out, connect, load_signer, read_passphrase, table
+from custos.cli.common import connect, load_signer, read_passphrase
+from custos.cli.output import Out, table
 from custos.client.signerkeys import save_private_key
 from custos.client.signersets import get_signer_set, rotate_signer_set
 from custos.core.signers import (

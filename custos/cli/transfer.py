@@ -7,7 +7,8 @@ import sys
 import time
 
 from custos.cli.artifacts import artifact_json, parse_parents
-from custos.cli.common import Out, connect, size
+from custos.cli.common import connect
+from custos.cli.output import Out, size
 from custos.client.pull import pull
 from custos.client.push import push
 from custos.client.wire import RELATIONS

@@ -17,8 +17,7 @@ import grpc
 from google.protobuf.message import Message
 
 from custos.client.connection import ClientConfig
-from custos.client.wire import error_for
-from custos.errors import CustosError
+from custos.client.status import error_from_rpc
 from custos.v1 import (
     audit_pb2_grpc,
     custody_pb2_grpc,
@@ -30,16 +29,6 @@ from custos.v1 import (
 
 R = TypeVar("R", bound=Message)
 
-
-
-def error_from_rpc(exc: grpc.RpcError, addr: str) -> CustosError:
-    """The CustosError for a failed call to the control plane at ``addr``: the server's
-    details as its message (the status name when there are none); an unreachable
-    server says so and where."""
-    cls, details = error_for(exc)
-    if hasattr(exc, "code") and exc.code() == grpc.StatusCode.UNAVAILABLE:
-        details = f"cannot reach the control plane at {addr}: {details.splitlines()[0]}"
-    return cls(details)
 
 
 class Client:

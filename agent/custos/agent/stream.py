@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from custos.client.wire import error_for
+from custos.client.status import error_for
 from custos.core.orders import order_id_of
 from custos.errors import (
     CustosError,

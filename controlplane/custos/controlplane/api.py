@@ -22,7 +22,8 @@ from typing import Any
 
 import grpc
 
-from custos.client.wire import RELATION_TO_PB, relation_from_pb, status_for
+from custos.client.status import status_for
+from custos.client.wire import RELATION_TO_PB, relation_from_pb
 from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
 from custos.controlplane.custody import Custody
