@@ -27,20 +27,6 @@ def weights(root: Path, seed: int) -> Path:
     return root
 
 
-def propose(srv: DevServer, action: str, model: str, *extra: str) -> str:
-    out = srv.cli("order", "propose", "--action", action, "--model", model, "--reason", f"test {action}",
-                  "-o", "json", *extra, role="executive", check=True).stdout
-    return json.loads(out)["id"]  # type: ignore[no-any-return]
-
-
-def sign(srv: DevServer, oid: str, *which: int) -> dict:  # type: ignore[type-arg]
-    d: dict = {}  # type: ignore[type-arg]
-    for i in which:
-        d = json.loads(srv.cli("order", "sign", oid, "--key", str(srv.data_dir / "signers" / f"exec{i}.key"),
-                               "-o", "json", role="executive", check=True).stdout)
-    return d
-
-
 def wait_state(srv: DevServer, oid: str, want: str, timeout: float = 20) -> dict:  # type: ignore[type-arg]
     import time
 
@@ -59,13 +45,13 @@ def test_halt_lift_destroy(srv: DevServer, tmp_path: Path) -> None:
     chat = json.loads(srv.cli("push", "chat", str(weights(tmp_path / "c", 2)), "--parent", base["id"],
                               "--relation", "fine-tune", "-o", "json", check=True).stdout)
 
-    oid = propose(srv, "halt", "base")
+    oid = srv.propose("halt", "base")
     d = json.loads(srv.cli("order", "status", oid, "-o", "json", check=True).stdout)
     assert d["models"] == ["base", "chat"] and d["artifacts"] == 2  # derivatives resolved
-    assert sign(srv, oid, 1, 2)["state"] == "proposed"
+    assert srv.sign(oid, 1, 2)["state"] == "proposed"
     # The same key twice does not count twice.
-    assert sign(srv, oid, 2)["missing"] == 1
-    assert sign(srv, oid, 3)["state"] in ("executing", "complete")
+    assert srv.sign(oid, 2)["missing"] == 1
+    assert srv.sign(oid, 3)["state"] in ("executing", "complete")
     for name, art in (("base", base), ("chat", chat)):
         refused = srv.cli("pull", art["id"], str(tmp_path / f"p-{name}"))
         assert refused.returncode == 6 and "halted" in refused.stderr, refused.stderr
@@ -78,16 +64,16 @@ def test_halt_lift_destroy(srv: DevServer, tmp_path: Path) -> None:
     md = srv.cli("order", "report", oid, "--png", str(tmp_path / "halt.png"), check=True).stdout
     assert "# Order report: halt base" in md and (tmp_path / "halt.png").read_bytes()[:4] == b"\x89PNG"
     # An executive alone cannot lift it: a lift needs its own quorum.
-    lift = propose(srv, "lift", "base")
-    assert sign(srv, lift, 4, 5)["state"] == "proposed"
+    lift = srv.propose("lift", "base")
+    assert srv.sign(lift, 4, 5)["state"] == "proposed"
     assert srv.cli("pull", base["id"], str(tmp_path / "still-refused")).returncode == 6
-    sign(srv, lift, 1)
+    srv.sign(lift, 1)
     wait_state(srv, lift, "complete")
     srv.cli("pull", base["id"], str(tmp_path / "after-lift"), check=True)
 
-    destroy = propose(srv, "destroy", "chat")
-    assert sign(srv, destroy, 1, 2, 3)["state"] == "proposed"  # destroy needs 4
-    sign(srv, destroy, 4)
+    destroy = srv.propose("destroy", "chat")
+    assert srv.sign(destroy, 1, 2, 3)["state"] == "proposed"  # destroy needs 4
+    srv.sign(destroy, 4)
     wait_state(srv, destroy, "complete")
     blobs = srv.data_dir / "blobs" / "objects" / "artifacts"
     assert not (blobs / chat["id"]).exists() or not any((blobs / chat["id"]).iterdir())
@@ -104,7 +90,7 @@ def test_roles_and_offline_signing(srv: DevServer, tmp_path: Path) -> None:
     srv.cli("model", "register", "offline", "--training-flops", "3e26", "--drill", check=True)
     denied = srv.cli("order", "propose", "--action", "halt", "--model", "offline", "--reason", "x")
     assert denied.returncode == 4  # the security team cannot propose orders
-    oid = propose(srv, "drill", "offline")
+    oid = srv.propose("drill", "offline")
     export = tmp_path / "order.bin"
     srv.cli("order", "export", oid, "--file", str(export), role="executive", check=True)
     sig = tmp_path / "sig.json"

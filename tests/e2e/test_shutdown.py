@@ -48,19 +48,6 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoDevServer]:
     server.stop()
 
 
-def sign(srv: DevServer, oid: str, *which: int) -> dict:  # type: ignore[type-arg]
-    d: dict = {}  # type: ignore[type-arg]
-    for i in which:
-        d = json.loads(srv.cli("order", "sign", oid, "--key", str(srv.data_dir / "signers" / f"exec{i}.key"),
-                               "-o", "json", role="executive", check=True).stdout)
-    return d
-
-
-def propose(srv: DevServer, action: str, model: str) -> str:
-    return json.loads(srv.cli("order", "propose", "--action", action, "--model", model, "--reason",
-                              f"e2e {action}", "-o", "json", role="executive", check=True).stdout)["id"]
-
-
 def state(srv: DevServer, oid: str) -> str:
     return json.loads(srv.cli("order", "status", oid, "-o", "json", check=True).stdout)["state"]
 
@@ -114,10 +101,10 @@ token_file = "{tmp_path / 'vault-token'}"
         provider = VaultTransitProvider(url=bao.address, token=bao.root_token)
         assert not provider.state("base").suspended
 
-        halt = propose(srv, "halt", "base")
-        assert sign(srv, halt, 1, 2)["state"] == "proposed"
+        halt = srv.propose("halt", "base")
+        assert srv.sign(halt, 1, 2)["state"] == "proposed"
         t_quorum = time.monotonic()
-        sign(srv, halt, 3)
+        srv.sign(halt, 3)
         wait_until(lambda: state(srv, halt) == "complete", 60, "the halt to complete")
         elapsed = time.monotonic() - t_quorum
         for pid in [*workload_pids, stray.pid]:
@@ -149,8 +136,8 @@ token_file = "{tmp_path / 'vault-token'}"
         assert "p50" in md and agents[2].name in md
         print(f"halt: quorum -> complete {elapsed:.2f} s over 3 agents")
 
-        lift = propose(srv, "lift", "base")
-        sign(srv, lift, 2, 4, 5)
+        lift = srv.propose("lift", "base")
+        srv.sign(lift, 2, 4, 5)
         wait_until(lambda: state(srv, lift) == "complete", 60, "the lift to complete")
         srv.cli("pull", base["id"], str(tmp_path / "after-lift"), check=True)
         assert not provider.state("base").suspended
@@ -158,8 +145,8 @@ token_file = "{tmp_path / 'vault-token'}"
         res = agents[2].run("--model", "chat", "--artifact", chat["id"], "--", sys.executable, "-c", "print('ok')")
         assert res.returncode == 0, res.stderr
 
-        destroy = propose(srv, "destroy", "chat")
-        sign(srv, destroy, 1, 2, 3, 4)
+        destroy = srv.propose("destroy", "chat")
+        srv.sign(destroy, 1, 2, 3, 4)
         wait_until(lambda: state(srv, destroy) == "complete", 60, "the destroy to complete")
         assert not provider.state("chat").exists
         objects = srv.data_dir / "blobs" / "objects" / "artifacts" / chat["id"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.servers.ports import free_port, wait_for_port
 
@@ -76,6 +78,20 @@ class DevServer:
             raise AssertionError(f"custos {' '.join(args)} failed ({res.returncode}):\n"
                                  f"{res.stdout}\n{res.stderr}")
         return res
+
+    def propose(self, action: str, model: str, *extra: str) -> str:
+        """Propose an order as the dev executive; its id."""
+        out = self.cli("order", "propose", "--action", action, "--model", model, "--reason", f"test {action}",
+                       "-o", "json", *extra, role="executive", check=True).stdout
+        return str(json.loads(out)["id"])
+
+    def sign(self, oid: str, *which: int) -> dict[str, Any]:
+        """Sign order ``oid`` with dev keys exec<i> for each i in ``which``; the order after the last."""
+        d: dict[str, Any] = {}
+        for i in which:
+            d = json.loads(self.cli("order", "sign", oid, "--key", str(self.data_dir / "signers" / f"exec{i}.key"),
+                                    "-o", "json", role="executive", check=True).stdout)
+        return d
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
         if self.proc is None:
