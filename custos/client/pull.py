@@ -50,14 +50,16 @@ def unwrap_data_key(client: Client, ref: str, purpose: str) -> keys_pb2.UnwrapDa
 
 
 def pull_artifact(blobs: BlobStore, *, data_key: bytearray, artifact: registry_pb2.Artifact, dest: Path,
-                  progress: Progress | None = None, workers: int = 8) -> TransferStats:
+                  manifest: Manifest | None = None, progress: Progress | None = None,
+                  workers: int = 8) -> TransferStats:
     """Decrypt ``artifact`` from ``blobs`` into ``dest``, every file checked against the manifest the
-    message carries; ``dest`` appears only when all verified. The caller zeroizes ``data_key``.
+    message carries (``manifest``: that manifest, when the caller has decoded it already); ``dest``
+    appears only when all verified. The caller zeroizes ``data_key``.
 
     Raises InvalidInput (``dest`` exists and is not empty), IntegrityError (the manifest does not
     hash to the id, tampered or missing ciphertext), BackendUnavailable.
     """
-    manifest = manifest_of(artifact)
+    manifest = manifest or manifest_of(artifact)
     return pull_into(blobs, data_key=data_key, artifact_id=artifact.id, manifest=manifest,
                      objects={o.path: o.key for o in artifact.objects}, dest=dest,
                      progress=ProgressTally(manifest.total_size, progress), workers=workers)

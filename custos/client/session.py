@@ -30,7 +30,6 @@ from custos.v1 import (
 R = TypeVar("R", bound=Message)
 
 
-
 class Client:
     """A session with the control plane over one mTLS channel. Close it (or use it as a
     context manager) when done."""

@@ -71,7 +71,7 @@ async def run_case(tmp: Path, inputs: Any) -> tuple[str, list[str], bytes, bytes
             state, problems = d["state"], d["problems"]
         except CustosError as exc:
             state, problems = "refused", [str(exc)]
-        for t in list(orders._effects.values()):
+        for t in list(orders.effects.tasks.values()):
             t.cancel()
         after = (await store.get(META)).value  # type: ignore[union-attr]
         return state, problems, before, after

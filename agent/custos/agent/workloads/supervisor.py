@@ -278,7 +278,7 @@ class Supervisor:
                 wl.artifact_dir = run_dir / "artifact"
             blobs = self.open_blobs(art.blob_store)
             await asyncio.to_thread(pull_artifact, blobs, data_key=key, artifact=art, dest=run_dir / "artifact",
-                                    workers=PULL_WORKERS)
+                                    manifest=manifest, workers=PULL_WORKERS)
         finally:
             zeroize(key)
             with self._lock:

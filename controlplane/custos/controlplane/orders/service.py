@@ -59,7 +59,6 @@ class OrdersService:
         self.acks = Acks(store, custody, self.book)
         self.store = store
         self.custody = custody
-        self._effects = self.effects.tasks  # the running effect tasks (tests cancel them)
         custody.on_ack = self.acks.enqueue
         custody.on_attach = self.fanout.on_attach
         custody.signer_set = self.signers.pinned
