@@ -96,6 +96,13 @@ def _fail(msg: str, code: int) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args, 1):
+        # Names, reasons and paths all travel as UTF-8; bytes without a UTF-8 form (the
+        # shell hands them over as lone surrogates) are refused here, once, not deep inside.
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            _fail(f"argument {i} is not valid UTF-8: {arg.encode('utf-8', 'backslashreplace').decode()[:80]}", 2)
     ns = build_parser(args).parse_args(args)
     out = Out(getattr(ns, "output", "text"))
     try:

@@ -16,10 +16,16 @@ from pathlib import Path
 from custos.blobs.base import BlobStore
 from custos.client.registry import record_copy
 from custos.client.session import Client
-from custos.client.transfer import Progress, ProgressTally, TransferStats, open_blobs, pull_into
+from custos.client.transfer import (
+    Progress,
+    ProgressTally,
+    TransferStats,
+    check_destination,
+    open_blobs,
+    pull_into,
+)
 from custos.core.keymaterial import zeroize
 from custos.core.manifest import Manifest, decode_manifest
-from custos.errors import InvalidInput
 from custos.v1 import keys_pb2, registry_pb2
 
 
@@ -56,8 +62,9 @@ def pull_artifact(blobs: BlobStore, *, data_key: bytearray, artifact: registry_p
     message carries (``manifest``: that manifest, when the caller has decoded it already); ``dest``
     appears only when all verified. The caller zeroizes ``data_key``.
 
-    Raises InvalidInput (``dest`` exists and is not empty), IntegrityError (the manifest does not
-    hash to the id, tampered or missing ciphertext), BackendUnavailable.
+    Raises InvalidInput (``dest`` exists and is not empty, is a symbolic link, cannot be written),
+    IntegrityError (the manifest does not hash to the id, tampered, truncated or missing ciphertext),
+    BackendUnavailable.
     """
     manifest = manifest or manifest_of(artifact)
     return pull_into(blobs, data_key=data_key, artifact_id=artifact.id, manifest=manifest,
@@ -70,12 +77,11 @@ def pull(client: Client, ref: str, dest: str | os.PathLike[str], *, blobs: str |
     """Pull artifact ``ref`` (id or prefix) into ``dest``, verified, and record the copy on this host.
 
     ``blobs``: a blob store URL instead of CUSTOS_BLOBS or the artifact's. Raises InvalidInput
-    (``dest`` exists), NotFound, Unauthorized (no key for this caller), FailedPrecondition
-    (halted, not stored), IntegrityError (tampering), BackendUnavailable.
+    (``dest`` exists, is a symbolic link or not a UTF-8 name), NotFound, Unauthorized (no key for
+    this caller), FailedPrecondition (halted, not stored), IntegrityError (tampering, truncated
+    ciphertext), BackendUnavailable.
     """
-    path = Path(dest).absolute()
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        raise InvalidInput(f"{path} already exists")  # before the key is unwrapped (and audited)
+    path = check_destination(Path(dest))  # before the key is unwrapped (and audited)
     resp = unwrap_data_key(client, ref, "pull")
     key = bytearray(resp.data_key)
     artifact = resp.artifact

@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -372,7 +373,10 @@ def decrypt_object(blobs: BlobStore, key: bytearray, aid: str, f: FileEntry, oke
     info = blobs.head(okey)
     if info is None:
         raise IntegrityError(f"ciphertext of {f.path} is missing from the blob store")
-    header = chunked.FileHeader.decode(blobs.read_range(okey, 0, chunked.HEADER_SIZE))
+    if info.size < chunked.HEADER_SIZE:
+        raise chunked.TamperedCiphertext(
+            f"ciphertext of {f.path} is {info.size} bytes: truncated, shorter than its header")
+    header = chunked.FileHeader.decode(_read_ciphertext(blobs, okey, 0, chunked.HEADER_SIZE, f.path))
     if header.plaintext_len != f.size:
         raise IntegrityError(f"ciphertext of {f.path} is for {header.plaintext_len} bytes, manifest says {f.size}")
     if info.size != header.ciphertext_size:
@@ -385,7 +389,7 @@ def decrypt_object(blobs: BlobStore, key: bytearray, aid: str, f: FileEntry, oke
     try:
         def fetch(first: int, last: int) -> bytes:
             a = chunked.chunk_offset(header, first)
-            return blobs.read_range(okey, a, chunked.chunk_offset(header, last) - a)
+            return _read_ciphertext(blobs, okey, a, chunked.chunk_offset(header, last) - a, f.path)
 
         ranges = list(_ranges(header, per))
         pending: list[tuple[int, int, Future[bytes]]] = []
@@ -417,10 +421,90 @@ def decrypt_object(blobs: BlobStore, key: bytearray, aid: str, f: FileEntry, oke
         raise IntegrityError(f"{f.path}: decrypted bytes do not match the manifest's SHA-256")
 
 
+def _read_ciphertext(blobs: BlobStore, okey: str, offset: int, size: int, name: str) -> bytes:
+    """``size`` stored bytes at ``offset``. Raises TamperedCiphertext when the object cannot hold
+    them: a store that refuses a range past the end (InvalidInput) or returns fewer bytes means
+    the object is shorter than its header says (truncated or replaced since it was sized)."""
+    try:
+        data = blobs.read_range(okey, offset, size)
+    except InvalidInput as exc:
+        raise chunked.TamperedCiphertext(f"ciphertext of {name} does not hold what its header says: {exc}") from None
+    if len(data) != size:
+        raise chunked.TamperedCiphertext(
+            f"ciphertext of {name} is truncated: read {len(data)} of {size} bytes at offset {offset}")
+    return data
+
+
 def _write_all(fd: int, view: memoryview) -> None:
-    while view.nbytes:
-        n = os.write(fd, view)
-        view = view[n:]
+    """Raises InvalidInput when the local disk refuses the bytes (full, failing): never a traceback."""
+    try:
+        while view.nbytes:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the pulled plaintext: {exc.strerror}") from None
+
+
+def _fsync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the pulled plaintext: {exc.strerror}") from None
+
+
+def check_destination(dest: Path) -> Path:
+    """``dest`` as an absolute path a pull may create: absent, or an empty directory.
+
+    A symbolic link is refused, dangling or not: plaintext goes where the caller named,
+    never where a link (planted or stale) points, and the copy is recorded at that name.
+    Links among its parent directories are the caller's own layout and are followed.
+    A name that is not UTF-8 is refused too: the copy could not be recorded under it.
+    Raises InvalidInput.
+    """
+    dest = dest.absolute()
+    try:
+        str(dest).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{str(dest)!r} is not a UTF-8 name: the copy could not be recorded under it") from None
+    try:
+        st = dest.lstat()
+    except FileNotFoundError:
+        return dest
+    except OSError as exc:
+        raise InvalidInput(f"cannot pull into {dest}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidInput(f"{dest} is a symbolic link: name the directory itself")
+    try:
+        empty_dir = stat.S_ISDIR(st.st_mode) and not any(dest.iterdir())
+    except OSError as exc:
+        raise InvalidInput(f"cannot pull into {dest}: {exc.strerror}") from None
+    if not empty_dir:
+        raise InvalidInput(f"{dest} already exists")
+    return dest
+
+
+def _staging_beside(dest: Path) -> Path:
+    """A fresh private directory beside ``dest``. Raises InvalidInput when it cannot be made."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.custos-pull-", dir=dest.parent))
+    except OSError as exc:
+        raise InvalidInput(f"cannot pull into {dest}: {exc.strerror or exc}") from None
+    os.chmod(staging, 0o700)
+    return staging
+
+
+def _move_into_place(staging: Path, dest: Path) -> None:
+    """Rename the verified staging directory to ``dest``. rename(2) never follows a link at
+    ``dest``; anything that appeared there since the check (a link, a file, a non-empty
+    directory) makes it fail. Raises InvalidInput."""
+    try:
+        if dest.is_dir() and not dest.is_symlink():
+            dest.rmdir()  # empty, checked before the pull
+        os.rename(staging, dest)
+    except OSError as exc:
+        raise InvalidInput(f"cannot move the pulled files to {dest}: {exc.strerror} "
+                           "(did something appear there during the pull?)") from None
 
 
 def pull_into(blobs: BlobStore, *, data_key: bytearray, artifact_id: str, manifest: Manifest,
@@ -428,17 +512,14 @@ def pull_into(blobs: BlobStore, *, data_key: bytearray, artifact_id: str, manife
               workers: int = 8) -> TransferStats:
     """All-or-nothing: DEST appears only when every file verified.
 
-    Raises InvalidInput (DEST exists), IntegrityError (tampering, mismatch), backend errors.
+    Raises InvalidInput (DEST exists, is a symbolic link, or cannot be written), IntegrityError
+    (tampering, mismatch, truncated objects), backend errors.
     """
     progress = progress or (lambda n: None)
     if manifest.artifact_id != artifact_id:
         raise IntegrityError("the manifest does not hash to the artifact id: refusing it")
-    dest = dest.absolute()
-    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
-        raise InvalidInput(f"{dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.custos-pull-", dir=dest.parent))
-    os.chmod(staging, 0o700)
+    dest = check_destination(dest)
+    staging = _staging_beside(dest)
     stats = TransferStats()
     t0 = time.monotonic()
     try:
@@ -450,19 +531,20 @@ def pull_into(blobs: BlobStore, *, data_key: bytearray, artifact_id: str, manife
                 if okey is None:
                     raise IntegrityError(f"no stored object for {f.path}")
                 target = staging / f.path
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+                except OSError as exc:
+                    raise InvalidInput(f"cannot write {f.path} under {dest.parent}: {exc.strerror}") from None
                 try:
                     decrypt_object(blobs, data_key, artifact_id, f, okey, fd, prefetch, progress)
-                    os.fsync(fd)
+                    _fsync(fd)
                 finally:
                     os.close(fd)
 
             for fut in [pool.submit(one, f) for f in manifest.files]:
                 fut.result()
-        if dest.exists():
-            dest.rmdir()  # empty, checked above
-        os.rename(staging, dest)
+        _move_into_place(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -41,20 +41,36 @@ def _check(value: Any, depth: int = 0) -> None:
 
 
 def encode_canonical(value: Any) -> bytes:
-    """Encode ``value`` canonically. Raises InvalidInput for floats and other types."""
+    """Encode ``value`` canonically.
+
+    Raises InvalidInput for floats and other types, and for a string (key or value) that is
+    not valid Unicode: a lone surrogate ("\\ud800") has no UTF-8 form, so no canonical bytes.
+    """
     _check(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # One encode of the whole text finds it wherever it is, at no cost to valid input.
+        raise InvalidInput("canonical JSON: a string holds a lone surrogate, which is not valid Unicode") from None
 
 
-def decode_canonical(data: bytes) -> Any:
-    """Decode canonical JSON, rejecting anything that is not in canonical form.
+def decode_canonical(data: bytes | bytearray) -> Any:
+    """Decode canonical JSON, rejecting anything that is not in canonical form: invalid UTF-8,
+    a lone surrogate escape, floats, nesting deeper than 32, integers beyond 64 bits, duplicate
+    or unsorted keys, any insignificant whitespace.
 
     Raises InvalidInput.
     """
+    if not isinstance(data, bytes | bytearray):
+        raise InvalidInput("not canonical JSON: want bytes")
     try:
         value = json.loads(data.decode("utf-8"), parse_float=_reject_float)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise InvalidInput(f"not canonical JSON: {exc}") from None
+    except RecursionError:
+        # Nesting deep enough to exhaust the parser's stack: far past the limit of 32.
+        raise InvalidInput("not canonical JSON: nesting too deep") from None
     if encode_canonical(value) != data:
         raise InvalidInput("not canonical JSON: bytes are not in canonical form")
     return value

@@ -39,13 +39,18 @@ class ManifestError(InvalidInput):
 def validate_relpath(path: str) -> str:
     """Return ``path`` if it is a safe relative POSIX path inside an artifact.
 
-    Rejects absolute paths, ``..`` and ``.`` components, empty components,
-    backslashes, control characters and non-NFC Unicode (two spellings of one
-    name would otherwise be two files). Raises ManifestError.
+    Rejects lone surrogates, absolute paths, ``..`` and ``.`` components, empty
+    components, backslashes, control characters and non-NFC Unicode (two spellings
+    of one name would otherwise be two files). Raises ManifestError.
     """
     if not isinstance(path, str) or not path:
         raise ManifestError("empty path")
-    encoded = path.encode("utf-8", errors="strict")
+    try:
+        encoded = path.encode("utf-8", errors="strict")
+    except UnicodeEncodeError:
+        # A lone surrogate: from a JSON escape, or a file name that is not UTF-8 (os.fsdecode's
+        # surrogateescape). It has no canonical bytes. (repr() escapes it in the message.)
+        raise ManifestError(f"path is not valid Unicode (a lone surrogate): {path[:200]!r}") from None
     if len(encoded) > MAX_PATH_BYTES:
         raise ManifestError(f"path too long: {path[:64]!r}…")
     if path.startswith("/"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,10 +134,25 @@ def test_unreachable_server(srv: DevServer) -> None:
 
 
 def test_not_configured(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOS_")}
     res = subprocess.run([sys.executable, "-m", "custos.cli.main", "model", "list"], env=env,
                          capture_output=True, text=True, check=False)
     one_line_error(res, 2, "not configured")
+
+
+@pytest.mark.parametrize("argv", [
+    [b"model", b"register", b"a\xff", b"--training-flops", b"1"],
+    [b"host", b"add", b"\xc3\x28"],
+    [b"order", b"propose", b"--action", b"halt", b"--model", b"m", b"--reason", b"r\xfe"],
+    [b"copies", b"\xed\xa0\x80"],  # an encoded lone surrogate
+    [b"pull", b"0" * 12, b"/tmp/\xff"],
+], ids=lambda a: b" ".join(a)[:24].decode("latin-1"))
+def test_arguments_without_a_utf8_form_are_refused_cleanly(argv: list[bytes]) -> None:
+    """Bytes the shell passes that are not UTF-8: exit 2 with a sentence, never a traceback."""
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOS_")}
+    res = subprocess.run([sys.executable.encode(), b"-m", b"custos.cli.main", *argv], env=env,
+                         capture_output=True, timeout=60, check=False)
+    assert res.returncode == 2, res.stderr
+    assert b"not valid UTF-8" in res.stderr and b"Traceback" not in res.stderr

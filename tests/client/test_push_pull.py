@@ -281,3 +281,100 @@ def test_kill_9_push_resumes_without_reuploading(srv: DevServer, tmp_path: Path)
     dest = tmp_path / "pulled"
     srv.cli("pull", aid, str(dest), check=True)
     assert tree(dest) == tree(src)
+
+
+def _unwraps(srv: DevServer, aid: str) -> int:
+    events = json.loads(srv.cli("audit", "list", "-o", "json", check=True).stdout)
+    return sum(1 for e in events if e["action"] == "UnwrapDataKey" and e["object"] == f"artifact/{aid}")
+
+
+@pytest.mark.parametrize("link_to", ["empty-dir", "full-dir", "file", "nowhere", "itself"])
+def test_pull_refuses_a_symlinked_destination(srv: DevServer, tmp_path: Path, link_to: str) -> None:
+    """A link at DEST (planted, or stale) would send plaintext elsewhere than the copy records:
+    refused before the key is unwrapped, the link and what it points to left as they were."""
+    art = push(srv, weights(tmp_path / "w", 70, big=1000))
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "target"
+    if link_to == "empty-dir":
+        target.mkdir()
+    elif link_to == "full-dir":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    elif link_to == "file":
+        target.write_text("mine")
+    dest = out / "dest"
+    dest.symlink_to(dest if link_to == "itself" else target)
+    before = {p.name for p in out.iterdir()}
+    unwraps = _unwraps(srv, art["id"])
+    res = srv.cli("pull", art["id"], str(dest))
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "symbolic link" in res.stderr
+    assert dest.is_symlink() and {p.name for p in out.iterdir()} == before  # no staging left
+    if target.is_dir():
+        assert tree(target) == ({"keep.txt": b"mine"} if link_to == "full-dir" else {})
+    assert _unwraps(srv, art["id"]) == unwraps
+
+
+def test_pull_refuses_a_destination_name_that_is_not_utf8(srv: DevServer, tmp_path: Path) -> None:
+    """The copy is recorded under DEST's name, so a name with no UTF-8 form (bytes 0xff) is
+    refused before the key is unwrapped: no plaintext lands where no record can name it."""
+    art = push(srv, weights(tmp_path / "w", 73, big=1000))
+    out = tmp_path / "out"
+    out.mkdir()
+    unwraps = _unwraps(srv, art["id"])
+    res = srv.cli("pull", art["id"], str(out / "dest\udcff"))  # argv carries the raw byte 0xff
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and "not a UTF-8 name" in res.stderr
+    assert list(out.iterdir()) == [] and _unwraps(srv, art["id"]) == unwraps
+
+
+def test_pull_into_a_destination_that_turns_into_a_link_mid_pull(srv: DevServer, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check-then-rename race: a link planted at DEST while the files decrypt is not
+    followed (rename(2) fails on it); the pull fails cleanly and leaves no plaintext."""
+    art = push(srv, weights(tmp_path / "w", 71, big=1000))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest = tmp_path / "out" / "dest"
+    dest.parent.mkdir()
+
+    class Planting(LocalBlobStore):
+        """The dev server's own blob directory; a link appears at DEST on the first read."""
+
+        def read_range(self, key: str, start: int, length: int) -> bytes:
+            if not dest.is_symlink():
+                dest.symlink_to(elsewhere)
+            return super().read_range(key, start, length)
+
+    for k, v in srv.client_env().items():
+        monkeypatch.setenv(k, v)
+    with Client.from_env() as client:
+        resp = pull_mod.unwrap_data_key(client, art["id"], "pull")
+    key = bytearray(resp.data_key)
+    with pytest.raises(InvalidInput, match="cannot move the pulled files"):
+        pull_mod.pull_artifact(Planting(blob_root(srv)), data_key=key, artifact=resp.artifact, dest=dest)
+    assert dest.is_symlink() and list(elsewhere.iterdir()) == []
+    assert [p.name for p in dest.parent.iterdir()] == ["dest"]  # the staging directory is gone
+
+
+@pytest.mark.parametrize("keep", [0, 1, 85, 86, 87, "one-short"])
+def test_a_short_or_empty_object_fails_verification(srv: DevServer, tmp_path: Path, keep: int | str) -> None:
+    """Any object shorter than its header says (empty, cut inside or right after the header,
+    one byte short) is verification failed (exit 7), never bad input (2) or a traceback."""
+    art = push(srv, weights(tmp_path / "w", 72 + (keep if isinstance(keep, int) else 99), big=3000))
+    blobs = LocalBlobStore(blob_root(srv))
+    okey = f"artifacts/{art['id']}/000002"  # model.safetensors
+    info = blobs.head(okey)
+    assert info is not None
+    original = blobs.read_range(okey, 0, info.size)
+    blobs.put(okey, original[: info.size - 1 if keep == "one-short" else int(keep)])
+    dest = tmp_path / "out" / "dest"
+    try:
+        res = srv.cli("pull", art["id"], str(dest))
+        assert res.returncode == 7, (keep, res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not dest.exists() and list(dest.parent.iterdir()) == []
+    finally:
+        blobs.put(okey, original)

@@ -88,6 +88,9 @@ def test_any_change_changes_the_id() -> None:
         "a\nb",
         "caf\u0065\u0301",  # not NFC
         "x" * 300,
+        "\ud800",  # lone surrogates: from a JSON escape, or a file name that is not UTF-8
+        "weights/\udcff.bin",  # (os.fsdecode's surrogateescape)
+        "a/\udc80",
     ],
 )
 def test_bad_paths_rejected(path: str) -> None:
@@ -137,6 +140,9 @@ def test_bad_entries_rejected(entry: dict[str, object]) -> None:
         lambda s: s + b"\n",
         lambda s: s[:-1],
         lambda s: s.replace(b'"files":[', b'"extra":1,"files":['),
+        lambda s: s.replace(b'"path":"config.json"', b'"path":"config\\ud800.json"'),  # lone surrogate
+        lambda s: s.replace(b'"path":"config.json"', b'"\\udc00":"config.json"'),  # as a key
+        lambda s: s.replace(b'"size":2', b'"size":' + b"[" * 5000),  # deeper than the parser's stack
     ],
 )
 def test_non_canonical_or_unknown_encodings_rejected(mutate) -> None:  # type: ignore[no-untyped-def]

@@ -1,38 +1,27 @@
-"""gRPC servicers and the one interceptor that authenticates, authorizes,
-attributes and maps errors for every call.
-
-Every RPC goes through ``GuardInterceptor``: identity from the verified client
-certificate, a row of ``authz.POLICY`` or PERMISSION_DENIED, a ``Caller`` in a
-context variable for the audit log, and CustosError subclasses mapped to
-status codes here and nowhere else. Unexpected exceptions become INTERNAL with
-a request id; the traceback goes to the log, never to the caller.
-"""
+"""The gRPC servicers: each RPC turned into a call on the control plane's parts and its
+reply message. Authentication, authorization, attribution and error mapping happen
+before any of them, in ``custos.controlplane.guard.GuardInterceptor``."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from custos.client.status import status_for
 from custos.client.wire import RELATION_TO_PB, relation_from_pb
-from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
 from custos.controlplane.custody import Custody
+from custos.controlplane.guard import bounded_details, peer_host
 from custos.controlplane.keys.broker import KeyBroker
 from custos.controlplane.orders import NoSignerSet, OrdersService
-from custos.controlplane.pki import identity_from_pem
 from custos.controlplane.registry import ArtifactRecord, Registry
 from custos.core.audit_chain import parse_stored
-from custos.core.hosts import cert_fingerprint
 from custos.core.keymaterial import zeroize
 from custos.core.reports import order_report_markdown
 from custos.core.signers import SignerSet
@@ -54,130 +43,6 @@ from custos.v1 import (
 )
 
 log = logging.getLogger("custos.api")
-
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-
-
-def _peer_host(peer: str) -> str:
-    # "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path"
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6" and rest.startswith("["):
-        return rest[1:rest.index("]")]
-    if kind == "ipv4":
-        return rest.rsplit(":", 1)[0]
-    return rest or peer
-
-
-class GuardInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, audit: AuditLog) -> None:
-        self.audit = audit
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        guard = self._guard
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await guard(method, context, lambda: inner_uu(request, context))
-
-            return grpc.unary_unary_rpc_method_handler(
-                uu, handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def us(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async for item in guard_stream(method, context, lambda: inner_us(request, context)):
-                    yield item
-
-            guard_stream = self._guard_stream
-            return grpc.unary_stream_rpc_method_handler(
-                us, handler.request_deserializer, handler.response_serializer)
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def ss(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
-                async for item in self._guard_stream(method, context,
-                                                     lambda: inner_ss(request_iter, context)):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(
-                ss, handler.request_deserializer, handler.response_serializer)
-        inner_su = handler.stream_unary
-
-        async def su(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await guard(method, context, lambda: inner_su(request_iter, context))
-
-        return grpc.stream_unary_rpc_method_handler(
-            su, handler.request_deserializer, handler.response_serializer)
-
-    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
-        md = dict(context.invocation_metadata() or ())
-        rid = str(md.get("x-request-id", ""))
-        if not _REQUEST_ID.match(rid):
-            rid = uuid.uuid4().hex
-        auth = context.auth_context()
-        pems = auth.get("x509_pem_cert") or []
-        if not pems:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-        try:
-            ident = identity_from_pem(pems[0])
-        except InvalidInput as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        caller = Caller(principal=ident.principal, role=ident.role,
-                        host=_peer_host(context.peer() or ""), request_id=rid,
-                        cert_sha256=cert_fingerprint(pems[0]))
-        if not authz.is_allowed(method, ident.role):
-            if authz.is_mutating(method):
-                try:
-                    await self.audit.record(caller, method.rsplit("/", 1)[-1], "-", "denied")
-                except CustosError:
-                    pass  # denied either way; the store being down must not turn this into a 503
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"role {ident.role!r} may not call {method.rsplit('/', 1)[-1]}",
-            )
-        return caller
-
-    @contextlib.asynccontextmanager
-    async def _guarded(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        """Authenticate, authorize and attribute the call; map its errors to status codes in one
-        place: a CustosError to its status, anything unexpected to INTERNAL with a request id."""
-        caller = await self._authenticate(method, context)
-        token = current_caller.set(caller)
-        try:
-            yield
-        except CustosError as exc:
-            await context.abort(status_for(exc), str(exc))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("internal error in %s (request %s)", method, caller.request_id)
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"internal error (request id {caller.request_id})")
-        finally:
-            current_caller.reset(token)
-
-    async def _guard(self, method: str, context: grpc.aio.ServicerContext,
-                     call: Callable[[], Awaitable[Any]]) -> Any:
-        async with self._guarded(method, context):
-            return await call()
-
-    async def _guard_stream(self, method: str, context: grpc.aio.ServicerContext,
-                            call: Callable[[], Any]) -> Any:
-        async with self._guarded(method, context):
-            async for item in call():
-                yield item
 
 
 # -- conversions -------------------------------------------------------------
@@ -266,7 +131,6 @@ class RegistryStorageMixin:
             host = caller.principal
         copy = await self.r.record_copy(caller, artifact=req.artifact_id, host=host, path=req.path, form=form)
         return registry_pb2.RecordCopyResponse(copy=copy_pb(copy))
-
 
 
 # -- servicers ---------------------------------------------------------------
@@ -464,10 +328,10 @@ class EnrollmentServicer(custody_pb2_grpc.EnrollmentServicer):
     async def Enroll(self, req: custody_pb2.EnrollRequest,
                      ctx: grpc.aio.ServicerContext) -> custody_pb2.EnrollResponse:
         try:
-            cert, ca = await self.c.enroll(peer=_peer_host(ctx.peer() or ""), name=req.name, token=req.token,
+            cert, ca = await self.c.enroll(peer=peer_host(ctx.peer() or ""), name=req.name, token=req.token,
                                            csr_pem=req.csr_pem)
         except CustosError as exc:
-            await ctx.abort(status_for(exc), str(exc))
+            await ctx.abort(status_for(exc), bounded_details(exc))
         return custody_pb2.EnrollResponse(certificate_pem=cert, ca_pem=ca, signer_set=self.c.signer_set(),
                                           lease_ttl_seconds=int(self.c.lease_ttl))
 

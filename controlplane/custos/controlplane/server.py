@@ -27,7 +27,6 @@ from custos.controlplane.api import (
     AuditServicer,
     CustodyServicer,
     EnrollmentServicer,
-    GuardInterceptor,
     KeysServicer,
     OrdersServicer,
     RegistryServicer,
@@ -35,6 +34,7 @@ from custos.controlplane.api import (
 from custos.controlplane.audit import AuditLog, load_or_create_signing_key
 from custos.controlplane.config import ServerConfig
 from custos.controlplane.custody import Custody
+from custos.controlplane.guard import GuardInterceptor
 from custos.controlplane.incidents import attach as attach_incidents
 from custos.controlplane.keys.base import KeyProvider
 from custos.controlplane.keys.broker import KeyBroker
@@ -221,7 +221,7 @@ class ControlPlane:
         self.incidents = await attach_incidents(
             store=self.store, audit=self.audit, stop=self._stop, custody=self.custody, rules=cfg.rules,
             notify=cfg.notify, metrics=cfg.metrics, base_dir=cfg.config_dir, start=False)
-        self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit)], options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit, self.custody)], options=GRPC_OPTIONS)
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryServicer(self.registry, self.broker, self.custody), self.server)
         custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody), self.server)

@@ -40,6 +40,8 @@ class Signature:
             raise SignerSetError("signature: key_id too long")
         if len(self.sig) > MAX_SIG_CHARS:
             raise SignerSetError("signature: sig too long")
+        if not _is_unicode(self.key_id) or not _is_unicode(self.sig):
+            raise SignerSetError("signature: key_id and sig must be valid Unicode (no lone surrogates)")
 
     @property
     def kind(self) -> str:
@@ -57,6 +59,17 @@ class Signature:
         return cls(key_id=obj["key_id"], sig=obj["sig"])
 
 
+def _is_unicode(text: str) -> bool:
+    # A lone surrogate (from a JSON escape such as "\ud800") has no UTF-8 form: nothing can sign it.
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def encode_signatures(signatures: Iterable[Signature]) -> bytes:
     """Canonical JSON list of signatures, in key-id order (for export files)."""
     items = sorted((s.to_json() for s in signatures), key=lambda d: (d["key_id"], d["sig"]))
@@ -68,7 +81,7 @@ def decode_signatures(data: bytes | list[Any]) -> list[Signature]:
     if isinstance(data, bytes | bytearray):
         try:
             obj: Any = json.loads(bytes(data).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurd nesting
             raise SignerSetError("signatures: not JSON") from None
     else:
         obj = data

@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from custos.controlplane.api import AuditServicer, GuardInterceptor
+from custos.controlplane.api import AuditServicer
 from custos.controlplane.audit import Caller
 from custos.controlplane.config import ServerConfig
+from custos.controlplane.guard import GuardInterceptor
 from custos.controlplane.incidents.runtime import LEADER_KEY, IncidentsRuntime, attach
 from custos.controlplane.server import ControlPlane, prepare_dev
 from custos.controlplane.store.base import Txn
