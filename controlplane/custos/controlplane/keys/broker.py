@@ -6,6 +6,14 @@ the audit log. It never sees a weight: it checks ciphertext objects only by size
 and header. Keys are unwrapped only while the model is active; a halted model's
 unwraps are refused here and, once its Transit key is suspended, by Vault too.
 
+A key release is linearized with the halt. The checks (model active; for an
+agent, host enrolled with a live lease) read Store records; the key comes from
+the provider; then the audit event of the release commits in a transaction
+conditioned on those records: the model and host records unchanged since the
+check, the lease still live. A halt committed in between rewrites the model
+record, so the release is refused (audited) and the key zeroized: no key leaves
+whose release is recorded after the halt.
+
 Store keys: ``uploads/{artifact}`` — a push in progress: model, parents,
 manifest and the wrapped data key, so an interrupted push resumes with the same
 key. It is deleted in the same transaction that registers the artifact as stored.
@@ -15,49 +23,171 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from custos.blobs.base import BlobStore
 from custos.blobs.url import OBJECT_PREFIX, object_key
 from custos.controlplane.audit import Caller, Plan
-from custos.controlplane.keys.base import KeyProvider, zeroize
+from custos.controlplane.custody import Custody
+from custos.controlplane.keys.base import DataKey, KeyProvider, zeroize
 from custos.controlplane.registry import ArtifactRecord, Registry, new_copy
-from custos.controlplane.store.base import Txn
+from custos.controlplane.store.base import Entry, Txn
 from custos.core import chunked
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.manifest import decode_manifest
 from custos.errors import Conflict, CustosError, FailedPrecondition, IntegrityError, NotFound
+
+K = TypeVar("K", bytearray, DataKey)
 
 
 class ModelNotActive(FailedPrecondition):
     """The model is halted or destroyed: no data key is handed out."""
 
 
+class ReleaseRaced(FailedPrecondition):
+    """A record a key release was checked against changed before the release committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseBasis:
+    """The Store records a data-key release was checked against: key -> mod_revision.
+
+    ``unchanged``: must not move between the check and the release (the model, the
+    host record; a grant, later). ``live``: may move (the lease, which every renewal
+    rewrites), but then the checks run again at the release. Either way the release
+    commits only if each record is still at the revision its last check read.
+    ``until_ns``: when what was checked stops holding by itself (the lease expires).
+    """
+
+    unchanged: dict[str, int] = field(default_factory=dict)
+    live: dict[str, int] = field(default_factory=dict)
+    until_ns: int | None = None
+
+    def __or__(self, other: ReleaseBasis) -> ReleaseBasis:
+        ends = [t for t in (self.until_ns, other.until_ns) if t is not None]
+        return ReleaseBasis({**self.unchanged, **other.unchanged}, {**self.live, **other.live},
+                            min(ends) if ends else None)
+
+    def moved_since(self, earlier: ReleaseBasis) -> list[str]:
+        """The ``unchanged`` records of ``earlier`` that are at another revision here."""
+        return sorted(k for k, rev in earlier.unchanged.items() if self.unchanged.get(k) != rev)
+
+    def txn_checks(self) -> dict[str, int]:
+        return {**self.live, **self.unchanged}
+
+
+def _revision(entry: Entry | None) -> int:
+    return entry.mod_revision if entry is not None else 0
+
+
+def _zeroize_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        out = task.result()
+        if isinstance(out, DataKey):
+            out.zeroize()
+        else:
+            zeroize(out)
+
+
+async def _key_from(fn: Callable[..., K], *args: Any) -> K:
+    """Run the provider call ``fn`` in a thread. If the caller is cancelled meanwhile,
+    the key the thread still returns is zeroized, not dropped."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_zeroize_result)
+        raise
+
+
 class KeyBroker:
     def __init__(self, registry: Registry, keys: KeyProvider, blobs: BlobStore, blob_url: str,
-                 custody: Any = None) -> None:
+                 custody: Custody | None = None) -> None:
         self.custody = custody
         self.registry = registry
         self.keys = keys
         self.blobs = blobs
         self.blob_url = blob_url
 
-    async def _active_model(self, caller: Caller, name: str, action: str, obj: str) -> dict[str, Any]:
-        model = await self.registry.get_model(name)
-        if model["state"] != "active":
-            exc = ModelNotActive(f"model {name!r} is {model['state']}: data keys are refused")
-            await self.registry.audit.record(caller, action, obj, f"error: ModelNotActive: {exc}")
-            raise exc
-        return model
+    # -- the checks a release depends on -------------------------------------------
+
+    async def _host_basis(self, caller: Caller) -> ReleaseBasis:
+        """For an agent: its host is enrolled and its lease live. Raises HostNotEnrolled, LeaseNotLive."""
+        if caller.role != "agent" or self.custody is None:
+            return ReleaseBasis()
+        store = self.registry.store
+        host_key, lease_key = f"hosts/{caller.principal}", f"leases/{caller.principal}"
+        # Revisions first, then the check: a record that moves after these reads
+        # fails the release's commit, so what the check read is what commits.
+        read = await store.get_many([host_key, lease_key])
+        await self.custody.check_agent(caller, need_lease=True)
+        host, lease = read.get(host_key), read.get(lease_key)
+        # No lease at the first read but a live one at the check's: already expired
+        # here, so the release checks again.
+        until = int(decode_canonical(lease.value)["expires_ns"]) if lease is not None else 0
+        return ReleaseBasis(unchanged={host_key: _revision(host)}, live={lease_key: _revision(lease)},
+                            until_ns=until)
+
+    async def _model_basis(self, name: str) -> ReleaseBasis:
+        """The model is active. Raises NotFound, ModelNotActive."""
+        key = f"models/{name}"
+        entry = await self.registry.store.get(key)
+        if entry is None:
+            raise NotFound(f"model {name!r} not found")
+        state = decode_canonical(entry.value)["state"]
+        if state != "active":
+            raise ModelNotActive(f"model {name!r} is {state}: data keys are refused")
+        return ReleaseBasis(unchanged={key: entry.mod_revision})
+
+    async def _basis(self, caller: Caller, model: str) -> ReleaseBasis:
+        """Everything a release of a data key of ``model`` to ``caller`` needs, checked now.
+        Reads only (it runs inside release plans). Raises like the checks it runs."""
+        return await self._host_basis(caller) | await self._model_basis(model)
+
+    async def _checked(self, caller: Caller, action: str, obj: str,
+                       check: Awaitable[ReleaseBasis]) -> ReleaseBasis:
+        """``check``'s basis; a refusal is audited and re-raised."""
+        try:
+            return await check
+        except CustosError as exc:
+            await self.registry.audit.record(caller, action, obj, f"error: {type(exc).__name__}: {exc}")
+            raise
+
+    def _release_checks(self, caller: Caller, model: str,
+                        basis: ReleaseBasis) -> Callable[[], Awaitable[ReleaseBasis]]:
+        """What a release plan conditions its commit on, one call per attempt.
+
+        First attempt: ``basis`` itself, unread (unless it expired): the commit holds
+        only if every record is still at the revision the checks read, so their
+        answer stands. After a failed commit: the checks again, so a refusal names
+        its cause. Raises ModelNotActive, HostNotEnrolled, LeaseNotLive, ReleaseRaced
+        (an ``unchanged`` record moved).
+        """
+        first = True
+
+        async def checks() -> ReleaseBasis:
+            nonlocal first
+            if first and (basis.until_ns is None or time.time_ns() < basis.until_ns):
+                first = False
+                return basis
+            now = await self._basis(caller, model)
+            moved = now.moved_since(basis)
+            if moved:
+                raise ReleaseRaced(f"{', '.join(moved)} changed while the data key was being released; ask again")
+            return now
+        return checks
 
     async def create_data_key(
         self, caller: Caller, *, model: str, manifest_bytes: bytes, parents: list[tuple[str, str]]
     ) -> dict[str, Any]:
         """Start or resume a push. Returns {artifact_id, data_key (bytearray) or None,
-        resumed, already_stored}. Raises like register_artifact, and ModelNotActive."""
+        resumed, already_stored}. Raises like register_artifact, and ModelNotActive,
+        ReleaseRaced (the model changed while its key was being released)."""
         _, aid, _ = await self.registry.check_artifact_request(model, manifest_bytes, parents)
         obj = f"artifact/{aid}"
-        await self._active_model(caller, model, "CreateDataKey", obj)
+        basis = await self._checked(caller, "CreateDataKey", obj, self._basis(caller, model))
         existing = await self.registry.store.get(f"artifacts/{aid}")
         if existing is not None and decode_canonical(existing.value).get("storage"):
             return {"artifact_id": aid, "data_key": None, "resumed": False, "already_stored": True}
@@ -66,13 +196,17 @@ class KeyBroker:
             rec = decode_canonical(pending.value)
             if rec["model"] != model:
                 raise Conflict(f"a push of {aid[:12]} for model {rec['model']!r} is in progress")
-            key = await self._unwrap(caller, "CreateDataKey", obj, model, rec["wrapped_key"], aid, "resumed")
+            key = await self._hand_out(caller, "CreateDataKey", obj, model, rec["wrapped_key"], aid,
+                                       "resumed", basis)
             return {"artifact_id": aid, "data_key": key, "resumed": True, "already_stored": False}
 
         await asyncio.to_thread(self.keys.ensure_key, model)
-        dk = await asyncio.to_thread(self.keys.generate_data_key, model, aid.encode())
+        dk = await _key_from(self.keys.generate_data_key, model, aid.encode())
+
+        checks = self._release_checks(caller, model, basis)
 
         async def plan() -> tuple[Plan, None]:
+            now = await checks()
             if await self.registry.store.get(f"uploads/{aid}") is not None:
                 raise Conflict(f"a push of {aid[:12]} started concurrently; run the push again")
             record = {
@@ -80,7 +214,7 @@ class KeyBroker:
                 "model": model, "parents": sorted([list(p) for p in parents]),
                 "wrapped_key": dk.wrapped,
             }
-            return Plan(Txn(checks={f"uploads/{aid}": 0},
+            return Plan(Txn(checks={**now.txn_checks(), f"uploads/{aid}": 0},
                             puts={f"uploads/{aid}": encode_canonical(record)})), None
 
         try:
@@ -90,16 +224,26 @@ class KeyBroker:
             raise
         return {"artifact_id": aid, "data_key": dk.plaintext, "resumed": False, "already_stored": False}
 
-    async def _unwrap(self, caller: Caller, action: str, obj: str, model: str, wrapped: str,
-                      aid: str, note: str) -> bytearray:
+    async def _hand_out(self, caller: Caller, action: str, obj: str, model: str, wrapped: str,
+                        aid: str, note: str, basis: ReleaseBasis) -> bytearray:
+        """Unwrap ``wrapped`` and release it: the release's audit event commits only if
+        ``basis`` still holds (see ``_release_checks``); else the key is zeroized and the
+        refusal audited. Raises the provider's errors and those of ``_release_checks``."""
         try:
-            key = await asyncio.to_thread(self.keys.unwrap, model, wrapped, aid.encode())
+            key = await _key_from(self.keys.unwrap, model, wrapped, aid.encode())
         except CustosError as exc:
             await self.registry.audit.record(caller, action, obj, f"error: {type(exc).__name__}: {exc}")
             raise
+
+        checks = self._release_checks(caller, model, basis)
+
+        async def plan() -> tuple[Plan, None]:
+            now = await checks()
+            return Plan(Txn(checks=now.txn_checks()), f"ok: {note}"), None
+
         try:
-            # Fail closed: no key leaves without its audit event.
-            await self.registry.audit.record(caller, action, obj, f"ok: {note}")
+            # Fail closed: no key leaves without its audit event, committed with the checks.
+            await self.registry.audit.mutate(caller, action, obj, plan)
         except BaseException:
             zeroize(key)
             raise
@@ -160,22 +304,19 @@ class KeyBroker:
         """The data key of a stored artifact, for a pull or a run. Audited, success or not.
 
         Raises NotFound, FailedPrecondition (not stored, model not active, key
-        suspended), NotFound subclass KeyDestroyed, IntegrityError.
+        suspended), HostNotEnrolled, LeaseNotLive, ReleaseRaced, NotFound subclass
+        KeyDestroyed, IntegrityError.
         """
-        if caller.role == "agent" and self.custody is not None:
-            # Only an enrolled host with a live custody lease gets keys.
-            try:
-                await self.custody.check_agent(caller, need_lease=True)
-            except CustosError as exc:
-                await self.registry.audit.record(caller, "UnwrapDataKey", f"artifact/{artifact[:64]}",
-                                                 f"error: {type(exc).__name__}: {exc}")
-                raise
+        # Only an enrolled host with a live custody lease gets keys; checked before
+        # anything about the artifact is looked up.
+        host = await self._checked(caller, "UnwrapDataKey", f"artifact/{artifact[:64]}",
+                                   self._host_basis(caller))
         rec = await self.registry.get_artifact(artifact)
         obj = f"artifact/{rec.id}"
         if rec.storage is None:
             raise FailedPrecondition(f"artifact {rec.id[:12]} has no stored ciphertext (push it first)")
-        await self._active_model(caller, rec.model, "UnwrapDataKey", obj)
+        basis = host | await self._checked(caller, "UnwrapDataKey", obj, self._model_basis(rec.model))
         note = (purpose or "pull")[:64]
-        key = await self._unwrap(caller, "UnwrapDataKey", obj, rec.model, rec.storage["wrapped_key"],
-                                 rec.id, note)
+        key = await self._hand_out(caller, "UnwrapDataKey", obj, rec.model, rec.storage["wrapped_key"],
+                                   rec.id, note, basis)
         return rec, key
