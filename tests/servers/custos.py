@@ -68,6 +68,8 @@ class DevServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOS_")}
         env.update(self.env)
         env["CUSTOS_ROLE"] = role
+        # The audit verifier's trusted state: under the test's data dir, never the user's home.
+        env.setdefault("XDG_STATE_HOME", str(self.data_dir / "client-state"))
         return env
 
     def cli(self, *args: str, role: str = "security-team", check: bool = False,

@@ -7,6 +7,12 @@ moved. If the event cannot be written, the change does not happen (fail
 closed). Since every change moves the head, changes are serialized: a plan sees
 a consistent store, which is what makes cycle and uniqueness checks safe with
 several replicas.
+
+Checkpoints form their own chain, serialized by ``audit/checkpoint-head``: one is
+written before an append would leave more than ``policy.max_events`` events
+uncovered, and the background loop signs the head often enough that no event
+waits ``policy.max_age_s`` for one. A replica never signs over a checkpoint chain
+that went back from what it saw (a rolled-back store).
 """
 
 from __future__ import annotations
@@ -26,9 +32,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custos.controlplane.periodic import every
 from custos.controlplane.store.base import Entry, Store, Txn
-from custos.core.audit_chain import GENESIS_HASH, new_event, parse_stored, sign_checkpoint
+from custos.core.audit_chain import (
+    DEFAULT_POLICY,
+    GENESIS_HASH,
+    CheckpointPolicy,
+    checkpoint_digest,
+    new_event,
+    parse_stored,
+    sign_checkpoint,
+)
 from custos.core.canonical import decode_canonical, encode_canonical
-from custos.errors import BackendUnavailable, CustosError
+from custos.errors import BackendUnavailable, CustosError, IntegrityError
 from custos.fs.private import write_private
 
 log = logging.getLogger("custos.audit")
@@ -36,6 +50,7 @@ log = logging.getLogger("custos.audit")
 HEAD_KEY = "audit/head"
 EVENTS_PREFIX = "audit/events/"
 CHECKPOINTS_PREFIX = "audit/checkpoints/"
+CHECKPOINT_HEAD_KEY = "audit/checkpoint-head"
 
 T = TypeVar("T")
 
@@ -68,10 +83,18 @@ def event_key(seq: int) -> str:
     return f"{EVENTS_PREFIX}{seq:020d}"
 
 
+def checkpoint_key(seq: int) -> str:
+    return f"{CHECKPOINTS_PREFIX}{seq:020d}"
+
+
 class AuditLog:
-    def __init__(self, store: Store, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(self, store: Store, signing_key: Ed25519PrivateKey, *,
+                 policy: CheckpointPolicy = DEFAULT_POLICY) -> None:
         self.store = store
         self.signing_key = signing_key
+        self.policy = policy
+        # The newest checkpoint (seq, digest) this replica read or wrote: the chain may only grow from it.
+        self._seen_checkpoint = (0, GENESIS_HASH)
         # Every append moves the chain head, so concurrent appends from one replica
         # would only fight over it (retries fall from 275 to 37 hosts/s at 64 in
         # flight). Queue them here; the head check still orders replicas.
@@ -107,6 +130,8 @@ class AuditLog:
         async with self._local:
             for attempt in range(200):
                 head_entry, seq, prev = await self._head()
+                if seq - self._seen_checkpoint[0] >= self.policy.max_events:
+                    await self._checkpoint_before_append(seq, prev)
                 try:
                     p, value = await plan()
                 except CustosError as exc:
@@ -173,30 +198,91 @@ class AuditLog:
             after = rows[-1][0]
 
     async def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
+        """Every stored checkpoint as (seq, body, signature), oldest first. A malformed one is served
+        as its raw value with no signature, for the verifier to name."""
         out = []
         for e in await self.store.range(CHECKPOINTS_PREFIX):
-            obj = decode_canonical(e.value)
-            out.append((int(e.key[len(CHECKPOINTS_PREFIX):]), bytes.fromhex(obj["body"]),
-                        bytes.fromhex(obj["signature"])))
+            try:
+                obj = decode_canonical(e.value)
+                body, sig = bytes.fromhex(obj["body"]), bytes.fromhex(obj["signature"])
+                seq = int(e.key[len(CHECKPOINTS_PREFIX):])
+            except (CustosError, KeyError, TypeError, ValueError):
+                body, sig, seq = e.value, b"", 0
+            out.append((seq, body, sig))
         return out
 
     async def checkpoint(self) -> int | None:
-        """Sign the current head if no checkpoint covers it yet. Returns its seq."""
+        """Sign the current head if no checkpoint covers it yet. Returns its seq (None: nothing new,
+        or another replica signed first). Raises IntegrityError if the store went back from what this
+        replica saw (it refuses to sign over that), BackendUnavailable if the store is down."""
+        cp_entry, cp_seq, cp_digest = await self._checkpoint_head()
         _, seq, head_hash = await self._head()
-        if seq == 0:
+        if seq < cp_seq:
+            raise IntegrityError(f"the audit head (event {seq}) is behind the newest checkpoint (event {cp_seq}): "
+                                 "events were deleted; refusing to sign")
+        if seq == cp_seq:
             return None
-        key = f"{CHECKPOINTS_PREFIX}{seq:020d}"
-        if await self.store.get(key) is not None:
-            return None
-        body, sig = sign_checkpoint(self.signing_key, seq=seq, head_hash=head_hash,
-                                    time_ns=time.time_ns())
-        value = encode_canonical({"body": body.hex(), "signature": sig.hex()})
-        # Create-only: two replicas racing to sign the same head write one checkpoint.
-        await self.store.commit(Txn(checks={key: 0}, puts={key: value}))
-        return seq
+        return seq if await self._write_checkpoint(cp_entry, cp_seq, cp_digest, seq, head_hash) else None
+
+    async def _checkpoint_before_append(self, seq: int, head_hash: str) -> None:
+        """Checkpoint event ``seq`` if one more event would leave more than ``max_events`` uncovered.
+        Never blocks the append it precedes, except by a store that is down."""
+        for _ in range(3):
+            try:
+                cp_entry, cp_seq, cp_digest = await self._checkpoint_head()
+            except IntegrityError as exc:
+                log.error("audit checkpoint refused: %s", exc)
+                return
+            if seq - cp_seq < self.policy.max_events or seq <= cp_seq:
+                return
+            if await self._write_checkpoint(cp_entry, cp_seq, cp_digest, seq, head_hash):
+                return
+
+    async def _checkpoint_head(self) -> tuple[Entry | None, int, str]:
+        """The newest checkpoint: (its pointer's entry, seq, digest). Raises IntegrityError if the
+        chain went back from what this replica saw."""
+        entry = await self.store.get(CHECKPOINT_HEAD_KEY)
+        pointer = _parse_pointer(entry.value) if entry is not None else None
+        if pointer is None:
+            # A log from before checkpoints were chained, or a lost pointer: the newest stored one.
+            stored = [c for c in await self.checkpoints() if c[0]]
+            pointer = (stored[-1][0], checkpoint_digest(stored[-1][1])) if stored else (0, GENESIS_HASH)
+        seq, digest = pointer
+        seen_seq, seen_digest = self._seen_checkpoint
+        if seq < seen_seq or (seq == seen_seq and digest != seen_digest):
+            raise IntegrityError(f"audit checkpoints went back: this control plane saw checkpoint {seen_seq}, "
+                                 f"the store holds {seq} as the newest; refusing to sign over a rolled-back "
+                                 "or rewritten log")
+        self._seen_checkpoint = (seq, digest)
+        return entry, seq, digest
+
+    async def _write_checkpoint(self, cp_entry: Entry | None, cp_seq: int, cp_digest: str, seq: int,
+                                head_hash: str) -> bool:
+        """Sign event ``seq`` after the checkpoint at ``cp_seq``; False if another replica moved the
+        checkpoint chain first (conditioned on its pointer, so the chain never forks)."""
+        body, sig = sign_checkpoint(self.signing_key, seq=seq, head_hash=head_hash, time_ns=time.time_ns(),
+                                    prev_seq=cp_seq, prev=cp_digest)
+        digest = checkpoint_digest(body)
+        key = checkpoint_key(seq)
+        txn = Txn(checks={key: 0, CHECKPOINT_HEAD_KEY: cp_entry.mod_revision if cp_entry else 0},
+                  puts={key: encode_canonical({"body": body.hex(), "signature": sig.hex()}),
+                        CHECKPOINT_HEAD_KEY: encode_canonical({"digest": digest, "seq": seq})})
+        if not await self.store.commit(txn):
+            return False
+        self._seen_checkpoint = (seq, digest)
+        return True
 
     async def run_checkpoints(self, interval: float, stop: asyncio.Event) -> None:
-        await every(interval, stop, self.checkpoint, "audit checkpoint")
+        """Checkpoint every ``interval`` s, and at least three times per ``policy.max_age_s``."""
+        await every(min(interval, self.policy.max_age_s / 3), stop, self.checkpoint, "audit checkpoint")
+
+
+def _parse_pointer(value: bytes) -> tuple[int, str] | None:
+    try:
+        obj = decode_canonical(value)
+        return int(obj["seq"]), str(obj["digest"])
+    except (CustosError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:

@@ -7,6 +7,7 @@ Example (deploy/controlplane.example.toml):
     [store] url = "etcd://10.0.0.5:2379/custos"   # or sqlite:///var/lib/custos/custos.db
             ca_file / cert_file / key_file        # optional mTLS to etcd
     [audit] signing_key_file = ..., checkpoint_interval = 10
+            checkpoint_max_events = 1000, checkpoint_max_age = 300   # a checkpoint at least this often
     [keys]  provider = "vault", url = ..., token_file = ..., mount = "transit"
             (or provider = "local", path = ..., dev_only = true — development only)
     [blobs] url = "s3://bucket/prefix?endpoint=...", access_key = ..., secret_key_file = ...
@@ -39,7 +40,7 @@ _KNOWN = {
     "blobs": {"url", "access_key", "secret_key_file"},
     "tls": {"ca_file", "cert_file", "key_file"},
     "store": {"url", "ca_file", "cert_file", "key_file"},
-    "audit": {"signing_key_file", "checkpoint_interval"},
+    "audit": {"signing_key_file", "checkpoint_interval", "checkpoint_max_events", "checkpoint_max_age"},
     "log": {"level", "format"},
 }
 
@@ -55,6 +56,8 @@ class ServerConfig:
     store_tls: dict[str, str] = field(default_factory=dict)
     audit_key: Path | None = None
     checkpoint_interval: float = 10.0
+    checkpoint_max_events: int = 1000  # no more events than this without a checkpoint
+    checkpoint_max_age: float = 300.0  # no event waits longer than this (s) for a checkpoint
     log_level: str = "info"
     log_format: str = "json"
     dev: bool = False
@@ -114,6 +117,13 @@ def load_config(path: Path | None) -> ServerConfig:
         raise InvalidInput(f"config {path}: audit.checkpoint_interval must be a number") from None
     if cfg.checkpoint_interval <= 0:
         raise InvalidInput(f"config {path}: audit.checkpoint_interval must be > 0")
+    n, age = audit.get("checkpoint_max_events", cfg.checkpoint_max_events), \
+        audit.get("checkpoint_max_age", cfg.checkpoint_max_age)
+    if (type(n) is not int or not 1 <= n <= 10**9 or type(age) not in (int, float)
+            or not 3 * cfg.checkpoint_interval <= age <= 86400):
+        raise InvalidInput(f"config {path}: audit.checkpoint_max_events must be an integer >= 1 and "
+                           "audit.checkpoint_max_age from 3 x checkpoint_interval to 86400 (seconds)")
+    cfg.checkpoint_max_events, cfg.checkpoint_max_age = n, float(age)
     cfg.enroll_listen = str(raw.get("enroll_listen", ""))
     custody = raw.get("custody", {})
     try:

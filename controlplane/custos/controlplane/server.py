@@ -45,6 +45,7 @@ from custos.controlplane.pki import CertificateAuthority, ensure_dev_pki
 from custos.controlplane.registry import Registry
 from custos.controlplane.store import Store, open_store
 from custos.controlplane.store.etcd import EtcdStore
+from custos.core.audit_chain import CheckpointPolicy
 from custos.core.signers import SignerSet
 from custos.errors import InvalidInput
 from custos.fs.private import write_private
@@ -194,7 +195,8 @@ class ControlPlane:
         await self.store.revision()
         if cfg.audit_key is None:
             raise InvalidInput("no audit signing key configured ([audit] signing_key_file)")
-        self.audit = AuditLog(self.store, load_or_create_signing_key(cfg.audit_key))
+        self.audit = AuditLog(self.store, load_or_create_signing_key(cfg.audit_key),
+                              policy=CheckpointPolicy(cfg.checkpoint_max_events, cfg.checkpoint_max_age))
         self.registry = Registry(self.store, self.audit)
         self.keys = open_key_provider(cfg.keys)
         self.blobs, blob_url = open_blobs(cfg.blobs)

@@ -283,8 +283,9 @@ class RulesEngine:
         # Checkpoints first: one signed after the events were read would look like a truncation.
         cps = await self.audit.checkpoints()
         stored = await self.audit.stored_events()
+        # The writer's own checkpoint policy: a gap longer than it allows is a finding.
         result = await asyncio.to_thread(verify_log, stored, [(b, s) for _, b, s in cps],
-                                         self.audit.signing_key.public_key())
+                                         self.audit.signing_key.public_key(), policy=self.audit.policy)
         return chain_failure(result, now_ns=self.clock())
 
     async def write_alerts(self, findings: Iterable[Finding]) -> list[dict[str, Any]]:
