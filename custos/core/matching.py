@@ -1,29 +1,37 @@
 """Match a host's file inventory against registered artifact manifests (pure).
 
-A manifest lists relative paths, so a copy can sit under any directory: the
-root of a copy is what remains of a host path once a manifest's relative path
-is cut off its end (``/mnt/y/sub/a.bin`` holding ``sub/a.bin`` puts a copy at
-``/mnt/y``). Each host file is looked up by SHA-256 in an index built once
-from all manifests, so matching costs O(files + matches), not O(files x
-manifests). The findings:
+Custody is by content: a host file whose SHA-256 and size are those of a
+registered file holds that artifact's bytes, whatever its name, directory or
+extension. Each host file is looked up in an index built once from all
+manifests, so matching costs O(files x depth + matches), not O(files x
+manifests). Files are grouped into :class:`HostCopy` findings, one per
+(artifact, location):
 
-- :class:`CompleteCopy` — every file of an artifact under one root, at its
-  relative path, with its hash;
-- :class:`PartialCopy` — some of them, with the list of missing files;
-- :class:`ScatteredCopy` — no complete tree, but every file's bytes are on the
-  host somewhere (renamed, split across directories);
-- :class:`FileMatch` — each host file whose hash belongs to some artifact,
-  ``renamed`` when it is not at a manifest's relative path;
-- :class:`UnregisteredWeights` — weight-like files that match nothing.
+1. **in place** — a file at one of the artifact's relative paths puts a copy at
+   what remains of its host path once that relative path is cut off its end
+   (``/mnt/y/sub/a.bin`` holding ``sub/a.bin`` puts a copy at ``/mnt/y``);
+2. **by content** — a file with the artifact's bytes at none of its relative
+   paths (renamed, moved, another extension) joins the deepest in-place copy of
+   that artifact whose directory holds it and still lacks those bytes; else the
+   copy in its own directory; else — that directory's copy already has those
+   bytes — it is a copy on its own, located at the file itself.
 
-Zero-byte files carry no weight bytes: they count towards completeness but are
-never reported on their own. Ciphertext files (Custos chunked format) are
-passed through untouched for the ciphertext matcher.
+A copy lists which manifest files it holds and which it lacks (n of m), and
+which host files hold their bytes under another name; it is complete when it
+holds every file that has bytes. Zero-byte files carry no weight bytes and are
+ignored: they never make a copy complete, partial or present. Two names of one
+inode (hard links) are two host paths, so two places holding the bytes.
+Ciphertext files (Custos chunked format) are passed through untouched.
+
+The other findings: :class:`ScatteredCopy` (no complete copy, but every file's
+bytes are on the host somewhere), :class:`FileMatch` (each host file whose bytes
+belong to some artifact) and :class:`UnregisteredWeights` (files that match
+nothing; :func:`weight_like_name` says which of them are named like weights).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -32,6 +40,31 @@ from custos.errors import InvalidInput
 
 Form = Literal["plaintext", "ciphertext"]
 FORMS: tuple[Form, ...] = ("plaintext", "ciphertext")
+
+# Suffixes of the weight formats in use; the agent's default name rule and the
+# control plane's test of whether an unregistered file is named like weights.
+WEIGHT_SUFFIXES: tuple[str, ...] = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".onnx",
+    ".h5",
+    ".msgpack",
+    ".npz",
+)
+
+
+def weight_like_name(name: str, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES) -> bool:
+    """Does the base name ``name`` end with a weight suffix, or carry one before another suffix?
+
+    ``model.safetensors``, ``W.GGUF`` and ``model.safetensors.bak`` do; ``notes.txt``
+    does not. ``suffixes`` are lower case, each starting with a dot.
+    """
+    low = name.lower()
+    return low.endswith(suffixes) or any(s + "." in low for s in suffixes)
 
 
 class FileRecord(Protocol):
@@ -67,31 +100,41 @@ class ArtifactFile:
 
 
 @dataclass(frozen=True, slots=True)
-class CompleteCopy:
-    artifact_id: str
-    root: str
-    paths: tuple[str, ...]  # host paths, in manifest order
+class HostCopy:
+    """Bytes of one artifact at one location on the host, found by content.
 
-
-@dataclass(frozen=True, slots=True)
-class PartialCopy:
-    """Some files of an artifact under ``root`` at their relative paths.
-
-    ``covered_by`` lists artifacts with a complete copy at the same root that
-    contains every present file: artifacts that share files (the same tokenizer
-    shard, say) make each other look partially present.
+    ``location`` is a directory (the root the manifest's paths hang from, or
+    the directory of files found under other names) or, for a file whose
+    directory already holds a copy with its bytes, that file. ``covered_by``
+    lists artifacts with a complete copy at the same location that holds every
+    file of this one: artifacts that share files (the same tokenizer shard, say)
+    make each other look partially present.
     """
 
     artifact_id: str
-    root: str
-    present: tuple[str, ...]  # manifest paths found
-    missing: tuple[str, ...]  # manifest paths not found
+    location: str
+    files: tuple[tuple[str, str], ...]  # (manifest path, host path), in manifest order
+    missing: tuple[str, ...]  # manifest paths (of files with bytes) not found here
+    renamed: tuple[str, ...] = ()  # host paths of ``files`` not at their manifest path under location
     covered_by: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def total(self) -> int:
+        """How many of the artifact's files have bytes (the m of "n of m")."""
+        return len(self.files) + len(self.missing)
+
+    @property
+    def host_paths(self) -> tuple[str, ...]:
+        return tuple(p for _, p in self.files)
 
 
 @dataclass(frozen=True, slots=True)
 class ScatteredCopy:
-    """All of an artifact's bytes are on the host, but not as one tree."""
+    """All of an artifact's bytes are on the host, but no copy holds them all."""
 
     artifact_id: str
     files: tuple[tuple[str, str], ...]  # (manifest path, a host path holding those bytes)
@@ -115,16 +158,23 @@ class UnregisteredWeights:
 
 @dataclass(frozen=True, slots=True)
 class InventoryMatch:
-    complete: tuple[CompleteCopy, ...]
-    partial: tuple[PartialCopy, ...]
+    copies: tuple[HostCopy, ...]  # sorted by (artifact, location)
     scattered: tuple[ScatteredCopy, ...]
     files: tuple[FileMatch, ...]
     unregistered: tuple[UnregisteredWeights, ...]
     ciphertext: tuple[FileRecord, ...]
 
+    @property
+    def complete(self) -> tuple[HostCopy, ...]:
+        return tuple(c for c in self.copies if c.complete)
+
+    @property
+    def partial(self) -> tuple[HostCopy, ...]:
+        return tuple(c for c in self.copies if not c.complete)
+
     def artifacts_present(self) -> set[str]:
         """Ids of artifacts with at least one non-empty file's bytes on the host."""
-        return {ref.artifact_id for m in self.files for ref in m.refs}
+        return {c.artifact_id for c in self.copies}
 
 
 def _root_for(host_path: str, relpath: str) -> str | None:
@@ -133,6 +183,19 @@ def _root_for(host_path: str, relpath: str) -> str | None:
     if not host_path.endswith(suffix):
         return None
     return host_path[: -len(suffix)] or "/"
+
+
+def _parent(path: str) -> str:
+    head = path.rstrip("/").rpartition("/")[0]
+    return head or "/"
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """The directories above ``path``, nearest first, ending with ``/``."""
+    p = path
+    while p not in ("/", ""):
+        p = _parent(p)
+        yield p
 
 
 class ManifestIndex:
@@ -169,9 +232,9 @@ class ManifestIndex:
         ciphertext: list[FileRecord] = []
         unregistered: list[UnregisteredWeights] = []
         files: list[FileMatch] = []
-        groups: dict[tuple[str, str], dict[str, str]] = {}  # (artifact, root) -> manifest path -> host path
+        slots: dict[tuple[str, str], dict[str, str]] = {}  # (artifact, location) -> manifest path -> host path
+        loose: list[tuple[str, str, list[FileEntry]]] = []  # (host path, artifact, its entries with these bytes)
         host_by_hash: dict[str, str] = {}  # first host path holding each matched digest
-        touched: set[str] = set()
         for r in recs:
             if r.form == "ciphertext":
                 ciphertext.append(r)
@@ -181,78 +244,117 @@ class ManifestIndex:
                 if r.size > 0:
                     unregistered.append(UnregisteredWeights(r.path, r.size, r.sha256))
                 continue
-            positional = False
-            for aid, entry in refs:
-                root = _root_for(r.path, entry.path)
-                if root is not None:
-                    positional = True
-                    groups.setdefault((aid, root), {})[entry.path] = r.path
+            if r.size == 0:
+                continue  # no weight bytes: an empty file matches every empty file
             host_by_hash.setdefault(r.sha256, r.path)
-            if r.size > 0:
-                touched.update(aid for aid, _ in refs)
-                refs_out = tuple(sorted(ArtifactFile(aid, e.path) for aid, e in refs))
-                files.append(FileMatch(r.path, r.size, r.sha256, refs_out, renamed=not positional))
+            by_artifact: dict[str, list[FileEntry]] = {}
+            for aid, entry in refs:
+                by_artifact.setdefault(aid, []).append(entry)
+            in_place_any = False
+            for aid, entries in by_artifact.items():
+                in_place = False
+                for entry in entries:
+                    root = _root_for(r.path, entry.path)
+                    if root is not None:
+                        in_place = True
+                        slots.setdefault((aid, root), {})[entry.path] = r.path
+                if in_place:
+                    in_place_any = True
+                else:
+                    loose.append((r.path, aid, entries))
+            refs_out = tuple(sorted(ArtifactFile(aid, e.path) for aid, e in refs))
+            files.append(FileMatch(r.path, r.size, r.sha256, refs_out, renamed=not in_place_any))
 
-        complete: list[CompleteCopy] = []
-        partial_groups: list[tuple[str, str, dict[str, str]]] = []
-        for (aid, root), found in groups.items():
-            manifest = self._manifests[aid]
-            if len(found) == len(manifest.files):
-                complete.append(CompleteCopy(aid, root, tuple(found[e.path] for e in manifest.files)))
-            elif any(e.size > 0 and e.path in found for e in manifest.files):
-                partial_groups.append((aid, root, found))
-
-        complete_at: dict[str, list[tuple[str, set[str]]]] = {}
-        for c in complete:
-            complete_at.setdefault(c.root, []).append((c.artifact_id, set(c.paths)))
-        partial: list[PartialCopy] = []
-        for aid, root, found in partial_groups:
-            manifest = self._manifests[aid]
-            host_paths = set(found.values())
-            covered = tuple(
-                sorted(other for other, paths in complete_at.get(root, ()) if other != aid and host_paths <= paths)
-            )
-            partial.append(
-                PartialCopy(
-                    aid,
-                    root,
-                    present=tuple(e.path for e in manifest.files if e.path in found),
-                    missing=tuple(e.path for e in manifest.files if e.path not in found),
-                    covered_by=covered,
-                )
-            )
-
-        has_complete = {c.artifact_id for c in complete}
-        scattered: list[ScatteredCopy] = []
-        for aid in sorted(touched - has_complete):
-            manifest = self._manifests[aid]
-            if all(e.size == 0 or e.sha256 in host_by_hash for e in manifest.files):
-                scattered.append(
-                    ScatteredCopy(
-                        aid, tuple((e.path, host_by_hash.get(e.sha256, "")) for e in manifest.files if e.size > 0)
-                    )
-                )
-
+        renamed = self._place_loose(slots, loose)
+        copies = self._copies(slots, renamed)
         return InventoryMatch(
-            complete=tuple(sorted(complete, key=lambda c: (c.artifact_id, c.root))),
-            partial=tuple(sorted(partial, key=lambda p: (p.artifact_id, p.root))),
-            scattered=tuple(scattered),
+            copies=copies,
+            scattered=self._scattered(copies, files, host_by_hash),
             files=tuple(files),
             unregistered=tuple(unregistered),
             ciphertext=tuple(ciphertext),
         )
+
+    @staticmethod
+    def _place_loose(
+        slots: dict[tuple[str, str], dict[str, str]], loose: list[tuple[str, str, list[FileEntry]]]
+    ) -> dict[tuple[str, str], list[str]]:
+        """Give every file found under another name a place in a copy (see the module doc)."""
+        in_place = set(slots)
+        renamed: dict[tuple[str, str], list[str]] = {}
+        for path, aid, entries in loose:
+            here = _parent(path)
+            candidates = [d for d in _ancestors(path) if (aid, d) in in_place]
+            if here not in candidates:
+                candidates.append(here)
+            candidates.append(path)
+            for loc in candidates:
+                group = slots.setdefault((aid, loc), {})
+                free = next((e for e in entries if e.path not in group), None)
+                if free is not None:
+                    group[free.path] = path
+                    renamed.setdefault((aid, loc), []).append(path)
+                    break
+        return renamed
+
+    def _copies(
+        self, slots: dict[tuple[str, str], dict[str, str]], renamed: dict[tuple[str, str], list[str]]
+    ) -> tuple[HostCopy, ...]:
+        found: list[HostCopy] = []
+        for (aid, loc), held in slots.items():
+            if not held:
+                continue
+            manifest = self._manifests[aid]
+            found.append(HostCopy(
+                aid,
+                loc,
+                files=tuple((e.path, held[e.path]) for e in manifest.files if e.size > 0 and e.path in held),
+                missing=tuple(e.path for e in manifest.files if e.size > 0 and e.path not in held),
+                renamed=tuple(sorted(renamed.get((aid, loc), ()))),
+            ))
+        complete_at: dict[str, list[tuple[str, set[str]]]] = {}
+        for c in found:
+            if c.complete:
+                complete_at.setdefault(c.location, []).append((c.artifact_id, set(c.host_paths)))
+        out = []
+        for c in found:
+            if not c.complete:
+                mine = set(c.host_paths)
+                at = complete_at.get(c.location, ())
+                covered = tuple(sorted(other for other, paths in at if other != c.artifact_id and mine <= paths))
+                if covered:
+                    c = HostCopy(c.artifact_id, c.location, c.files, c.missing, c.renamed, covered)
+            out.append(c)
+        return tuple(sorted(out, key=lambda c: (c.artifact_id, c.location)))
+
+    def _scattered(
+        self, copies: tuple[HostCopy, ...], files: list[FileMatch], host_by_hash: dict[str, str]
+    ) -> tuple[ScatteredCopy, ...]:
+        touched = {ref.artifact_id for f in files for ref in f.refs}
+        has_complete = {c.artifact_id for c in copies if c.complete}
+        scattered: list[ScatteredCopy] = []
+        for aid in sorted(touched - has_complete):
+            manifest = self._manifests[aid]
+            if all(e.size == 0 or e.sha256 in host_by_hash for e in manifest.files):
+                scattered.append(ScatteredCopy(
+                    aid, tuple((e.path, host_by_hash[e.sha256]) for e in manifest.files if e.size > 0)))
+        return tuple(scattered)
 
 
 def _checked(records: Iterable[FileRecord]) -> list[FileRecord]:
     out = []
     seen: set[str] = set()
     for r in records:
-        if not (isinstance(getattr(r, "path", None), str) and isinstance(getattr(r, "size", None), int)
+        path = getattr(r, "path", None)
+        if not (isinstance(path, str) and isinstance(getattr(r, "size", None), int)
                 and isinstance(getattr(r, "sha256", None), str) and getattr(r, "form", None) in FORMS):
             raise InvalidInput(f"want file records (path, size, sha256, form), got {type(r).__name__}")
-        if r.path in seen:
-            raise InvalidInput(f"duplicate record for {r.path!r}")
-        seen.add(r.path)
+        # Locations are cut from host paths: a relative path would place a copy nowhere.
+        if not path.startswith("/") or "\x00" in path:
+            raise InvalidInput(f"want an absolute host path, got {path[:80]!r}")
+        if path in seen:
+            raise InvalidInput(f"duplicate record for {path!r}")
+        seen.add(path)
         out.append(r)
     return out
 

@@ -33,8 +33,10 @@ def test_end_to_end_with_real_files(tmp_path: Path) -> None:
     with Scanner(ScanConfig(roots=[host], workers=2), tmp_path / "state" / "c.db") as s:
         res = s.scan()
     m = match_inventory({man.artifact_id: man}, res.records)
-    assert [(c.artifact_id, c.root) for c in m.complete] == [(man.artifact_id, str(host / "mnt" / "copy"))]
+    assert [(c.artifact_id, c.location) for c in m.complete] == [(man.artifact_id, str(host / "mnt" / "copy"))]
     innocent = next(f for f in m.files if f.path.endswith("innocent.bin"))
     assert innocent.renamed and innocent.refs == (ArtifactFile(man.artifact_id, "model-00002.safetensors"),)
+    (loose,) = m.partial
+    assert (loose.location, len(loose.files), loose.total) == (str(host / "loose"), 1, 3)
     assert [u.path for u in m.unregistered] == [str(host / "loose" / "new.safetensors")]
     assert [c.path for c in m.ciphertext] == [str(host / "enc" / "blob.bin")]

@@ -33,7 +33,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
                       "key_file": (str,), "server_name": (str,)},
     "scan": {"roots": (list,), "exclude": (list,), "patterns": (list,), "min_size": (int,),
              "interval": (int, float), "process_interval": (int, float), "watch": (bool,),
-             "follow_symlinks": (bool,), "workers": (int,)},
+             "follow_symlinks": (bool,), "workers": (int,), "sniff": (bool,)},
     "lease": {"heartbeat_interval": (int, float), "reconnect_max": (int, float)},
     "workloads": {"plaintext_dir": (str,), "stop_grace": (int, float), "allowed_uids": (list,),
                   "allowed_gids": (list,)},
@@ -66,7 +66,8 @@ class AgentConfig:
     scan_roots: tuple[Path, ...]
     scan_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     scan_patterns: tuple[str, ...] = WEIGHT_SUFFIXES
-    scan_min_size: int = DEFAULT_MIN_SIZE
+    scan_min_size: int = DEFAULT_MIN_SIZE  # any file this large is hashed, whatever its name
+    scan_sniff: bool = True  # smaller files are hashed if their first bytes begin a weight format
     scan_interval: float = 3600.0
     process_interval: float = 5.0
     watch: bool = True
@@ -97,7 +98,7 @@ class AgentConfig:
             own.append(str(self.plaintext_dir))
         own = [glob.escape(os.path.abspath(p)) for p in own]  # literal paths, not patterns
         return ScanConfig(roots=self.scan_roots, exclude=(*self.scan_exclude, *own),
-                          patterns=self.scan_patterns, min_size=self.scan_min_size,
+                          patterns=self.scan_patterns, min_size=self.scan_min_size, sniff=self.scan_sniff,
                           workers=self.scan_workers, follow_symlinks=self.follow_symlinks)
 
     def with_overrides(self, **kw: Any) -> AgentConfig:
@@ -228,6 +229,7 @@ def config_from_dict(raw: dict[str, Any], *, path: Path, dev: bool = False) -> A
         scan_exclude=exclude,
         scan_patterns=patterns,
         scan_min_size=min_size,
+        scan_sniff=scan.get("sniff", True),
         scan_interval=_positive(path, "scan.interval", scan.get("interval", 3600), low=0.2, high=7 * 86400),
         process_interval=_positive(path, "scan.process_interval", scan.get("process_interval", 5),
                                    low=0.1, high=3600),

@@ -79,6 +79,7 @@ class Inventory:
         self.ready = True
         log.info("full scan done", extra={"fields": {
             "files": len(result.records), "hashed": result.stats.hashed, "cache_hits": result.stats.cache_hits,
+            "sniffed": result.stats.sniffed, "found_by_format": result.stats.sniff_found,
             "problems": len(result.problems), "elapsed_s": round(result.stats.elapsed_s, 3)}})
 
     async def rescan(self, paths: list[str]) -> None:

@@ -43,13 +43,16 @@ from custos.controlplane.store.base import MAX_TXN_OPS, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.hosts import cert_fingerprint, validate_host_name
 from custos.core.manifest import decode_manifest
-from custos.core.matching import HashedFile, ManifestIndex
+from custos.core.matching import HashedFile, HostCopy, ManifestIndex, UnregisteredWeights, weight_like_name
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
 
 log = logging.getLogger("custos.custody")
 
 DEFAULT_TOKEN_TTL = 3600
 STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
+# Agents hash every file from 1 MiB up to find renamed copies; one that matches nothing
+# alerts only if it is named like weights or is this large (the agent's old size rule).
+LARGE_UNREGISTERED = 256 << 20
 AGENT_CERT_DAYS = 365
 
 
@@ -337,8 +340,9 @@ class Custody:
         for path in inv.removed_paths:
             files.pop(path, None)
         for f in inv.files:
-            if f.form not in ("plaintext", "ciphertext") or not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
-                continue
+            if (f.form not in ("plaintext", "ciphertext") or not re.fullmatch(r"[0-9a-f]{64}", f.sha256)
+                    or not f.path.startswith("/") or "\x00" in f.path):
+                continue  # a copy's location is cut from an absolute host path
             files[f.path] = {"form": f.form, "sha256": f.sha256, "size": int(f.size)}
         self._files[host] = files
         # An unchanged report (same files, processes and managed roots, same registry)
@@ -369,27 +373,22 @@ class Custody:
         found: list[tuple[str, dict[str, Any], bool]] = []  # (copy key, record, keeps residual)
         alerts: list[dict[str, Any]] = []
         managed = {p.rstrip("/") for p in getattr(inv, "managed_roots", [])}
-        for c in match.complete:
+        for c in match.copies:
+            if c.covered_by:
+                continue  # its files are those of another artifact's complete copy here
             model = models.get(c.artifact_id, "")
-            authorized = c.root in managed or _authorized(await policy(model), host, c.root)
-            copy = new_copy(c.artifact_id, model, "host-path", f"{host}:{c.root}", host, "plaintext",
-                            authorized=authorized, evidence=f"{len(c.paths)} files match the manifest by SHA-256")
+            authorized = _under_any(c.location, managed) or _authorized(await policy(model), host, c.location)
+            copy = new_copy(c.artifact_id, model, "host-path", f"{host}:{c.location}", host, "plaintext",
+                            authorized=authorized, evidence=_copy_evidence(c),
+                            state="present" if c.complete else "partial")
+            copy["files_matched"], copy["files_total"] = len(c.files), c.total
+            # Still there after a halt, whole or in part: it stays residual.
             found.append((f"copies/{c.artifact_id}/{copy['id']}", copy, True))
             if not authorized:
+                how = " (found by content under other names)" if c.renamed else ""
                 alerts.append(_alert("unauthorized-copy", host, model, c.artifact_id,
-                                     f"complete plaintext copy at {c.root} is outside the model's custody policy"))
-        for p in match.partial:
-            if p.covered_by:
-                continue
-            model = models.get(p.artifact_id, "")
-            authorized = p.root in managed or _authorized(await policy(model), host, p.root)
-            copy = new_copy(p.artifact_id, model, "host-path", f"{host}:{p.root}", host, "plaintext",
-                            authorized=authorized,
-                            evidence=f"partial: {len(p.present)} of {len(p.present) + len(p.missing)} files")
-            found.append((f"copies/{p.artifact_id}/{copy['id']}", copy, False))
-            if not authorized:
-                alerts.append(_alert("unauthorized-copy", host, model, p.artifact_id,
-                                     f"partial plaintext copy at {p.root} is outside the model's custody policy"))
+                                     f"{'complete' if c.complete else 'partial'} plaintext copy at {c.location}"
+                                     f"{how} is outside the model's custody policy"))
         by_path = {f.path: f for f in match.files}
         for proc in inv.processes:
             arts: set[str] = set()
@@ -404,7 +403,7 @@ class Custody:
                                 evidence=f"pid {proc.pid} ({proc.user}) holds {len(proc.paths)} weight files "
                                          f"({proc.how}): {proc.cmdline[:200]}")
                 found.append((f"copies/{aid}/{copy['id']}", copy, False))
-        for u in match.unregistered:
+        for u in filter(_named_like_weights, match.unregistered):
             alerts.append(_alert("unregistered-weights", host, "", "",
                                  f"{u.path} ({u.size} bytes, sha256 {u.sha256[:16]}) matches no registered artifact"))
         seen = {ck for ck, _, _ in found}
@@ -464,7 +463,7 @@ class Custody:
         puts: dict[str, bytes] = {}
         for key, old in (await self.store.get_many(await self.host_copy_keys(host))).items():
             rec = dict(decode_canonical(old.value))
-            if rec["state"] == "present":
+            if rec["state"] in ("present", "partial"):
                 rec["state"] = state
                 puts[key] = encode_canonical(rec)
         await self.write_batches(puts)
@@ -501,6 +500,35 @@ def _authorized(model: dict[str, Any], host: str, path: str) -> bool:
     if not any(fnmatch.fnmatchcase(host, pat) for pat in hosts):
         return False
     return not paths or not path or any(fnmatch.fnmatchcase(path, pat) for pat in paths)
+
+
+def _under_any(path: str, dirs: set[str]) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in dirs)
+
+
+def _listed(items: list[str], limit: int = 8) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _copy_evidence(c: HostCopy) -> str:
+    """What a copy's record says it is: n of m files, and which bytes sit under other names."""
+    if c.complete:
+        text = f"{len(c.files)} files match the manifest by SHA-256"
+    else:
+        text = (f"partial: {len(c.files)} of {c.total} files match by SHA-256: "
+                f"{_listed([m for m, _ in c.files])}")
+    if c.renamed:
+        held = {h: m for m, h in c.files}
+        prefix = c.location.rstrip("/") + "/"
+        text += "; under other names: " + _listed(
+            [f"{h[len(prefix):] if h.startswith(prefix) else h} holds {held[h]}" for h in c.renamed])
+    return text
+
+
+def _named_like_weights(u: UnregisteredWeights) -> bool:
+    """Is an unmatched file worth an alert: named like weights, or as large as weights are?"""
+    return u.size >= LARGE_UNREGISTERED or weight_like_name(u.path.rpartition("/")[2])
 
 
 def _alert(rule: str, host: str, model: str, artifact: str, detail: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Inventory of weight-like files on this host, by content hash.
 
-:mod:`.records` holds the configuration and what a scan yields, :mod:`.cache`
-the persistent hash cache, :mod:`.walk` the scan itself (:class:`Scanner`) and
-:mod:`.watch` the change watcher between full scans (:class:`Watcher`).
+:mod:`.records` holds the configuration and what a scan yields, :mod:`.formats`
+the weight formats recognised by their first bytes, :mod:`.cache` the persistent
+hash cache, :mod:`.walk` the scan itself (:class:`Scanner`) and :mod:`.watch`
+the change watcher between full scans (:class:`Watcher`).
 """
 
 from custos.agent.scanner.records import (

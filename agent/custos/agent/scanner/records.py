@@ -16,22 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from custos.core.matching import Form
+from custos.agent.scanner.formats import SNIFF_MIN_SIZE
+from custos.core.matching import WEIGHT_SUFFIXES, Form, weight_like_name
 from custos.errors import InvalidInput
 
-WEIGHT_SUFFIXES: tuple[str, ...] = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".gguf",
-    ".onnx",
-    ".h5",
-    ".msgpack",
-    ".npz",
-)
-DEFAULT_MIN_SIZE = 256 << 20
+# Any file this large is hashed whatever its name: a registered file renamed to
+# notes.txt is found by its hash. 1 MiB puts every real weight shard above it;
+# the cost (docs/agent.md, bench/scan_bench.py) is one hash per large file, once.
+DEFAULT_MIN_SIZE = 1 << 20
 # Pseudo file systems hold no weights and reading some of their files has side effects.
 DEFAULT_EXCLUDE: tuple[str, ...] = ("/proc", "/sys")
 # The first bytes of every file in the Custos chunked ciphertext format
@@ -55,8 +47,10 @@ class ScanConfig:
     ``exclude`` holds ``fnmatch`` patterns tested against both the full path and
     the base name of every entry (``"/data/scratch"``, ``"*.tmp"``, ``".git"``);
     an excluded directory is not entered. A file is weight-like when its name
-    ends with one of ``patterns`` (case-insensitive) or, if ``min_size`` > 0,
-    when it is at least ``min_size`` bytes. Raises InvalidInput on bad values.
+    ends with one of ``patterns`` (case-insensitive), or carries one before
+    another suffix (``model.safetensors.bak``), or, if ``min_size`` > 0, when it
+    is at least ``min_size`` bytes; with ``sniff``, also when its first bytes
+    begin a weight format (:mod:`.formats`). Raises InvalidInput on bad values.
     """
 
     roots: Sequence[Path | str]
@@ -66,6 +60,7 @@ class ScanConfig:
     workers: int = field(default_factory=_default_workers)
     follow_symlinks: bool = False
     magic: bytes = CUSTOS_MAGIC
+    sniff: bool = True
     low_priority: bool = True
     _exclude_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -97,6 +92,8 @@ class ScanConfig:
             raise InvalidInput("scan config: workers must be an int >= 1")
         if not isinstance(self.magic, bytes) or not 1 <= len(self.magic) <= 64:
             raise InvalidInput("scan config: magic must be 1 to 64 bytes")
+        if not isinstance(self.sniff, bool):
+            raise InvalidInput("scan config: sniff must be true or false")
 
     @property
     def root_paths(self) -> tuple[str, ...]:
@@ -110,9 +107,14 @@ class ScanConfig:
         return rx.match(path) is not None or rx.match(base) is not None
 
     def is_weight_like(self, name: str, size: int) -> bool:
-        if name.lower().endswith(self.patterns):
+        """By name or size alone (no I/O); :meth:`should_sniff` says whether to look at the bytes."""
+        if weight_like_name(name, self.patterns):
             return True
         return self.min_size > 0 and size >= self.min_size
+
+    def should_sniff(self, size: int) -> bool:
+        """Is a file of ``size`` bytes that is not weight-like by name or size worth reading the head of?"""
+        return self.sniff and size >= SNIFF_MIN_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +147,12 @@ class ScanProblem:
 @dataclass(frozen=True, slots=True)
 class ScanStats:
     files_seen: int = 0  # regular files looked at
-    candidates: int = 0  # of those, weight-like
+    candidates: int = 0  # of those, weight-like (by name, size or first bytes)
     cache_hits: int = 0
-    hashed: int = 0  # files handed to the hasher
+    hashed: int = 0  # files handed to the hasher (hard links of one inode: once)
+    sniffed: int = 0  # files whose first bytes were read because neither name nor size decided
+    sniff_found: int = 0  # of those, the start of a weight format
+    sniff_known: int = 0  # files the cache knows are no weights: not read again
     bytes_hashed: int = 0
     symlinks_skipped: int = 0
     elapsed_s: float = 0.0

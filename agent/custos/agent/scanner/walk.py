@@ -2,10 +2,12 @@
 
 A :class:`Scanner` walks its roots with ``os.scandir`` (symlinks are not followed
 unless asked, and never into a loop), picks the files that look like weights (by
-suffix, or by size), and hashes them on a bounded thread pool at idle I/O
-priority with :func:`custos.fs.hashing.hash_file`. The hash cache
+suffix, or by size, or — read on the hashing threads — by the first bytes of a
+weight format, :mod:`.formats`), and hashes them on a bounded thread pool at idle
+I/O priority with :func:`custos.fs.hashing.hash_file`. The hash cache
 (:class:`~custos.agent.scanner.cache.HashCache`) means an unchanged file is
-never hashed twice.
+never hashed twice, nor its first bytes read twice; names of one inode (hard
+links) are hashed once and each becomes a record.
 
 One bad file never stops a scan: unreadable directories, symlink loops, files
 that vanish or change while being hashed become :class:`ScanProblem` entries and
@@ -29,7 +31,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from custos.agent.scanner.cache import CacheEntry, HashCache
+from custos.agent.scanner.cache import CacheEntry, HashCache, unlike_id
+from custos.agent.scanner.formats import HEAD_BYTES, sniff
 from custos.agent.scanner.records import (
     CacheKey,
     FileRecord,
@@ -98,6 +101,7 @@ class _Job:
     path: str  # where the file appears
     open_path: str  # what to open: the path itself, or a followed symlink's target
     st: os.stat_result
+    sniff: bool = False  # weight-like only if its first bytes say so
 
 
 @dataclass(slots=True)
@@ -106,8 +110,17 @@ class _Walk:
     problems: list[ScanProblem] = field(default_factory=list)
     failed_dirs: list[str] = field(default_factory=list)
     visited: set[tuple[int, int]] = field(default_factory=set)
+    unlike_seen: set[int] = field(default_factory=set)  # unlike ids of files the cache knows are no weights
     files_seen: int = 0
     symlinks_skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _NotWeights:
+    """A sniffed file whose first bytes begin no weight format."""
+
+    unlike_id: int
+    paths: int
 
 
 def _under_any(path: str, prefixes: set[str]) -> bool:
@@ -145,7 +158,7 @@ class Scanner:
         self.config = config
         self._hasher = hasher
         self._cache_db = HashCache(cache_path)
-        self._cache = self._cache_db.load()
+        self._cache, self._unlike = self._cache_db.load()
         self._records: dict[str, FileRecord] = {}
         self._lock = threading.Lock()
 
@@ -180,7 +193,7 @@ class Scanner:
             walk = _Walk()
             for root in self.config.root_paths:
                 self._walk_root(root, walk)
-            records, problems, stats = self._process(walk)
+            records, unlike_new, problems, stats = self._process(walk)
             # A directory we could not read this time keeps its cache entries: a
             # transient permission or mount problem must not cost a full rehash.
             seen = {r.key for r in records}
@@ -189,8 +202,11 @@ class Scanner:
                 for k, v in self._cache.items()
                 if k not in seen and not any(is_under(v.path, d) for d in walk.failed_dirs)
             ]
+            # Unlike entries carry no path: one not seen is dropped (it costs a read, never a hash).
+            keep = walk.unlike_seen.union(unlike_new)
+            unlike_stale = [k for k in self._unlike if k not in keep]
             self._records = {r.path: r for r in records}
-            problems += self._commit(records, stale)
+            problems += self._commit(records, stale, unlike_new, unlike_stale)
             return self._result(problems, stats, t0)
 
     # - incremental -
@@ -228,12 +244,10 @@ class Scanner:
                         walk.visited.add(key)
                         self._walk_dir(p, (key,), walk)
                 elif stat.S_ISREG(st.st_mode):
-                    walk.files_seen += 1
-                    if self.config.is_weight_like(os.path.basename(p), st.st_size):
-                        walk.jobs.append(_Job(p, p, st))
+                    self._consider(p, p, os.path.basename(p), st, walk)
                 elif stat.S_ISLNK(st.st_mode) and self.config.follow_symlinks:
                     self._follow_symlink(p, os.path.basename(p), (), walk)
-            records, problems, stats = self._process(walk)
+            records, unlike_new, problems, stats = self._process(walk)
             drop_set, failed = set(drop), set(walk.failed_dirs)
             removed = [
                 r for path, r in self._records.items() if _under_any(path, drop_set) and not _under_any(path, failed)
@@ -244,7 +258,7 @@ class Scanner:
                 self._records[r.path] = r
             live = {r.key for r in self._records.values()}
             stale = {r.key for r in removed if r.key not in live}
-            problems += self._commit(records, stale)
+            problems += self._commit(records, stale, unlike_new, ())
             return self._result(problems, stats, t0)
 
     # - internals -
@@ -332,10 +346,7 @@ class Scanner:
                             walk.visited.add(key)
                             stack.append((path, (*ancestors, key)))
                     elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        walk.files_seen += 1
-                        if cfg.is_weight_like(entry.name, st.st_size):
-                            walk.jobs.append(_Job(path, path, st))
+                        self._consider(path, path, entry.name, entry.stat(follow_symlinks=False), walk)
                     # devices, FIFOs and sockets hold no weights and may block a reader
                 except FileNotFoundError:
                     continue  # gone between readdir and stat: nothing to inventory
@@ -368,54 +379,95 @@ class Scanner:
             walk.visited.add(key)
             return (path, (*ancestors, key))
         if stat.S_ISREG(st.st_mode):
-            walk.files_seen += 1
-            if self.config.is_weight_like(name, st.st_size):
-                walk.jobs.append(_Job(path, os.path.realpath(path), st))
+            self._consider(path, os.path.realpath(path), name, st, walk)
         return None
 
-    def _process(self, walk: _Walk) -> tuple[list[FileRecord], list[ScanProblem], ScanStats]:
+    def _consider(self, path: str, open_path: str, name: str, st: os.stat_result, walk: _Walk) -> None:
+        """A regular file the walk met: queue it if its name or size makes it weight-like, or to sniff."""
+        walk.files_seen += 1
+        if self.config.is_weight_like(name, st.st_size):
+            walk.jobs.append(_Job(path, open_path, st))
+        elif self.config.should_sniff(st.st_size):
+            uid = unlike_id(_key(st))
+            if uid in self._unlike:
+                walk.unlike_seen.add(uid)
+            else:
+                walk.jobs.append(_Job(path, open_path, st, sniff=True))
+
+    def _process(self, walk: _Walk) -> tuple[list[FileRecord], list[int], list[ScanProblem], ScanStats]:
+        """Hash what the cache does not know; returns records, new unlike ids, problems, stats."""
         records: list[FileRecord] = []
-        todo: list[_Job] = []
+        groups: dict[CacheKey, list[_Job]] = {}  # one inode, all its names (hard links)
         queued: set[str] = set()
         for job in walk.jobs:
             if job.path in queued:
                 continue  # named twice in one rescan
             queued.add(job.path)
-            k = _key(job.st)
+            groups.setdefault(_key(job.st), []).append(job)
+        todo: list[tuple[list[_Job], CacheEntry | None]] = []
+        for k, jobs in groups.items():
             hit = self._cache.get(k)
-            if hit is None:
-                todo.append(job)
+            if hit is not None and not all(j.sniff for j in jobs):
+                records += [_record(j, hit.sha256, hit.form) for j in jobs]
             else:
-                records.append(_record(job, hit.sha256, hit.form))
+                # Known bytes under names that are only sniffed: the head is read again (not the
+                # file), so a change of rules or of names cannot keep a file reported.
+                todo.append((jobs, hit))
         problems = list(walk.problems)
         hits = len(records)
-        bytes_hashed = 0
+        bytes_hashed = hashed = sniffed = found = not_weights_paths = 0
+        unlike: list[int] = []
         if todo:
             # Largest first keeps every worker busy until the end.
-            todo.sort(key=lambda j: -j.st.st_size)
+            todo.sort(key=lambda t: -t[0][0].st.st_size)
             n = min(self.config.workers, len(todo))
             init = _lower_priority_once_noted if self.config.low_priority else None
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="custos-scan", initializer=init) as pool:
-                for out in pool.map(self._hash_job, todo):
-                    if isinstance(out, FileRecord):
-                        records.append(out)
-                        bytes_hashed += out.size
-                    else:
+                for (jobs, hit), out in zip(todo, pool.map(self._hash_group, todo), strict=True):
+                    sniffing = all(j.sniff for j in jobs)
+                    sniffed += sniffing
+                    if isinstance(out, _NotWeights):
+                        unlike.append(out.unlike_id)
+                        not_weights_paths += out.paths
+                        continue
+                    if isinstance(out, ScanProblem):
                         problems.append(out)
+                        continue
+                    found += sniffing
+                    records += out
+                    if hit is not None:
+                        hits += len(out)
+                    else:
+                        hashed += 1
+                        bytes_hashed += out[0].size
         stats = ScanStats(
             files_seen=walk.files_seen,
-            candidates=len(queued),
+            candidates=len(queued) - not_weights_paths,
             cache_hits=hits,
-            hashed=len(todo),
+            hashed=hashed,
             bytes_hashed=bytes_hashed,
             symlinks_skipped=walk.symlinks_skipped,
+            sniffed=sniffed,
+            sniff_found=found,
+            sniff_known=len(walk.unlike_seen),
         )
-        return records, problems, stats
+        return records, unlike, problems, stats
 
-    def _hash_job(self, job: _Job) -> FileRecord | ScanProblem:
-        """Runs on a worker thread; never raises."""
+    def _hash_group(self, item: tuple[list[_Job], CacheEntry | None]) -> list[FileRecord] | ScanProblem | _NotWeights:
+        """Hash one inode for all its names; runs on a worker thread; never raises.
+
+        A group whose every name is only a candidate for sniffing is hashed only
+        when its first bytes begin a weight format; with ``hit`` (the cache knows
+        its bytes) it is not hashed at all.
+        """
+        jobs, hit = item
+        job = next((j for j in jobs if not j.sniff), jobs[0])
         try:
-            form = self._read_form(job)
+            head = self._read_head(job)
+            if job.sniff and sniff(head, job.st.st_size, ciphertext_magic=self.config.magic) is None:
+                return _NotWeights(unlike_id(_key(job.st)), len(jobs))
+            if hit is not None:
+                return [_record(j, hit.sha256, hit.form) for j in jobs]
             size, digest = self._hasher(job.open_path)
             after = os.stat(job.open_path, follow_symlinks=False)
         except _Changed:
@@ -434,9 +486,11 @@ class Scanner:
             return ScanProblem(job.path, "error", f"unexpected {type(exc).__name__} while hashing: {exc}")
         if _key(after) != _key(job.st) or size != job.st.st_size:
             return ScanProblem(job.path, "changed", "changed while being hashed; will be hashed again on the next scan")
-        return _record(job, digest, form)
+        form: Form = "ciphertext" if head.startswith(self.config.magic) else "plaintext"
+        return [_record(j, digest, form) for j in jobs]
 
-    def _read_form(self, job: _Job) -> Form:
+    def _read_head(self, job: _Job) -> bytes:
+        """The file's first bytes, from the inode the walk saw (else _Changed)."""
         # O_NONBLOCK: if a FIFO was swapped in since the walk, open must not hang.
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(job.open_path, flags)
@@ -444,16 +498,16 @@ class Scanner:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (job.st.st_dev, job.st.st_ino):
                 raise _Changed
-            head = os.pread(fd, len(self.config.magic), 0)
+            return os.pread(fd, HEAD_BYTES if job.sniff else len(self.config.magic), 0)
         finally:
             os.close(fd)
-        return "ciphertext" if head == self.config.magic else "plaintext"
 
-    def _commit(self, records: list[FileRecord], stale: Iterable[CacheKey]) -> list[ScanProblem]:
+    def _commit(self, records: list[FileRecord], stale: Iterable[CacheKey],
+                unlike_new: Iterable[int], unlike_stale: Iterable[int]) -> list[ScanProblem]:
         put = {r.key: CacheEntry(r.sha256, r.form, r.path) for r in records if r.key not in self._cache}
-        stale = list(stale)
+        stale, unlike_new, unlike_stale = list(stale), list(unlike_new), list(unlike_stale)
         try:
-            self._cache_db.update(put, stale)
+            self._cache_db.update(put, stale, unlike_new, unlike_stale)
         except sqlite3.Error as exc:
             # The inventory is still right; only the next scan will rehash more.
             return [ScanProblem(str(self._cache_db.path), "cache", f"cannot write the scan cache: {exc}")]
@@ -461,6 +515,8 @@ class Scanner:
             for k in stale:
                 self._cache.pop(k, None)
             self._cache.update(put)
+            self._unlike.difference_update(unlike_stale)
+            self._unlike.update(unlike_new)
         return []
 
 
