@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custos.client.session import Client
 from custos.client.signerkeys import load_private_key
+from custos.core import sshsig
+from custos.core.signers import Signature, decode_signatures, key_id_of
 from custos.errors import (
     InvalidInput,
 )
@@ -69,3 +71,18 @@ def read_passphrase(ns: argparse.Namespace, *, confirm: bool = False) -> bytes |
 
 def load_signer(ns: argparse.Namespace) -> Ed25519PrivateKey:
     return load_private_key(ns.key, read_passphrase(ns))
+
+
+def read_signature_file(path: str) -> list[Signature]:
+    """Signatures from a file: an armored SSHSIG (``ssh-keygen -Y sign``; its key id is
+    derived from the public key inside) or a canonical signature list (``sign-file``).
+    Raises InvalidInput."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    text = raw.decode("utf-8", errors="replace")
+    if text.lstrip().startswith(sshsig.ARMOR_BEGIN):
+        pub = sshsig.parse(text).public_key
+        return [Signature(key_id=key_id_of(pub.algorithm, pub.public), sig=text)]
+    return decode_signatures(raw)

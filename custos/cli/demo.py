@@ -121,13 +121,17 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
         _run(env, "copies", "frontier-base")
 
         # Shutdown: a drill on the designated drill model (2-of-5), then a real halt
-        # of the base model and every derivative (3-of-5), each with its report.
+        # of the base model and every derivative (3-of-5), each with its report. The
+        # drill model is first declared drillable in the signed drill register (4-of-5,
+        # the rotate threshold): a drill can stop nothing else.
         drill_dir = root / "weights" / "drill-model"
         generate_model(drill_dir, seed=3, layers=2, width=64, shards=1)
         _run(env, "model", "register", "drill-model", "--training-flops", "2e26", "--drill")
         _run(env, "push", "drill-model", str(drill_dir), show=False)
         signers = root / "server" / "signers"
         exec_env = {**env, "CUSTOS_ROLE": "executive"}
+        _run(exec_env, "drill-register", "declare", "--model", "drill-model",
+             *[a for i in (1, 2, 3, 4) for a in ("--key", str(signers / f"exec{i}.key"))])
         _run(exec_env, "drill", "--model", "drill-model", "--model", "frontier-base",
              "--reason", "quarterly shutdown drill", "--key", str(signers / "exec1.key"),
              "--key", str(signers / "exec2.key"), "--png", str(root / "drill.png"))
@@ -140,7 +144,8 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
         print(f"\n$ custos pull {base_id[:12]} ...   # after the halt\n{refused.stderr.strip()}")
         _run(env, "audit", "list")
         time.sleep(0.7)  # let the server sign a checkpoint over the newest event
-        _run(env, "audit", "verify")
+        # The verifier's trusted state lives with the demo's data, not in the user's home.
+        _run(env, "audit", "verify", "--state", str(root / "audit-state.json"))
         if keep:
             print(f"\nThe dev server keeps running (pid {proc.pid}). Point your shell at it:\n"
                   f"  source {env_file}\nStop it with: kill {proc.pid}")

@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "incident": "custos.cli.incidents",
     "run": "custos.cli.run",
     "signer": "custos.cli.signers",
-    "order": "custos.cli.orders", "drill": "custos.cli.orders",
+    "order": "custos.cli.orders", "drill": "custos.cli.orders", "drill-register": "custos.cli.drills",
     "audit": "custos.cli.audit",
 }
 """Each top-level command -> the module whose ``add_commands(sub, common)`` declares it.

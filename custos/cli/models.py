@@ -111,7 +111,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     mr.add_argument("--exemption-basis")
     mr.add_argument("--exemption-date", help="YYYY-MM-DD")
     mr.add_argument("--exemption-certifier")
-    mr.add_argument("--drill", action="store_true", help="designate as the shutdown-drill model")
+    mr.add_argument("--drill", action="store_true",
+                    help="a shutdown-drill model: executives may then declare it in the drill register")
     mr.set_defaults(fn=cmd_model_register)
     ml = m.add_parser("list", parents=[common], help="list models")
     ml.set_defaults(fn=cmd_model_list)

@@ -9,15 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import connect, duration, load_signer, read_passphrase
+from custos.cli.common import connect, duration, load_signer, read_passphrase, read_signature_file
 from custos.cli.output import Out, table, ts
 from custos.client import orders
 from custos.client.session import Client
 from custos.client.signerkeys import load_private_key
-from custos.core import sshsig
 from custos.core.orders import ORDER_DOMAIN, Order
 from custos.core.reports import time_to_halt_png
-from custos.core.signers import Signature, decode_signatures, encode_signatures, key_id_of
+from custos.core.signers import encode_signatures
 from custos.errors import InvalidInput
 from custos.v1 import orders_pb2
 
@@ -95,17 +94,7 @@ def cmd_order_sign_file(ns: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_order_attach(ns: argparse.Namespace, out: Out) -> int:
-    try:
-        raw = Path(ns.sigfile).read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {ns.sigfile}: {exc.strerror}") from None
-    text = raw.decode("utf-8", errors="replace")
-    if text.lstrip().startswith(sshsig.ARMOR_BEGIN):
-        pub = sshsig.parse(text).public_key
-        sigs = [Signature(key_id=key_id_of(pub.algorithm, pub.public), sig=text)]
-    else:
-        sigs = decode_signatures(raw)
-    d = order_json(orders.attach(connect(ns), ns.order, sigs))
+    d = order_json(orders.attach(connect(ns), ns.order, read_signature_file(ns.sigfile)))
     out.emit(d, lambda: _order_text(d))
     return 0
 
@@ -166,7 +155,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     op.add_argument("--model", action="append", required=True, help="model (derivatives are included)")
     op.add_argument("--reason", required=True)
     op.add_argument("--expires", default="1h", help="e.g. 30m, 1h, 2d (max 7d)")
-    op.add_argument("--drill", action="store_true", help="drill: only the drill model really halts")
+    op.add_argument("--drill", action="store_true",
+                    help="drill: only what the signed drill register declares really halts; the rest is dry-run")
     op.set_defaults(fn=cmd_order_propose)
     osn = od.add_parser("sign", parents=[common], help="sign an order online with a signer key")
     osn.add_argument("order")

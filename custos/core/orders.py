@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custos.core.canonical import encode_canonical
+from custos.core.drills import DrillRegister
+from custos.core.names import HEX64, MODEL_NAME
 from custos.core.signers import (
     Failure,
     Signature,
@@ -58,9 +60,7 @@ MAX_ARTIFACTS = 100_000
 MAX_ORDER_BYTES = 8 * 1024 * 1024
 _MAX_INT = 2**53
 
-# The same rule as the registry's model names (custos.controlplane.registry).
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = HEX64
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 # Bidirectional controls can make the reason an executive reads differ from
 # the bytes they sign ("Trojan Source"); they are refused.
@@ -110,6 +110,7 @@ class OrderReason(StrEnum):
     REPLAYED = "replayed"
     STALE_SEQUENCE = "stale_sequence"
     DESTROYED_MODEL = "destroyed_model"
+    NOT_DRILL = "not_drill"  # a drill names something the signed drill register does not
 
 
 def _is_int(value: object) -> bool:
@@ -417,17 +418,29 @@ def verify_order(
     now: int,
     state: ExecutedOrders,
     destroyed_models: Collection[str] = frozenset(),
+    destroyed_artifacts: Collection[str] = frozenset(),
+    drill_register: DrillRegister | None = None,
 ) -> OrderVerification:
     """Verify an order against the pinned ``signer_set`` at time ``now`` (unix seconds).
 
     Never raises for bad order bytes or signatures — they are reported. Raises
     InvalidInput only for a caller error (``now`` not an int, wrong argument types).
-    A lift that names a model in ``destroyed_models`` fails: a destroy cannot be lifted.
+    A lift that names a model in ``destroyed_models`` or an artifact in
+    ``destroyed_artifacts`` fails: a destroy cannot be lifted.
+
+    Thresholds cannot be borrowed: ``drill_register`` (already verified, see
+    custos.core.drills.verify_register) says what a drill may stop. A drill whose
+    signed scope names anything outside it fails (``not_drill``); any other order
+    whose scope does needs at least the ``halt`` threshold, whatever its own
+    action's threshold — so no set of signatures below the halt threshold changes
+    anything that is not a declared drill model or artifact.
     """
     if not _is_int(now):
         raise InvalidInput("now must be integer unix seconds")
     if not isinstance(signer_set, SignerSet) or not isinstance(state, ExecutedOrders):
         raise InvalidInput("signer_set must be a SignerSet and state an ExecutedOrders")
+    if drill_register is not None and not isinstance(drill_register, DrillRegister):
+        raise InvalidInput("drill_register must be a DrillRegister or None")
     if not all(isinstance(s, Signature) for s in signatures):
         raise InvalidInput("signatures must be Signature values")
     result = OrderVerification(signer_set_version=signer_set.version)
@@ -446,12 +459,21 @@ def verify_order(
             OrderReason.WRONG_SIGNER_SET,
             f"made for signer-set version {order.signer_set_version}, the trusted version is {signer_set.version}",
         )
+    register = drill_register if drill_register and drill_register.signer_set_version == signer_set.version else None
+    all_drill = register is not None and register.covers(order.models, order.artifacts)
+    threshold = signer_set.threshold(order.action)
+    if not all_drill:
+        if order.action == "drill":
+            outside = _outside(order, register)
+            result.fail(OrderReason.NOT_DRILL, f"a drill may only name declared drill models and artifacts: {outside}")
+        else:
+            threshold = max(threshold, signer_set.threshold("halt"))
     tally = check_threshold(
         signer_set,
         signatures,
         ORDER_DOMAIN + bytes(order_bytes),
         namespace=ORDER_NAMESPACE,
-        threshold=signer_set.threshold(order.action),
+        threshold=threshold,
     )
     result.threshold = tally.threshold
     result.valid, result.invalid, result.unknown = tally.valid, tally.invalid, tally.unknown
@@ -476,4 +498,20 @@ def verify_order(
         destroyed = sorted(set(order.models) & set(destroyed_models))
         if destroyed:
             result.fail(OrderReason.DESTROYED_MODEL, f"cannot lift destroyed model(s): {', '.join(destroyed)}")
+        gone = sorted(set(order.artifacts) & set(destroyed_artifacts))
+        if gone:
+            result.fail(OrderReason.DESTROYED_MODEL,
+                        f"cannot lift {len(gone)} destroyed artifact(s): {', '.join(a[:12] for a in gone[:5])}")
     return result
+
+
+def _outside(order: Order, register: DrillRegister | None) -> str:
+    """What of a drill's scope the register does not declare, in a sentence."""
+    if register is None:
+        return "no drill register signed under this signer-set version"
+    models = sorted(set(order.models) - set(register.models))
+    artifacts = sorted(set(order.artifacts) - set(register.artifacts))
+    parts = [f"model(s) {', '.join(models[:5])}"] if models else []
+    if artifacts:
+        parts.append(f"{len(artifacts)} artifact(s) {', '.join(a[:12] for a in artifacts[:5])}")
+    return " and ".join(parts) + " not in drill register v" + str(register.version)

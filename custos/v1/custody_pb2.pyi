@@ -207,20 +207,24 @@ class Lease(_message.Message):
     def __init__(self, expires_unix_ns: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class SignedOrder(_message.Message):
-    __slots__ = ("body", "signatures", "signer_set", "signer_chain", "dry_run_models", "dry_run_artifacts")
+    __slots__ = ("body", "signatures", "signer_set", "signer_chain", "dry_run_models", "dry_run_artifacts", "drill_register", "drill_register_signatures")
     BODY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     SIGNER_SET_FIELD_NUMBER: _ClassVar[int]
     SIGNER_CHAIN_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_MODELS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    DRILL_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    DRILL_REGISTER_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     body: bytes
     signatures: _containers.RepeatedCompositeFieldContainer[OrderSignature]
     signer_set: bytes
     signer_chain: _containers.RepeatedScalarFieldContainer[bytes]
     dry_run_models: _containers.RepeatedScalarFieldContainer[str]
     dry_run_artifacts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, body: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[OrderSignature, _Mapping]]] = ..., signer_set: _Optional[bytes] = ..., signer_chain: _Optional[_Iterable[bytes]] = ..., dry_run_models: _Optional[_Iterable[str]] = ..., dry_run_artifacts: _Optional[_Iterable[str]] = ...) -> None: ...
+    drill_register: bytes
+    drill_register_signatures: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[OrderSignature, _Mapping]]] = ..., signer_set: _Optional[bytes] = ..., signer_chain: _Optional[_Iterable[bytes]] = ..., dry_run_models: _Optional[_Iterable[str]] = ..., dry_run_artifacts: _Optional[_Iterable[str]] = ..., drill_register: _Optional[bytes] = ..., drill_register_signatures: _Optional[bytes] = ...) -> None: ...
 
 class OrderSignature(_message.Message):
     __slots__ = ("key_id", "signature")

@@ -149,3 +149,43 @@ class GetReportResponse(_message.Message):
     content: str
     complete: bool
     def __init__(self, content: _Optional[str] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class DrillRegisterInfo(_message.Message):
+    __slots__ = ("body", "signatures", "version", "signer_set_version", "models", "artifacts", "threshold", "signed_by")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signatures: bytes
+    version: int
+    signer_set_version: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    artifacts: _containers.RepeatedScalarFieldContainer[str]
+    threshold: int
+    signed_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, body: _Optional[bytes] = ..., signatures: _Optional[bytes] = ..., version: _Optional[int] = ..., signer_set_version: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., artifacts: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., signed_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetDrillRegisterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PrepareDrillRegisterRequest(_message.Message):
+    __slots__ = ("add_models", "remove_models")
+    ADD_MODELS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    add_models: _containers.RepeatedScalarFieldContainer[str]
+    remove_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, add_models: _Optional[_Iterable[str]] = ..., remove_models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetDrillRegisterRequest(_message.Message):
+    __slots__ = ("body", "signatures")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signatures: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signatures: _Optional[bytes] = ...) -> None: ...

@@ -69,6 +69,21 @@ class OrdersStub:
                 request_serializer=custos_dot_v1_dot_orders__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=custos_dot_v1_dot_orders__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.GetDrillRegister = channel.unary_unary(
+                '/custos.v1.Orders/GetDrillRegister',
+                request_serializer=custos_dot_v1_dot_orders__pb2.GetDrillRegisterRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.FromString,
+                _registered_method=True)
+        self.PrepareDrillRegister = channel.unary_unary(
+                '/custos.v1.Orders/PrepareDrillRegister',
+                request_serializer=custos_dot_v1_dot_orders__pb2.PrepareDrillRegisterRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.FromString,
+                _registered_method=True)
+        self.SetDrillRegister = channel.unary_unary(
+                '/custos.v1.Orders/SetDrillRegister',
+                request_serializer=custos_dot_v1_dot_orders__pb2.SetDrillRegisterRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.FromString,
+                _registered_method=True)
 
 
 class OrdersServicer:
@@ -116,6 +131,24 @@ class OrdersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDrillRegister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareDrillRegister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDrillRegister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrdersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +186,21 @@ def add_OrdersServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=custos_dot_v1_dot_orders__pb2.GetReportRequest.FromString,
                     response_serializer=custos_dot_v1_dot_orders__pb2.GetReportResponse.SerializeToString,
+            ),
+            'GetDrillRegister': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDrillRegister,
+                    request_deserializer=custos_dot_v1_dot_orders__pb2.GetDrillRegisterRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.SerializeToString,
+            ),
+            'PrepareDrillRegister': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareDrillRegister,
+                    request_deserializer=custos_dot_v1_dot_orders__pb2.PrepareDrillRegisterRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.SerializeToString,
+            ),
+            'SetDrillRegister': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDrillRegister,
+                    request_deserializer=custos_dot_v1_dot_orders__pb2.SetDrillRegisterRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +392,87 @@ class Orders:
             '/custos.v1.Orders/GetReport',
             custos_dot_v1_dot_orders__pb2.GetReportRequest.SerializeToString,
             custos_dot_v1_dot_orders__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDrillRegister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Orders/GetDrillRegister',
+            custos_dot_v1_dot_orders__pb2.GetDrillRegisterRequest.SerializeToString,
+            custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareDrillRegister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Orders/PrepareDrillRegister',
+            custos_dot_v1_dot_orders__pb2.PrepareDrillRegisterRequest.SerializeToString,
+            custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDrillRegister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Orders/SetDrillRegister',
+            custos_dot_v1_dot_orders__pb2.SetDrillRegisterRequest.SerializeToString,
+            custos_dot_v1_dot_orders__pb2.DrillRegisterInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,12 +39,14 @@ from tests.core.order_cases import (
     RotationCase,
     adversarial_cases,
     default_state,
+    inputs,
     make_order,
     panel,
     panel_v2,
     rotation_cases,
     sign_set,
     valid_cases,
+    verify_inputs,
 )
 
 ADVERSARIAL = adversarial_cases()
@@ -53,9 +55,7 @@ ROTATIONS = rotation_cases()
 
 
 def run(i: Inputs) -> OrderVerification:
-    return verify_order(
-        i.order_bytes, i.signatures, i.signer_set, now=i.now, state=i.state, destroyed_models=i.destroyed_models
-    )
+    return verify_inputs(i)
 
 
 # -- the tables -------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def _quorum(rng: random.Random) -> tuple[Inputs, int]:
     action = rng.choice(ORDER_ACTIONS)
     order = make_order(action, p.name)
     sigs = p.sign_order(order)
-    i = Inputs(order.encode(), sigs, p.signer_set, default_state(), NOW, frozenset())
+    i = inputs(order.encode(), sigs, p)
     assert run(i), "the unmutated quorum must verify, or the fuzzer proves nothing"
     return i, p.threshold(action)
 

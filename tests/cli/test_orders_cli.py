@@ -88,6 +88,7 @@ def test_halt_lift_destroy(srv: DevServer, tmp_path: Path) -> None:
 
 def test_roles_and_offline_signing(srv: DevServer, tmp_path: Path) -> None:
     srv.cli("model", "register", "offline", "--training-flops", "3e26", "--drill", check=True)
+    srv.declare_drills("offline")
     denied = srv.cli("order", "propose", "--action", "halt", "--model", "offline", "--reason", "x")
     assert denied.returncode == 4  # the security team cannot propose orders
     oid = srv.propose("drill", "offline")

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from custos.core import sshsig
 from custos.core.canonical import encode_canonical
+from custos.core.drills import DRILL_REGISTER_DOMAIN, DRILL_REGISTER_NAMESPACE, DrillRegister, verify_register
 from custos.core.orders import (
     ORDER_ACTIONS,
     ORDER_DOMAIN,
@@ -43,6 +44,8 @@ from custos.core.orders import (
     ExecutedOrders,
     Order,
     OrderReason,
+    OrderVerification,
+    verify_order,
 )
 from custos.core.signers import (
     DEV_THRESHOLDS,
@@ -55,6 +58,7 @@ from custos.core.signers import (
     sign_raw,
     sign_ssh,
 )
+from custos.errors import CustosError
 
 NOW = 1_700_000_000
 ISSUED = NOW - 600
@@ -224,6 +228,40 @@ class Inputs(NamedTuple):
     state: ExecutedOrders
     now: int
     destroyed_models: frozenset[str]
+    # The signed drill register delivered with the order (b"" = none).
+    register_bytes: bytes = b""
+    register_signatures: tuple[Signature, ...] = ()
+    destroyed_artifacts: frozenset[str] = frozenset()
+
+
+def make_register(p: Panel, *, models: Sequence[str] = MODELS, artifacts: Sequence[str] = ARTIFACTS,
+                  version: int = 1, signer_set_version: int | None = None,
+                  signers: int | None = None) -> tuple[bytes, tuple[Signature, ...]]:
+    """A drill register declaring ``models`` and ``artifacts``, signed by the rotate
+    threshold of ``p`` (or by ``signers`` of its signers)."""
+    register = DrillRegister(version=version, models=tuple(models), artifacts=tuple(artifacts),
+                             signer_set_version=p.signer_set.version if signer_set_version is None
+                             else signer_set_version)
+    n = p.threshold("rotate") if signers is None else signers
+    return register.encode(), p.sign(register.signature_input(), n, namespace=DRILL_REGISTER_NAMESPACE)
+
+
+def trusted_register(i: Inputs) -> DrillRegister | None:
+    """The register the inputs deliver, if it verifies against their signer set (as the
+    control plane and the agent check it before use); None otherwise."""
+    if not i.register_bytes:
+        return None
+    try:
+        return verify_register(i.register_bytes, i.register_signatures, i.signer_set)
+    except CustosError:
+        return None
+
+
+def verify_inputs(i: Inputs) -> OrderVerification:
+    """``verify_order`` over one case's inputs, its register checked first."""
+    return verify_order(i.order_bytes, i.signatures, i.signer_set, now=i.now, state=i.state,
+                        destroyed_models=i.destroyed_models, destroyed_artifacts=i.destroyed_artifacts,
+                        drill_register=trusted_register(i))
 
 
 @dataclass(frozen=True)
@@ -243,8 +281,14 @@ def inputs(
     state: ExecutedOrders | None = None,
     now: int = NOW,
     destroyed: frozenset[str] = frozenset(),
+    register: tuple[bytes, tuple[Signature, ...]] | None = None,
+    destroyed_artifacts: frozenset[str] = frozenset(),
 ) -> Inputs:
-    return Inputs(body, tuple(signatures), p.signer_set, default_state() if state is None else state, now, destroyed)
+    """The inputs of one verification; by default with a drill register that declares the
+    whole test scope (MODELS, ARTIFACTS) drill, so a drill's own rules are what is tested."""
+    reg_bytes, reg_sigs = make_register(p) if register is None else register
+    return Inputs(body, tuple(signatures), p.signer_set, default_state() if state is None else state, now, destroyed,
+                  reg_bytes, reg_sigs, destroyed_artifacts)
 
 
 def _other_drill_flag(action: str, current: bool) -> bool:
@@ -435,17 +479,18 @@ def _order_cases_for(p_name: str, action: str) -> list[Case]:
     v2_sigs = tuple(s.sign(ORDER_DOMAIN + body, ORDER_NAMESPACE) for s in v2.signers[: v2.threshold(action)])
     add(
         "wrong-signer-set-past",
-        lambda: Inputs(body, v2_sigs, v2.signer_set, default_state(), NOW, frozenset()),
+        lambda: Inputs(body, v2_sigs, v2.signer_set, default_state(), NOW, frozenset(), *make_register(v2)),
         OrderReason.WRONG_SIGNER_SET,
     )
 
-    # Edited after signing.
-    add("scope-models-added", edited(models=(*MODELS, "frontier-2")), T, reported=INV)
+    # Edited after signing (a drill's scope grown past the drill register is also not a drill).
+    grown = (OrderReason.NOT_DRILL,) if action == "drill" else ()
+    add("scope-models-added", edited(models=(*MODELS, "frontier-2")), T, grown, reported=INV)
     add("scope-models-removed", edited(models=MODELS[:1]), T, reported=INV)
-    add("scope-models-renamed", edited(models=(MODELS[0], "decoy")), T, reported=INV)
-    add("scope-artifacts-added", edited(artifacts=(*ARTIFACTS, "e" * 64)), T, reported=INV)
+    add("scope-models-renamed", edited(models=(MODELS[0], "decoy")), T, grown, reported=INV)
+    add("scope-artifacts-added", edited(artifacts=(*ARTIFACTS, "e" * 64)), T, grown, reported=INV)
     add("scope-artifacts-removed", edited(artifacts=ARTIFACTS[1:]), T, reported=INV)
-    add("scope-artifacts-replaced", edited(artifacts=("0" * 64, *ARTIFACTS[1:])), T, reported=INV)
+    add("scope-artifacts-replaced", edited(artifacts=("0" * 64, *ARTIFACTS[1:])), T, grown, reported=INV)
     for other in ORDER_ACTIONS:
         if other != action:
             add(
@@ -603,6 +648,8 @@ def adversarial_cases() -> list[Case]:
                 )
             )
 
+    cases += _borrowed_threshold_cases()
+
     # Malformed bodies, signed as they are, so only their structure is to blame.
     p = panel("ed25519")
     for variant, mbody in _malformed_bodies().items():
@@ -616,6 +663,56 @@ def adversarial_cases() -> list[Case]:
 
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
+    return cases
+
+
+@cache
+def low_panel() -> Panel:
+    """A set whose lift and destroy thresholds (2) are below its halt threshold (3)."""
+    return Panel("low", ED25519_SIGNERS, SignerSet.bootstrap(
+        [s.key for s in ED25519_SIGNERS], thresholds=dict(DEV_THRESHOLDS, lift=2, destroy=2)))
+
+
+def _borrowed_threshold_cases() -> list[Case]:
+    """Orders signed below the halt threshold that reach beyond the drill register."""
+    cases: list[Case] = []
+    not_drill, short = str(OrderReason.NOT_DRILL), str(OrderReason.THRESHOLD_NOT_MET)
+    for p_name in PANELS:
+        p = panel(p_name)
+        drill = make_order("drill", p_name)
+        body, sigs = drill.encode(), p.sign_order(drill)
+        every = p.sign_order(drill, 5)
+        registers: dict[str, tuple[bytes, tuple[Signature, ...]]] = {
+            "no-register": (b"", ()),
+            "register-misses-an-artifact": make_register(p, artifacts=ARTIFACTS[1:]),
+            "register-misses-a-model": make_register(p, models=MODELS[:1]),
+            "register-of-other-models": make_register(p, models=("drill-model",), artifacts=()),
+            "register-for-another-signer-set": make_register(p, signer_set_version=2),
+            "register-signed-below-rotate": make_register(p, signers=p.threshold("rotate") - 1),
+            "register-signed-by-outsiders": (make_register(p)[0], tuple(
+                s.sign(DRILL_REGISTER_DOMAIN + make_register(p)[0], DRILL_REGISTER_NAMESPACE)
+                for s in (OUTSIDER, OUTSIDER_SSH))),
+            "register-signed-as-an-order": (make_register(p)[0], p.sign(
+                ORDER_DOMAIN + make_register(p)[0], 5)),
+        }
+        for label, reg in registers.items():
+            cases.append(Case(f"drill-beyond-register-{label}/{p_name}/drill",
+                              partial(inputs, body, sigs, p, register=reg), not_drill))
+            # Even signed by everyone, a drill is never a halt of production.
+            cases.append(Case(f"drill-beyond-register-{label}-all-signers/{p_name}/drill",
+                              partial(inputs, body, every, p, register=reg), not_drill))
+    lp = low_panel()
+    production = make_register(lp, models=("drill-model",), artifacts=())
+    for action in ("lift", "destroy"):
+        order = make_order(action, "ed25519")
+        body = order.encode()
+        cases.append(Case(f"{action}-below-halt-of-production/low/{action}",
+                          partial(inputs, body, lp.sign_order(order), lp, register=production), short))
+    lift = make_order("lift", "ed25519")
+    cases.append(Case("lift-of-destroyed-artifact/ed25519/lift",
+                      partial(inputs, lift.encode(), panel("ed25519").sign_order(lift), panel("ed25519"),
+                              destroyed_artifacts=frozenset(ARTIFACTS[:1])),
+                      str(OrderReason.DESTROYED_MODEL)))
     return cases
 
 
@@ -663,11 +760,23 @@ def valid_cases() -> list[Case]:
         halt = make_order("halt", p_name)
         cases.append(
             Case(
+                f"halt-without-register/{p_name}/halt",
+                partial(inputs, halt.encode(), p.sign_order(halt), p, register=(b"", ())),
+                "",
+            )
+        )
+        cases.append(
+            Case(
                 f"halt-of-destroyed-model/{p_name}/halt",
                 partial(inputs, halt.encode(), p.sign_order(halt), p, destroyed=frozenset(MODELS)),
                 "",
             )
         )
+    lp = low_panel()
+    for action in ("lift", "destroy"):
+        order = make_order(action, "ed25519")
+        cases.append(Case(f"{action}-below-halt-of-drill-scope/low/{action}",
+                          partial(inputs, order.encode(), lp.sign_order(order), lp), ""))
     return cases
 
 

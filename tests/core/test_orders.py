@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from custos.core.drills import DrillRegister, verify_register
 from custos.core.orders import (
     DEFAULT_LIFETIME,
     MAX_LIFETIME,
@@ -55,6 +56,7 @@ from tests.core.order_cases import (
     SEQUENCE,
     default_state,
     make_order,
+    make_register,
     panel,
     panel_v2,
     sign_set,
@@ -358,11 +360,16 @@ def make_vectors() -> dict[str, dict[str, Any]]:
                 "signatures": _sigs_json(p.sign_order(order, 5)),
             }
         )
+    reg_bytes, reg_sigs = make_register(v1, signers=5)
     orders_doc = {
         "description": "Order vectors (docs/orders.md): canonical body bytes, id = SHA-256('custos.v1.order\\x00' "
         "+ bytes), and every signer's signature over the same bytes (raw Ed25519 hex, or SSHSIG with namespace "
-        f"custos-order). Keys are in signer-sets.json. Verify at now = {NOW} with an empty replay state.",
+        f"custos-order). Keys are in signer-sets.json. Verify at now = {NOW} with an empty replay state. The "
+        "drill register (signed over 'custos.v1.drill-register\\x00' + bytes, a rotate threshold of the set) "
+        "declares the drill vector's scope.",
         "domain": ORDER_DOMAIN.decode("ascii"),
+        "drill_register": {"bytes": reg_bytes.decode(), "id": DrillRegister.decode(reg_bytes).id,
+                           "signatures": _sigs_json(reg_sigs)},
         "now": NOW,
         "orders": orders,
     }
@@ -399,11 +406,16 @@ def test_vectors_verify_on_their_own() -> None:
 
     orders = json.loads((VECTORS_DIR / "orders.json").read_text(encoding="utf-8"))
     by_id = {v1.id: v1, mixed.id: mixed}
+    reg = orders["drill_register"]
+    register = verify_register(reg["bytes"].encode(), decode_signatures(reg["signatures"]), v1)
+    digest = hashlib.sha256(b"custos.v1.drill-register\x00" + reg["bytes"].encode()).hexdigest()
+    assert register.id == reg["id"] == digest
     for vector in orders["orders"]:
         body = vector["bytes"].encode()
         signer_set = by_id[vector["signer_set_id"]]
         v = verify_order(
-            body, decode_signatures(vector["signatures"]), signer_set, now=orders["now"], state=ExecutedOrders()
+            body, decode_signatures(vector["signatures"]), signer_set, now=orders["now"], state=ExecutedOrders(),
+            drill_register=register,
         )
         assert v, (vector["name"], v.failures)
         assert v.order_id == vector["id"] and len(v.valid) == 5

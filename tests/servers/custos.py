@@ -95,6 +95,13 @@ class DevServer:
                                     "-o", "json", role="executive", check=True).stdout)
         return d
 
+    def declare_drills(self, *models: str, keys: tuple[int, ...] = (1, 2, 3, 4)) -> dict[str, Any]:
+        """Declare ``models`` drillable in the signed drill register (dev keys; rotate threshold 4)."""
+        args = [a for m in models for a in ("--model", m)]
+        args += [a for i in keys for a in ("--key", str(self.data_dir / "signers" / f"exec{i}.key"))]
+        out = self.cli("drill-register", "declare", *args, "-o", "json", role="executive", check=True).stdout
+        return dict(json.loads(out))
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
         if self.proc is None:
             return None

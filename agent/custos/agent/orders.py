@@ -13,6 +13,15 @@ What an order does on this host, once verified:
   (``Agent.halt_local``); a drill's unsigned dry-run scope is only reported on;
 - lift: stop refusing the scope (stopped workloads are not restarted).
 
+Two promises the agent keeps from signed data alone, whatever the control plane says:
+
+- thresholds cannot be borrowed: a drill acts only on what the signed drill register
+  declares (custos.core.drills; verified against the trusted signer set's rotate
+  threshold, kept in STATE_DIR/drill-register.json, never rolled back); any other order
+  reaching beyond it needs the halt threshold;
+- destroy is final: the models and artifacts of every destroy are kept apart from the
+  replay state (``destroyed``, ``destroyed_artifacts``); no later lift reaches them.
+
 Every order, verified or not, gets an ack with the evidence.
 """
 
@@ -26,10 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from custos.core.canonical import decode_canonical
+from custos.core.drills import DrillRegister, verify_register
 from custos.core.manifest import decode_manifest
-from custos.core.orders import ExecutedOrders, Order, apply_executed, order_id_of, verify_order
-from custos.core.signers import Signature, SignerSet, TrustedSignerSets, decode_signatures
-from custos.errors import CustosError
+from custos.core.orders import (
+    ExecutedOrders,
+    Order,
+    OrderReason,
+    OrderVerification,
+    apply_executed,
+    order_id_of,
+    verify_order,
+)
+from custos.core.signers import Signature, SignerSet, TrustedSignerSets, decode_signatures, encode_signatures
+from custos.errors import CustosError, InvalidInput
 from custos.fs.private import write_private
 from custos.v1 import custody_pb2
 
@@ -43,11 +61,13 @@ class AgentOrderState:
         self.path = path
         self.executed = ExecutedOrders()
         self.destroyed: set[str] = set()
+        self.destroyed_artifacts: set[str] = set()
         self.acks: dict[str, dict[str, Any]] = {}
         try:
             raw = json.loads(path.read_text())
             self.executed = ExecutedOrders.decode(raw["executed"].encode())
             self.destroyed = set(raw["destroyed"])
+            self.destroyed_artifacts = set(raw.get("destroyed_artifacts", []))
             self.acks = dict(raw.get("acks", {}))
         except FileNotFoundError:
             pass
@@ -57,6 +77,7 @@ class AgentOrderState:
 
     def save(self) -> None:
         data = {"acks": dict(list(self.acks.items())[-200:]), "destroyed": sorted(self.destroyed),
+                "destroyed_artifacts": sorted(self.destroyed_artifacts),
                 "executed": self.executed.encode().decode()}
         write_private(self.path, json.dumps(data).encode())
 
@@ -70,6 +91,7 @@ class VerifyingOrderHandler:
         state_dir = Path(agent.cfg.state_dir)
         self.state = AgentOrderState(state_dir / "orders.json")
         self.trusted_path = state_dir / "trusted-signer-set.bin"
+        self.register_path = state_dir / "drill-register.json"
         self._lock = asyncio.Lock()
 
     def _trusted(self) -> TrustedSignerSets | None:
@@ -86,7 +108,9 @@ class VerifyingOrderHandler:
         moved = False
         for item in chain:
             rec = decode_canonical(bytes(item))
-
+            if (not isinstance(rec, dict) or set(rec) != {"set", "signatures"}
+                    or not all(isinstance(v, str) for v in rec.values())):
+                raise InvalidInput("a rotation-chain entry wants exactly the strings set and signatures")
             candidate = SignerSet.decode(rec["set"].encode())
             if candidate.version <= trusted.version:
                 continue
@@ -96,6 +120,35 @@ class VerifyingOrderHandler:
             write_private(self.trusted_path, trusted.current.encode())
             log.warning("signer set advanced", extra={"fields": {"version": trusted.version}})
         return trusted
+
+    def _register(self, trusted: TrustedSignerSets, body: bytes, signatures: bytes) -> DrillRegister | None:
+        """The newest drill register that verifies under the trusted set: the one kept
+        here, or the one delivered if it is newer (then kept). A delivered register that
+        does not verify, or is older, changes nothing."""
+        kept: DrillRegister | None = None
+        try:
+            raw = json.loads(self.register_path.read_text())
+            kept = verify_register(raw["body"].encode(), decode_signatures(raw["signatures"].encode()),
+                                   trusted.current)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, CustosError) as exc:
+            # Not fatal: without a register every drill is refused (fail closed).
+            log.warning("kept drill register unusable: %s", exc)
+        if not body:
+            return kept
+        try:
+            sigs = decode_signatures(signatures)
+            delivered = verify_register(body, sigs, trusted.current,
+                                        trusted_version=kept.version if kept else 0)
+        except CustosError as exc:
+            log.warning("delivered drill register refused: %s", exc)
+            return kept
+        if kept is None or delivered.version > kept.version:
+            write_private(self.register_path, json.dumps(
+                {"body": body.decode(), "signatures": encode_signatures(sigs).decode()}).encode())
+            log.warning("drill register advanced", extra={"fields": {"version": delivered.version}})
+        return delivered
 
     async def handle(self, order: custody_pb2.SignedOrder, *, received_unix_ns: int) -> custody_pb2.OrderAck:
         async with self._lock:
@@ -136,21 +189,33 @@ class VerifyingOrderHandler:
             sigs = [Signature(key_id=s.key_id, sig=bytes(s.signature).decode()) for s in order.signatures]
         except (CustosError, UnicodeDecodeError) as exc:
             return refuse(f"malformed signatures: {exc}")
+        register = self._register(trusted, bytes(order.drill_register), bytes(order.drill_register_signatures))
         v = verify_order(body, sigs, trusted.current, now=int(self.clock()), state=self.state.executed,
-                         destroyed_models=frozenset(self.state.destroyed))
-        if not v:
+                         destroyed_models=frozenset(self.state.destroyed),
+                         destroyed_artifacts=frozenset(self.state.destroyed_artifacts), drill_register=register)
+        late = _late_destroy(v)
+        if not v and late is None:
             return refuse("; ".join(f"{f.code}: {f.detail}" for f in v.failures))
-        verified: Order = v.raise_if_invalid()
+        verified: Order = late if late is not None else v.raise_if_invalid()
         # Record first: an order is executed at most once, even if the halt below crashes.
-        self.state.executed = apply_executed(self.state.executed, verified)
+        if late is not None:
+            # A destroy a quorum signed, inside its validity window, is final even when a
+            # newer order overtook it on the way here: it only ever restricts, so it is
+            # recorded and carried out once; the sequence does not move back.
+            log.warning("late destroy honoured", extra={"fields": {"order_id": late.id, "reasons": v.reasons}})
+            self.state.executed = ExecutedOrders(highest_sequence=self.state.executed.highest_sequence,
+                                                 executed_ids=self.state.executed.executed_ids | {late.id})
+        else:
+            self.state.executed = apply_executed(self.state.executed, verified)
         if verified.action == "destroy":
             self.state.destroyed |= set(verified.models)
+            self.state.destroyed_artifacts |= set(verified.artifacts)
         self.state.save()
         scope = set(verified.artifacts)
         reason = f"order {verified.id[:16]} ({verified.action}): {verified.reason}"[:2000]
         await self._fetch_manifests(scope | set(order.dry_run_artifacts))
         if verified.action == "lift":
-            await self.agent.lift_local(scope)
+            await self.agent.lift_local(scope - self.state.destroyed_artifacts)
             ack = custody_pb2.OrderAck(order_id=verified.id, verified=True, outcome="lifted", reason=reason,
                                        received_unix_ns=received, done_unix_ns=time.time_ns())
         else:
@@ -188,3 +253,15 @@ class VerifyingOrderHandler:
                 cache.put(aid, decode_manifest(bytes(art.manifest)))
             except (CustosError, TimeoutError, AttributeError) as exc:
                 log.info("manifest of %s unavailable: %s", aid[:12], exc)
+
+
+def _late_destroy(v: OrderVerification) -> Order | None:
+    """The order if it is a destroy whose only fault is a stale sequence (overtaken by a newer
+    order) — inside its validity window, never executed here, its
+    signatures meeting the threshold of the trusted set — so its finality is honoured."""
+    late_ok = {OrderReason.STALE_SEQUENCE}
+    if v.order is None or v.order.action != "destroy" or not v.failures:
+        return None
+    if not set(v.reasons) <= late_ok:
+        return None
+    return v.order

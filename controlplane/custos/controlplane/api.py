@@ -403,6 +403,20 @@ class OrdersServicer(orders_pb2_grpc.OrdersServicer):
                          ctx: grpc.aio.ServicerContext) -> orders_pb2.ListOrdersResponse:
         return orders_pb2.ListOrdersResponse(orders=[order_pb(d) for d in await self.o.list_orders()])
 
+    async def GetDrillRegister(self, req: orders_pb2.GetDrillRegisterRequest,
+                               ctx: grpc.aio.ServicerContext) -> orders_pb2.DrillRegisterInfo:
+        return orders_pb2.DrillRegisterInfo(**await self.o.drill_register())
+
+    async def PrepareDrillRegister(self, req: orders_pb2.PrepareDrillRegisterRequest,
+                                   ctx: grpc.aio.ServicerContext) -> orders_pb2.DrillRegisterInfo:
+        return orders_pb2.DrillRegisterInfo(**await self.o.prepare_drill_register(
+            add=list(req.add_models), remove=list(req.remove_models)))
+
+    async def SetDrillRegister(self, req: orders_pb2.SetDrillRegisterRequest,
+                               ctx: grpc.aio.ServicerContext) -> orders_pb2.DrillRegisterInfo:
+        return orders_pb2.DrillRegisterInfo(**await self.o.set_drill_register(
+            current_caller.get(), body=req.body, signatures=req.signatures))
+
     async def GetReport(self, req: orders_pb2.GetReportRequest,
                         ctx: grpc.aio.ServicerContext) -> orders_pb2.GetReportResponse:
         data = await self.o.report(req.order_id)

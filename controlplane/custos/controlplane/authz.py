@@ -52,6 +52,10 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Orders/GetOrder": _READERS,
     "/custos.v1.Orders/ListOrders": _READERS,
     "/custos.v1.Orders/GetReport": _READERS,
+    # The drill register: executives sign it (a rotate threshold, like the signer set).
+    "/custos.v1.Orders/GetDrillRegister": _READERS,
+    "/custos.v1.Orders/PrepareDrillRegister": frozenset({EXECUTIVE, ADMIN}),
+    "/custos.v1.Orders/SetDrillRegister": frozenset({EXECUTIVE, ADMIN}),
     # Incidents: the security team triages and reports; auditors and admins read.
     "/custos.v1.Incidents/ListIncidents": frozenset({SECURITY, AUDITOR, ADMIN}),
     "/custos.v1.Incidents/GetIncident": frozenset({SECURITY, AUDITOR, ADMIN}),

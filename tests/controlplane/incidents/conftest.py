@@ -219,6 +219,16 @@ class Plane:
             for p, b in files.items()])
         return self.run(self.cp.custody.ingest(host, inv))
 
+    def declare_drills(self, *models: str) -> None:
+        """Sign (4 dev executives, the rotate threshold) and install a drill register."""
+        from custos.client.signerkeys import load_private_key
+        from custos.core.signers import encode_signatures
+
+        register = self.run(self.cp.orders.book.drills.prepare(add=list(models), remove=[]))
+        keys = sorted((self.cfg.data_dir / "signers").glob("exec*.key"))[:4]  # type: ignore[operator]
+        sigs = [register.sign(load_private_key(k, None)) for k in keys]
+        self.run(self.cp.orders.set_drill_register(EXEC, body=register.encode(), signatures=encode_signatures(sigs)))
+
     def order(self, action: str, models: list[str], *, drill: bool = False, signers: int = 3) -> str:
         """Propose and sign to quorum with the dev executives; wait until its effects ran."""
         from custos.client.signerkeys import load_private_key

@@ -25,6 +25,7 @@ def normal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     try:
         plane.model("prod", hosts=["gpu-*"], paths=["/models/*"])
         plane.model("drill-target", drill=True)
+        plane.declare_drills("drill-target")
         src = weights(tmp / "src", 11)
         env = plane.cli_env()
 

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from custos.core.names import MODEL_NAME
 from custos.errors import InvalidInput
 
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_ARGV = 4096
 
 

@@ -1,38 +1,55 @@
 """The order book: proposals, signatures, quorum detection, and the transaction that
 executes an order at quorum (replay protection and the scoped models' new state).
 
+Two promises are kept here, not by the registry's current state:
+
+- thresholds cannot be borrowed: a drill's signed scope holds only what the signed drill
+  register declares (orders.drills); the rest of what it reaches runs in dry-run;
+- destroy is final: a destroy's models and artifacts go into ``meta/destroyed``, which no
+  later order rewrites; every later execution leaves them destroyed.
+
 Store keys:
     orders/{id}                 order record
     meta/orders                 {"next_sequence", "executed": ExecutedOrders}
+    meta/destroyed              {"artifacts": [...], "models": [...]} — only ever grows
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from custos.controlplane.audit import AuditLog, Caller, Plan
 from custos.controlplane.orders.chain import SignerChain
+from custos.controlplane.orders.drills import DrillRegistry, register_scope
 from custos.controlplane.registry import Registry
 from custos.controlplane.store.base import Entry, Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
-from custos.core.orders import ExecutedOrders, Order, OrderVerification, apply_executed, verify_order
+from custos.core.orders import ExecutedOrders, Order, OrderReason, OrderVerification, apply_executed, verify_order
 from custos.core.signers import decode_signatures, encode_signatures
 from custos.errors import FailedPrecondition, InvalidInput
 
 META = "meta/orders"
+DESTROYED = "meta/destroyed"
 EXECUTED_STATES = ("executing", "complete")  # states in which agents must have the order
 
 
-def model_states(order: Order) -> dict[str, str]:
+def model_states(order: Order, destroyed: Collection[str] = ()) -> dict[str, str]:
     """What executing the order does to each model in its signed scope. (A drill's
-    signed scope holds only drill models and their derivatives: they really halt.)"""
-    if order.action == "lift":
-        return dict.fromkeys(order.models, "active")
-    if order.action == "destroy":
-        return dict.fromkeys(order.models, "destroyed")
-    return dict.fromkeys(order.models, "halted")
+    signed scope holds only declared drill models: they really halt.) A model in
+    ``destroyed`` stays destroyed whatever the order."""
+    state = {"lift": "active", "destroy": "destroyed"}.get(order.action, "halted")
+    return {m: "destroyed" if m in destroyed else state for m in order.models}
+
+
+async def destroyed_sets(store: Store) -> tuple[Entry | None, set[str], set[str]]:
+    """(entry, destroyed models, destroyed artifacts) as the destroys recorded them."""
+    entry = await store.get(DESTROYED)
+    if entry is None:
+        return None, set(), set()
+    rec = decode_canonical(entry.value)
+    return entry, set(rec["models"]), set(rec["artifacts"])
 
 
 async def all_records(store: Store) -> list[dict[str, Any]]:
@@ -50,6 +67,7 @@ class OrderBook:
         self.registry = registry
         self.audit = audit
         self.signers = signers
+        self.drills = DrillRegistry(store, registry, audit, signers)
         self.clock = clock  # seconds; injectable so tests can pin "now"
 
     async def _meta(self) -> tuple[Entry | None, dict[str, Any]]:
@@ -71,33 +89,34 @@ class OrderBook:
         if drill and action == "destroy":
             raise InvalidInput("a destroy cannot be a drill")
         is_drill = action == "drill" or bool(drill)
-        real_names: list[str] = list(models)
-        dry_names: list[str] = []
+        _, gone_models, gone_artifacts = await destroyed_sets(self.store)
+        scope_models: list[str] = []
+        scope_artifacts: list[str] = []
+        for name in models:
+            m = await self.registry.get_model(name)
+            if action == "lift" and (m["state"] == "destroyed" or name in gone_models):
+                raise FailedPrecondition(f"model {name!r} was destroyed: a destroy cannot be lifted")
+            ms, arts = await self.registry.derivative_scope(name)
+            scope_models += [x for x in ms if x not in scope_models]
+            scope_artifacts += [a for a in arts if a not in scope_artifacts]
+        if action == "lift":
+            # A lift of a model reaches its live derivatives only: what was destroyed stays so.
+            scope_models = [x for x in scope_models if x not in gone_models]
+            scope_artifacts = [a for a in scope_artifacts if a not in gone_artifacts]
+        dry_models: list[str] = []
+        dry_artifacts: list[str] = []
         if is_drill:
-            # A drill really halts only models registered as drill models (and what
-            # derives from them); the rest of its scope runs in dry-run, unsigned.
-            real_names, dry_names = [], []
-            for name in models:
-                (real_names if (await self.registry.get_model(name)).get("drill") else dry_names).append(name)
-            if not real_names:
-                raise InvalidInput("a drill needs at least one model registered with --drill")
-
-        async def resolve(names: list[str]) -> tuple[list[str], list[str]]:
-            out_models: list[str] = []
-            out_artifacts: list[str] = []
-            for name in names:
-                m = await self.registry.get_model(name)
-                if action == "lift" and m["state"] == "destroyed":
-                    raise FailedPrecondition(f"model {name!r} was destroyed: a destroy cannot be lifted")
-                ms, arts = await self.registry.derivative_scope(name)
-                out_models += [x for x in ms if x not in out_models]
-                out_artifacts += [a for a in arts if a not in out_artifacts]
-            return out_models, out_artifacts
-
-        scope_models, scope_artifacts = await resolve(real_names)
-        dry_models, dry_artifacts = await resolve(dry_names)
-        dry_models = [m for m in dry_models if m not in scope_models]
-        dry_artifacts = [a for a in dry_artifacts if a not in scope_artifacts]
+            # Thresholds cannot be borrowed: a drill really halts only what the signed
+            # drill register declares; whatever else it reaches (a production model
+            # derived from the drill model, a production model named with it) runs in
+            # dry-run, unsigned: agents report what they would stop and stop nothing.
+            register = await self.drills.trusted()
+            scope_models, scope_artifacts, dry_models, dry_artifacts = register_scope(
+                register, scope_models, scope_artifacts)
+            if not scope_models:
+                raise InvalidInput(
+                    "a drill needs at least one model declared in the signed drill register "
+                    "(custos model register --drill, then custos drill declare)")
         current = await self.signers.current_set()
 
         async def plan() -> tuple[Plan, dict[str, Any]]:
@@ -127,13 +146,16 @@ class OrderBook:
         return dict(decode_canonical(entry.value))
 
     async def verify(self, record: dict[str, Any]) -> OrderVerification:
-        """Run the agents' verifier on a record against the Store. Raises NoSignerSet."""
+        """Run the agents' verifier on a record against the Store: its replay state, what
+        destroys recorded, the signed drill register. Raises NoSignerSet."""
         _, meta = await self._meta()
         executed = ExecutedOrders.decode(meta["executed"].encode())
-        destroyed = {m["name"] for m in await self.registry.list_models() if m["state"] == "destroyed"}
+        _, gone_models, gone_artifacts = await destroyed_sets(self.store)
+        gone_models |= {m["name"] for m in await self.registry.list_models() if m["state"] == "destroyed"}
         return verify_order(record["body"].encode(), decode_signatures(record["signatures"].encode()),
                             await self.signers.current_set(), now=int(self.clock()), state=executed,
-                            destroyed_models=destroyed)
+                            destroyed_models=gone_models, destroyed_artifacts=gone_artifacts,
+                            drill_register=await self.drills.trusted())
 
     async def describe(self, record: dict[str, Any]) -> dict[str, Any]:
         """The record with its decoded order, who signed, and what is missing. Raises NoSignerSet."""
@@ -142,7 +164,7 @@ class OrderBook:
         if record["state"] == "proposed":
             v = await self.verify(record)
             out["signed_by"], out["threshold"], out["missing"] = list(v.valid), v.threshold, v.missing
-            problems = [f"{f.code}: {f.detail}" for f in v.failures if f.code != "threshold-not-met"]
+            problems = [f"{f.code}: {f.detail}" for f in v.failures if f.code != OrderReason.THRESHOLD_NOT_MET]
             out["problems"] = problems
             if order.not_after <= int(self.clock()):
                 out["state"] = "expired"
@@ -179,7 +201,7 @@ class OrderBook:
                 await self._execute(txn, record, order)
                 result = f"quorum: executing {order.action} ({len(v.valid)}/{v.threshold} signatures)"
             else:
-                bad = [f.code for f in v.failures if f.code != "threshold-not-met"]
+                bad = [f.code for f in v.failures if f.code != OrderReason.THRESHOLD_NOT_MET]
                 if bad:
                     result = "signatures recorded; not executable: " + ", ".join(bad)
             txn.puts[f"orders/{oid}"] = encode_canonical(record)
@@ -197,7 +219,18 @@ class OrderBook:
         txn.puts[META] = encode_canonical(meta)
         record["state"] = "executing"
         record["quorum_at_ns"] = time.time_ns()
-        for name, state in model_states(order).items():
+        # The register the order was checked against goes to the agents with it.
+        reg_body, reg_sigs, _ = await self.drills.stored()
+        record["drill_register"] = {"body": reg_body.decode(), "signatures": encode_signatures(reg_sigs).decode()}
+        gone_entry, gone_models, gone_artifacts = await destroyed_sets(self.store)
+        if order.action == "destroy":
+            # Kept apart from the models' current state, so no later order can erase it.
+            gone_models |= set(order.models)
+            gone_artifacts |= set(order.artifacts)
+            txn.checks[DESTROYED] = gone_entry.mod_revision if gone_entry else 0
+            txn.puts[DESTROYED] = encode_canonical({"artifacts": sorted(gone_artifacts),
+                                                    "models": sorted(gone_models)})
+        for name, state in model_states(order, gone_models).items():
             key = f"models/{name}"
             m_entry = await self.store.get(key)
             if m_entry is None:

@@ -105,8 +105,8 @@ class Effects:
         for aid in order.artifacts:
             for e in await self.store.range(f"copies/{aid}/"):
                 c = dict(decode_canonical(e.value))
-                if c["location_kind"] != "object-store":
-                    continue
+                if c["location_kind"] != "object-store" or c.get("state") == "shredded":
+                    continue  # crypto-shredded is final: no later order marks it otherwise
                 if c["model"] not in real:
                     c["state"] = "present"
                     continue

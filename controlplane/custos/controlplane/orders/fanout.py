@@ -66,7 +66,9 @@ class Fanout:
         sigs = decode_signatures(record["signatures"].encode())
         chain = self.signers.cached
         dry = record.get("dry_run") or {"artifacts": [], "models": []}
+        register = record.get("drill_register") or {"body": "", "signatures": ""}
         return custody_pb2.ControlMessage(order=custody_pb2.SignedOrder(
+            drill_register=register["body"].encode(), drill_register_signatures=register["signatures"].encode(),
             dry_run_models=dry["models"], dry_run_artifacts=dry["artifacts"],
             body=record["body"].encode(),
             signatures=[custody_pb2.OrderSignature(key_id=s.key_id, signature=s.sig.encode()) for s in sigs],

@@ -89,6 +89,23 @@ class OrdersService:
         """Install version n+1. Raises RotationRejected (IntegrityError), InvalidInput, NoSignerSet."""
         return await self.signers.rotate(caller, new_set=new_set, signatures=signatures)
 
+    # -- the drill register -----------------------------------------------------------
+
+    async def drill_register(self) -> dict[str, Any]:
+        """The installed drill register as data. Raises NoSignerSet."""
+        return await self.book.drills.info()
+
+    async def prepare_drill_register(self, *, add: list[str], remove: list[str]) -> dict[str, Any]:
+        """The next register, unsigned. Raises NotFound, FailedPrecondition, NoSignerSet."""
+        register = await self.book.drills.prepare(add=add, remove=remove)
+        return await self.book.drills.info(register.encode(), [])
+
+    async def set_drill_register(self, caller: Caller, *, body: bytes, signatures: bytes) -> dict[str, Any]:
+        """Install a signed register. Raises InvalidInput, DrillRegisterRejected (IntegrityError),
+        FailedPrecondition, NotFound, NoSignerSet."""
+        await self.book.drills.install(caller, body=body, signatures=signatures)
+        return await self.book.drills.info()
+
     # -- the order book ---------------------------------------------------------------
 
     async def propose(self, caller: Caller, *, action: str, models: list[str], reason: str,
