@@ -57,6 +57,7 @@ def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
         "form": enum_name(registry_pb2.CopyForm, x.form, "COPY_FORM_"),
         "authorized": x.authorized, "state": x.state,
         "first_seen": ts(x.first_seen_unix_ns), "last_seen": ts(x.last_seen_unix_ns),
+        "files_matched": x.files_matched, "files_total": x.files_total,
     } for x in resp.copies]
     data = {"model": ns.model, "models": list(resp.models), "artifacts": list(resp.artifact_ids),
             "copies": copies}
@@ -66,8 +67,10 @@ def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
                 f"{len(resp.artifact_ids)} artifacts, {len(copies)} known copies\n")
         return head + table(
             [[x["model"], x["artifact_id"][:12], x["form"], x["location_kind"], x["location"],
-              "yes" if x["authorized"] else "NO", x["state"], x["last_seen"]] for x in copies],
-            ["MODEL", "ARTIFACT", "FORM", "KIND", "LOCATION", "AUTH", "STATE", "LAST SEEN"])
+              "yes" if x["authorized"] else "NO", x["state"],
+              f"{x['files_matched']}/{x['files_total']}" if x["files_total"] else "-", x["last_seen"]]
+             for x in copies],
+            ["MODEL", "ARTIFACT", "FORM", "KIND", "LOCATION", "AUTH", "STATE", "FILES", "LAST SEEN"])
 
     out.emit(data, text)
     return 0

@@ -167,7 +167,7 @@ class StoredObject(_message.Message):
     def __init__(self, path: _Optional[str] = ..., key: _Optional[str] = ..., size: _Optional[int] = ..., plaintext_size: _Optional[int] = ...) -> None: ...
 
 class Copy(_message.Message):
-    __slots__ = ("id", "artifact_id", "model", "location_kind", "location", "host", "form", "authorized", "state", "first_seen_unix_ns", "last_seen_unix_ns", "evidence")
+    __slots__ = ("id", "artifact_id", "model", "location_kind", "location", "host", "form", "authorized", "state", "first_seen_unix_ns", "last_seen_unix_ns", "evidence", "files_matched", "files_total")
     ID_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,8 @@ class Copy(_message.Message):
     FIRST_SEEN_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FILES_MATCHED_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     artifact_id: str
     model: str
@@ -192,7 +194,9 @@ class Copy(_message.Message):
     first_seen_unix_ns: int
     last_seen_unix_ns: int
     evidence: str
-    def __init__(self, id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., model: _Optional[str] = ..., location_kind: _Optional[_Union[LocationKind, str]] = ..., location: _Optional[str] = ..., host: _Optional[str] = ..., form: _Optional[_Union[CopyForm, str]] = ..., authorized: _Optional[bool] = ..., state: _Optional[str] = ..., first_seen_unix_ns: _Optional[int] = ..., last_seen_unix_ns: _Optional[int] = ..., evidence: _Optional[str] = ...) -> None: ...
+    files_matched: int
+    files_total: int
+    def __init__(self, id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., model: _Optional[str] = ..., location_kind: _Optional[_Union[LocationKind, str]] = ..., location: _Optional[str] = ..., host: _Optional[str] = ..., form: _Optional[_Union[CopyForm, str]] = ..., authorized: _Optional[bool] = ..., state: _Optional[str] = ..., first_seen_unix_ns: _Optional[int] = ..., last_seen_unix_ns: _Optional[int] = ..., evidence: _Optional[str] = ..., files_matched: _Optional[int] = ..., files_total: _Optional[int] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("name", "owner", "training_flops", "benchmark_equivalence", "exemption", "drill")

@@ -127,7 +127,10 @@ def test_renamed_and_planted_copies_show_in_copies_and_alert(host: Host) -> None
     assert all(copies[host.at(p)]["authorized"] is False for p, _, _ in EXPECTED)
     assert {c["artifact_id"] for c in copies.values()} == {host.artifact}
 
-    # n of m and which names hold which files: in each copy's evidence.
+    # n of m and which names hold which files: in each copy's fields and evidence.
+    counts = {c.location: (c.files_matched, c.files_total) for c in host.api.copies("m1")}
+    for place, state, _ in EXPECTED:
+        assert counts[host.at(place)] == ((2, 2) if state == "present" else (1, 2)), (place, counts[host.at(place)])
     evidence = {c.location: c.evidence for c in host.api.copies("m1")}
     for place, _state, says in EXPECTED:
         for s in says:

@@ -93,7 +93,7 @@ def copy_pb(c: dict[str, Any]) -> registry_pb2.Copy:
         location_kind=_KIND[c["location_kind"]], location=c["location"], host=c["host"],
         form=_FORM[c["form"]], authorized=c["authorized"], state=c["state"],
         first_seen_unix_ns=c["first_seen_ns"], last_seen_unix_ns=c["last_seen_ns"],
-        evidence=c.get("evidence", ""),
+        evidence=c.get("evidence", ""), files_matched=c.get("files_matched", 0), files_total=c.get("files_total", 0),
     )
 
 
