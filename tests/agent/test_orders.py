@@ -47,7 +47,8 @@ class RecordingAgent:
     halts: list[tuple[set[str], bool]] = field(default_factory=list)
     lifts: list[set[str]] = field(default_factory=list)
 
-    async def halt_local(self, scope: set[str], *, reason: str, dry_run: bool = False) -> HaltEvidence:
+    async def halt_local(self, scope: set[str], *, reason: str, dry_run: bool = False,
+                         drill: bool = False) -> HaltEvidence:
         self.halts.append((set(scope), dry_run))
         return HaltEvidence(scope=tuple(sorted(scope)), reason=reason, dry_run=dry_run, pids_stopped=(4242,),
                             done_unix_ns=1)

@@ -120,3 +120,20 @@ def test_destroy_is_final_whatever_is_signed_after(srv: DevServer, tmp_path: Pat
     assert pulled.returncode != 0 and not (tmp_path / "never").exists()
     report = json.loads(srv.cli("order", "report", destroy, "-o", "json", check=True).stdout)
     assert {c["state"] for c in report["copies"] if c["location_kind"] == "object-store"} == {"shredded"}
+
+
+def test_a_drill_model_holding_production_bytes_cannot_be_declared(srv: DevServer, tmp_path: Path) -> None:
+    """A drill artifact pushed with a production artifact's weights would let a 2-key drill stop
+    production by content: the register that declares it is refused."""
+    srv.cli("model", "register", "x-prod", "--training-flops", "3e26", check=True)
+    srv.cli("model", "register", "x-drill", "--training-flops", "2e26", "--drill", check=True)
+    push(srv, "x-prod", tmp_path / "p", 77)
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "model.safetensors").write_bytes(random.Random(77).randbytes(50_000))  # the same bytes
+    (root / "extra.bin").write_bytes(b"drill")
+    srv.cli("push", "x-drill", str(root), check=True)
+    res = srv.cli("drill-register", "declare", "--model", "x-drill",
+                  *[a for i in (1, 2, 3, 4) for a in ("--key", str(srv.data_dir / "signers" / f"exec{i}.key"))],
+                  role="executive")
+    assert res.returncode == 6 and "must not share weights" in res.stderr, res.stderr

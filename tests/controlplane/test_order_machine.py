@@ -52,6 +52,7 @@ EXEC = Caller(principal="exec", role="executive", host="127.0.0.1", request_id="
 NAMES = ("alpha", "beta", "gamma", "drill-a", "drill-b")
 ACTIONS = ("drill", "halt", "lift", "destroy")
 # Each size 0..5 equally likely, so quorums and near-quorums both happen often.
+STEPS = [0, 0]  # steps and runs so far in this process (CUSTOS_PROPERTY_STEPS_FILE reports them)
 SIGNER_SUBSETS = st.integers(0, 5).flatmap(lambda k: st.sets(st.integers(0, 4), min_size=k, max_size=k))
 
 
@@ -100,6 +101,9 @@ class OrderMachine(RuleBasedStateMachine):
             self.declare({"drill-a"}, {0, 1, 2, 3})
 
     def teardown(self) -> None:
+        STEPS[1] += 1
+        if os.environ.get("CUSTOS_PROPERTY_STEPS_FILE"):
+            Path(os.environ["CUSTOS_PROPERTY_STEPS_FILE"]).write_text(f"runs {STEPS[1]} steps {STEPS[0]}\n")
         if hasattr(self, "loop"):
             self.run(self.store.close())
             self.loop.close()
@@ -321,6 +325,7 @@ class OrderMachine(RuleBasedStateMachine):
     def executed_only_grows(self) -> None:
         if not hasattr(self, "store"):
             return
+        STEPS[0] += 1  # invariants run after every step: this counts them for a long run's figures
         entry = self.run(self.store.get(META))
         ids = ExecutedOrders.decode(decode_canonical(entry.value)["executed"].encode()).executed_ids \
             if entry else frozenset()

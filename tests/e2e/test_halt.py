@@ -137,3 +137,32 @@ def test_wipes_are_confined_to_the_plaintext_base(tmp_path: Path) -> None:
     (base / "escape").symlink_to(tmp_path)
     with pytest.raises(FailedPrecondition):
         check_inside(base, base / "escape")
+
+
+def test_a_drill_never_reaches_bytes_another_artifact_holds(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    """A drill artifact registered with production bytes (plus one of its own): a drill of it
+    spares every process holding the shared bytes and stops only the drill's own; a real halt
+    of the same artifact (the halt threshold) stops both."""
+    prod = make_weights(tmp_path / "prod", seed=9)
+    drill_dir = make_weights(tmp_path / "drill", seed=9)  # the same bytes...
+    (drill_dir / "drill-only.safetensors").write_bytes(b"\x01" * 4096)  # ...plus one file of its own
+    prod_m, drill_m = build_manifest(prod), build_manifest(drill_dir)
+    assert prod_m.artifact_id != drill_m.artifact_id
+    with Scanner(ScanConfig(roots=[prod, drill_dir], min_size=0), tmp_path / "cache.sqlite") as sc:
+        records = list(sc.scan().records)
+    shared = subprocess.Popen([sys.executable, "-c", HOLD, str(prod / "model-00001.safetensors")],
+                              stdout=subprocess.PIPE, text=True)
+    own = subprocess.Popen([sys.executable, "-c", HOLD, str(drill_dir / "drill-only.safetensors")],
+                           stdout=subprocess.PIPE, text=True)
+    procs += [shared, own]
+    for p in (shared, own):
+        assert p.stdout is not None and p.stdout.readline().strip() == "mapped"
+    halter, _, manifests = _halter(tmp_path, records)
+    manifests.put(prod_m.artifact_id, prod_m)
+    manifests.put(drill_m.artifact_id, drill_m)
+
+    ev = halter.halt_local({drill_m.artifact_id}, reason="drill 1234", drill=True)
+    assert ev.pids_stopped == (own.pid,), ev
+    assert shared.poll() is None  # production bytes: not the drill's to stop
+    ev = halter.halt_local({drill_m.artifact_id}, reason="halt 5678")
+    assert shared.pid in ev.pids_stopped  # a halt stops every holder of the scope's bytes

@@ -190,10 +190,11 @@ class Agent:
 
     # - public halt entry points (for the order handler) -
 
-    async def halt_local(self, scope: set[str] | None, *, reason: str, dry_run: bool = False) -> HaltEvidence:
+    async def halt_local(self, scope: set[str] | None, *, reason: str, dry_run: bool = False,
+                         drill: bool = False) -> HaltEvidence:
         """Run :meth:`Halter.halt_local` off the event loop. Raises InvalidInput."""
         async with self._halt_lock:
-            ev = await asyncio.to_thread(self.halter.halt_local, scope, reason=reason, dry_run=dry_run)
+            ev = await asyncio.to_thread(self.halter.halt_local, scope, reason=reason, dry_run=dry_run, drill=drill)
             if not dry_run:
                 self.last_halt = ev
             return ev

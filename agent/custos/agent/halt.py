@@ -134,8 +134,14 @@ class Halter:
         self.kill_wait_s = kill_wait_s
         self._lock = threading.Lock()
 
-    def halt_local(self, scope: Collection[str] | None, *, reason: str, dry_run: bool = False) -> HaltEvidence:
+    def halt_local(self, scope: Collection[str] | None, *, reason: str, dry_run: bool = False,
+                   drill: bool = False) -> HaltEvidence:
         """Halt ``scope`` (artifact ids; None = everything this agent covers) on this host.
+
+        A ``drill`` reaches only what is the scope's alone: supervised workloads of other
+        artifacts, their files, and any bytes that another artifact the agent knows also
+        holds are spared — so a drill artifact registered with production bytes cannot
+        stop production by content.
 
         Raises InvalidInput (bad scope or reason). Never raises for a process
         that will not die or a file that will not go: those are in ``remaining``.
@@ -149,7 +155,7 @@ class Halter:
                 self.blocks.block(s, reason)
                 self.supervisor.zeroize_keys(s)
                 self.supervisor.mark_stopping(s, reason)
-            plan = self._plan(s)
+            plan = self._plan(s, drill=drill)
             if dry_run:
                 would = [f"stop pid {pid} ({_describe_pid(pid)}): {why}" for pid, why in sorted(plan.pids.items())]
                 would += [f"wipe {d} (workload {w})" for d, w in sorted(plan.wipe.items())]
@@ -192,13 +198,16 @@ class Halter:
         self.blocks.unblock(s)
         log.info("local halt lifted", extra={"fields": {"scope": _scope_text(s)}})
 
-    def _plan(self, scope: frozenset[str] | None) -> _Plan:
+    def _plan(self, scope: frozenset[str] | None, *, drill: bool = False) -> _Plan:
         plan = _Plan()
         me = os.getpid()
         managed_paths: set[str] = set()
         managed_records: list[FileRecord] = []
+        spared_paths: set[str] = set()  # a drill's: files of workloads outside its scope
         for w in self.supervisor.snapshot_for_halt():
             if scope is not None and w.artifact_id not in scope:
+                if drill:
+                    spared_paths.update(r.path for r in w.records)
                 continue
             plan.workloads.append(w.id)
             for pid in w.pids:
@@ -220,8 +229,13 @@ class Halter:
             for f in m.files:
                 if f.size > 0:
                     digests.setdefault(f.sha256, aid)
+        if drill and scope is not None:
+            for aid in self.manifests.known():
+                m = self.manifests.get(aid) if aid not in scope else None
+                for f in m.files if m is not None else ():
+                    digests.pop(f.sha256, None)  # bytes another artifact holds too: not the drill's
         others = [r for r in self.records() if r.form == "plaintext" and r.sha256 in digests
-                  and r.path not in managed_paths]
+                  and r.path not in managed_paths and r.path not in spared_paths]
         by_dir: dict[str, int] = {}
         for r in others:
             d = os.path.dirname(r.path)
@@ -231,8 +245,10 @@ class Halter:
         targets = managed_records + others
         if targets:
             scan = inspect_holders(targets)
+            spared_pids = {pid for w in self.supervisor.snapshot_for_halt() if drill and scope is not None
+                           and w.artifact_id not in scope for pid in w.pids}
             for h in scan.holds:
-                if h.pid != me:
+                if h.pid != me and h.pid not in spared_pids:
                     plan.pids.setdefault(h.pid, f"holds {len(h.paths)} file(s) of the scope ({h.how})")
             for pid, why in scan.inaccessible:
                 plan.remaining.append(f"pid {pid}: could not be inspected ({why})")

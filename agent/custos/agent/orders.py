@@ -31,12 +31,14 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from custos.core.canonical import decode_canonical
 from custos.core.drills import DrillRegister, verify_register
 from custos.core.manifest import decode_manifest
+from custos.core.names import HEX64
 from custos.core.orders import (
     ExecutedOrders,
     Order,
@@ -52,6 +54,9 @@ from custos.fs.private import write_private
 from custos.v1 import custody_pb2
 
 log = logging.getLogger("custos.agent.orders")
+
+MANIFEST_BUDGET_S = 5.0  # all manifest fetches of one order, after what is known is stopped
+MAX_DRY_RUN = 1000  # artifact ids of a drill's unsigned dry-run list that are reported on
 
 
 class AgentOrderState:
@@ -213,19 +218,14 @@ class VerifyingOrderHandler:
         self.state.save()
         scope = set(verified.artifacts)
         reason = f"order {verified.id[:16]} ({verified.action}): {verified.reason}"[:2000]
-        await self._fetch_manifests(scope | set(order.dry_run_artifacts))
         if verified.action == "lift":
-            await self.agent.lift_local(scope - self.state.destroyed_artifacts)
+            live = scope - self.state.destroyed_artifacts
+            if live:
+                await self.agent.lift_local(live)
             ack = custody_pb2.OrderAck(order_id=verified.id, verified=True, outcome="lifted", reason=reason,
                                        received_unix_ns=received, done_unix_ns=time.time_ns())
         else:
-            ev = await self.agent.halt_local(scope, reason=reason, dry_run=False)
-            outcome = "destroyed" if verified.action == "destroy" else "halted"
-            ack = ev.to_ack(order_id=verified.id, verified=True, outcome=outcome, received_unix_ns=received)
-            dry = set(order.dry_run_artifacts) - scope
-            if dry:
-                dev = await self.agent.halt_local(dry, reason=f"drill {verified.id[:16]}: dry run", dry_run=True)
-                ack.would_stop.extend(dev.would_stop)
+            ack = await self._halt(verified, scope, reason, received, order)
         self.state.acks[verified.id] = {
             "outcome": ack.outcome, "paths_wiped": list(ack.paths_wiped)[:1000],
             "pids_stopped": list(ack.pids_stopped)[:1000], "reason": ack.reason,
@@ -237,22 +237,61 @@ class VerifyingOrderHandler:
             "remaining": list(ack.remaining)[:20]}})
         return ack
 
-    async def _fetch_manifests(self, artifacts: set[str]) -> None:
-        """Best effort: learn the scope's manifests so copies the agent does not manage
-        are recognised too. A manifest must hash to its id: the control plane cannot
-        make the agent attribute files to the wrong artifact."""
+    async def _halt(self, verified: Order, scope: set[str], reason: str, received: int,
+                    order: custody_pb2.SignedOrder) -> custody_pb2.OrderAck:
+        """Stop what is known at once; then learn the scope's missing manifests (one overall
+        time limit: a stalling control plane delays nothing already stopped) and, if it
+        learned any, go over the scope again for the copies they reveal."""
+        drill = verified.action == "drill"
+        ev = await self.agent.halt_local(scope, reason=reason, dry_run=False, drill=drill)
+        deadline = time.monotonic() + MANIFEST_BUDGET_S
+        if await self._fetch_manifests(scope, deadline):
+            again = await self.agent.halt_local(scope, reason=reason, dry_run=False, drill=drill)
+            ev = replace(again, pids_stopped=tuple(sorted({*ev.pids_stopped, *again.pids_stopped})),
+                         paths_wiped=tuple(sorted({*ev.paths_wiped, *again.paths_wiped})),
+                         started_unix_ns=ev.started_unix_ns)
+        outcome = "destroyed" if verified.action == "destroy" else "halted"
+        ack = ev.to_ack(order_id=verified.id, verified=True, outcome=outcome, received_unix_ns=received)
+        # A drill's dry-run list is unsigned: only artifact ids, a bounded number, reported on only.
+        dry = {a for a in list(order.dry_run_artifacts)[:MAX_DRY_RUN] if HEX64.match(a)} - scope if drill else set()
+        if dry:
+            await self._fetch_manifests(dry, deadline)
+            try:
+                dev = await self.agent.halt_local(dry, reason=f"drill {verified.id[:16]}: dry run", dry_run=True)
+                ack.would_stop.extend(dev.would_stop)
+            except CustosError as exc:
+                ack.remaining.append(f"dry run not reported: {exc}"[:500])
+        return ack
+
+    async def _fetch_manifests(self, artifacts: set[str], deadline: float) -> bool:
+        """Best effort, until ``deadline`` (monotonic seconds): learn the manifests of
+        ``artifacts`` this agent lacks, all at once, so copies it does not manage are
+        recognised too. A manifest must hash to its id: the control plane cannot make the
+        agent attribute files to the wrong artifact. True if any was learned."""
         cache = getattr(self.agent, "manifests", None)
         calls = getattr(self.agent, "calls", None)
         if cache is None or calls is None:
-            return
-        for aid in sorted(artifacts):
-            if cache.get(aid) is not None:
-                continue
+            return False
+        missing = sorted(a for a in artifacts if cache.get(a) is None)
+        if not missing or time.monotonic() >= deadline:
+            return False
+
+        async def one(aid: str) -> bool:
             try:
-                art = await asyncio.wait_for(calls.get_artifact(aid), timeout=5)
+                art = await calls.get_artifact(aid)
                 cache.put(aid, decode_manifest(bytes(art.manifest)))
-            except (CustosError, TimeoutError, AttributeError) as exc:
+                return True
+            except (CustosError, AttributeError) as exc:
                 log.info("manifest of %s unavailable: %s", aid[:12], exc)
+                return False
+
+        tasks = [asyncio.ensure_future(one(a)) for a in missing]
+        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        for t in pending:
+            t.cancel()
+        if pending:
+            log.info("manifests not learned in time", extra={"fields": {"missing": len(pending)}})
+        return any(t.result() for t in done if not t.cancelled() and t.exception() is None)
 
 
 def _late_destroy(v: OrderVerification) -> Order | None:

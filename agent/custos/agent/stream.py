@@ -422,7 +422,11 @@ class CustodyStream:
             ack = await self.order_handler.handle(order, received_unix_ns=received)
         except Exception as exc:
             log.exception("order handler failed")
-            ack = custody_pb2.OrderAck(verified=False, outcome="refused",
+            try:
+                oid = order_id_of(bytes(order.body))
+            except CustosError:
+                oid = ""
+            ack = custody_pb2.OrderAck(order_id=oid, verified=False, outcome="refused",
                                        reason=f"order handler failed: {type(exc).__name__}",
                                        received_unix_ns=received, done_unix_ns=time.time_ns())
         out.put_nowait(custody_pb2.AgentMessage(ack=ack))

@@ -129,11 +129,24 @@ class DrillRegistry:
         for name in register.models:
             if not (await self.registry.get_model(name)).get("drill"):
                 raise FailedPrecondition(f"model {name!r} is not a drill model: it cannot be declared drillable")
+        declared: dict[str, str] = {}  # file sha256 -> declared artifact
         for aid in register.artifacts:
             art = await self.registry.get_artifact(aid)
             if art.model not in register.models:
                 raise FailedPrecondition(
                     f"artifact {aid[:12]} belongs to {art.model!r}, which the register does not declare")
+            declared.update({f.sha256: aid for f in art.manifest.files if f.size > 0})
+        # A drill artifact holding production bytes would let a drill stop production by
+        # content: refused (agents spare such bytes in a drill anyway).
+        for entry in await self.store.range("artifacts/"):
+            other = await self.registry.get_artifact(entry.key.removeprefix("artifacts/"))
+            if other.id in register.artifacts:
+                continue
+            for f in other.manifest.files:
+                if f.sha256 in declared:
+                    raise FailedPrecondition(
+                        f"drill artifact {declared[f.sha256][:12]} holds the bytes of {f.path!r} of artifact "
+                        f"{other.id[:12]} ({other.model!r}): a drill model must not share weights with another")
 
 
 def register_scope(register: DrillRegister | None, models: list[str], artifacts: list[str]
