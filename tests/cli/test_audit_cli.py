@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from custos.core.audit_chain import GENESIS_HASH, TrustedState, event_hash
 from custos.core.canonical import decode_canonical, encode_canonical
@@ -89,7 +90,6 @@ def test_first_use_is_said_and_later_runs_must_extend_it(srv: DevServer, tmp_pat
 
 
 def _raw_hex(pem: str) -> str:
-    from cryptography.hazmat.primitives import serialization
 
     return serialization.load_pem_public_key(pem.encode()).public_bytes(  # type: ignore[union-attr]
         serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()

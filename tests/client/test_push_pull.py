@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,12 +342,15 @@ def test_pull_into_a_destination_that_turns_into_a_link_mid_pull(srv: DevServer,
     dest = tmp_path / "out" / "dest"
     dest.parent.mkdir()
 
+    planted = threading.Lock()
+
     class Planting(LocalBlobStore):
         """The dev server's own blob directory; a link appears at DEST on the first read."""
 
         def read_range(self, key: str, start: int, length: int) -> bytes:
-            if not dest.is_symlink():
-                dest.symlink_to(elsewhere)
+            with planted:  # reads run in parallel threads: plant the link once
+                if not dest.is_symlink():
+                    dest.symlink_to(elsewhere)
             return super().read_range(key, start, length)
 
     for k, v in srv.client_env().items():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor as FD
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from custos.controlplane import authz
 from custos.controlplane.pki import ROLES, CertificateAuthority
@@ -90,7 +94,6 @@ def test_role_matrix(dev_server: DevServer, role: str) -> None:
         assert code == grpc.StatusCode.PERMISSION_DENIED and "may not call" in detail, (code, detail)
     # Health is open to every authenticated role; an agent certificate must also be an
     # enrolled host's, and the dev one is none (tests/controlplane/test_removed_host.py).
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
@@ -110,7 +113,6 @@ def test_denied_mutation_is_audited(dev_server: DevServer) -> None:
                 registry_pb2.DESCRIPTOR.services_by_name["Registry"].methods_by_name["RegisterModel"])
     assert code == grpc.StatusCode.PERMISSION_DENIED
     res = dev_server.cli("audit", "list", "-o", "json", role="auditor", check=True)
-    import json
 
     events = json.loads(res.stdout)
     assert any(e["action"] == "RegisterModel" and e["result"] == "denied"
@@ -139,7 +141,6 @@ def test_certificate_from_another_ca_is_refused(dev_server: DevServer) -> None:
 
 
 def test_certificate_without_role_is_unauthenticated(dev_server: DevServer) -> None:
-    from pathlib import Path
 
     d = Path(dev_server.env["CUSTOS_DATA_DIR"]) / "tls"
     ca = CertificateAuthority.load(d / "ca.pem", d / "ca.key")

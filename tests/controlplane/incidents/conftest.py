@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import random
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -32,16 +33,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from custos.client.signerkeys import load_private_key
+from custos.client.transfer import Pusher, PushState, pull_into
 from custos.controlplane.api import AuditServicer
 from custos.controlplane.audit import Caller
 from custos.controlplane.config import ServerConfig
 from custos.controlplane.guard import GuardInterceptor
 from custos.controlplane.incidents.runtime import LEADER_KEY, IncidentsRuntime, attach
-from custos.controlplane.server import ControlPlane, prepare_dev
+from custos.controlplane.server import ControlPlane, dev_env_lines, prepare_dev
 from custos.controlplane.store.base import Txn
 from custos.core.canonical import decode_canonical
 from custos.core.hosts import cert_fingerprint
+from custos.core.keymaterial import zeroize
+from custos.core.orders import Order
+from custos.core.signers import encode_signatures
+from custos.fs.hashing import build_manifest
 from custos.v1 import audit_pb2_grpc, custody_pb2, incidents_pb2_grpc
+from tests.servers.custos import parse_env_file
 
 T = TypeVar("T")
 HOUR = 3600 * 1_000_000_000
@@ -165,9 +173,6 @@ class Plane:
 
     def push(self, model: str, root: Path, caller: Caller = SEC) -> str:
         """A real encrypted push through the key broker (what `custos push` does)."""
-        from custos.client.transfer import Pusher, PushState
-        from custos.core.keymaterial import zeroize
-        from custos.fs.hashing import build_manifest
 
         manifest = build_manifest(root)
         out = self.run(self.cp.broker.create_data_key(caller, model=model, manifest_bytes=manifest.encode(),
@@ -183,8 +188,6 @@ class Plane:
 
     def pull(self, caller: Caller, aid: str, dest: Path, purpose: str = "pull") -> None:
         """A real verified pull (what an agent or `custos pull` does)."""
-        from custos.client.transfer import pull_into
-        from custos.core.keymaterial import zeroize
 
         rec, key = self.run(self.cp.broker.unwrap(caller, artifact=aid, purpose=purpose))
         try:
@@ -195,7 +198,6 @@ class Plane:
             zeroize(key)
 
     def unwrap(self, caller: Caller, aid: str) -> None:
-        from custos.core.keymaterial import zeroize
 
         _, key = self.run(self.cp.broker.unwrap(caller, artifact=aid, purpose="run"))
         zeroize(key)
@@ -221,8 +223,6 @@ class Plane:
 
     def declare_drills(self, *models: str) -> None:
         """Sign (4 dev executives, the rotate threshold) and install a drill register."""
-        from custos.client.signerkeys import load_private_key
-        from custos.core.signers import encode_signatures
 
         register = self.run(self.cp.orders.book.drills.prepare(add=list(models), remove=[]))
         keys = sorted((self.cfg.data_dir / "signers").glob("exec*.key"))[:4]  # type: ignore[operator]
@@ -231,9 +231,6 @@ class Plane:
 
     def order(self, action: str, models: list[str], *, drill: bool = False, signers: int = 3) -> str:
         """Propose and sign to quorum with the dev executives; wait until its effects ran."""
-        from custos.client.signerkeys import load_private_key
-        from custos.core.orders import Order
-        from custos.core.signers import encode_signatures
 
         d = self.run(self.cp.orders.propose(EXEC, action=action, models=models, reason="test",
                                             expires_seconds=3600, drill=drill))
@@ -272,8 +269,6 @@ class Plane:
 
     def cli_env(self, role: str = "security-team") -> dict[str, str]:
         """Environment for a `custos` subprocess against the main control-plane port."""
-        from custos.controlplane.server import dev_env_lines
-        from tests.servers.custos import parse_env_file
 
         env_file = self.tmp / "dev.env"
         env_file.write_text("\n".join(dev_env_lines(self.cfg, self.cp.port)) + "\n")
@@ -286,7 +281,6 @@ class Plane:
 
 def weights(root: Path, seed: int, files: int = 2, size: int = 4096) -> Path:
     """A small weight directory (safetensors-named random files and a config)."""
-    import random
 
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
