@@ -17,7 +17,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     s.add_argument("--data-dir", help="state directory (dev: CA, certificates, SQLite, dev.env)")
     s.add_argument("--listen", help="address to listen on (default 127.0.0.1:7070; :0 picks a port)")
     s.add_argument("--config", help="TOML config file")
-    s.add_argument("--store", help="store URL: sqlite:///PATH or etcd://HOST:PORT[/PREFIX]")
+    s.add_argument("--store", help="store URL: sqlite:///PATH, or etcd[s]://HOST:PORT[,HOST:PORT...][/PREFIX] "
+                   "(every member of the cluster; etcds for TLS)")
     s.add_argument("--log-level", help="debug, info, warning, error")
     s.add_argument("--checkpoint-interval", type=float, help="seconds between signed audit checkpoints")
     s.set_defaults(fn="custos.controlplane.commands:cmd_server")

@@ -60,6 +60,17 @@ class Fanout:
             except CustosError as exc:
                 log.warning("order watch failed, retrying: %s", exc)
                 await asyncio.sleep(1.0)
+                await self._catch_up_executed()
+
+    async def _catch_up_executed(self) -> None:
+        """After a watch broke: push every executed order (broadcast sends each once per
+        stream), so an order executed while this replica was not watching still goes out."""
+        try:
+            for rec in await all_records(self.store):
+                if rec["state"] in EXECUTED_STATES:
+                    await self.push(rec)
+        except CustosError as exc:
+            log.warning("order catch-up failed, the watch will retry: %s", exc)
 
     def signed_message(self, record: dict[str, Any]) -> custody_pb2.ControlMessage:
         """The order as agents receive it: body, signatures, and the chain to verify them."""
