@@ -5,6 +5,10 @@ required value is an InvalidInput naming the file and the key, so a bad
 config gives one clear line and the agent does not start.
 
 Relative paths are taken relative to the config file's directory.
+
+The control plane is ``control_plane.addr`` (one HOST:PORT, or several separated
+by commas) or ``control_plane.addrs`` (a list): its replicas, in order of
+preference; the custody stream moves to the next one when a connection fails.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from custos.agent.scanner import DEFAULT_EXCLUDE, DEFAULT_MIN_SIZE, WEIGHT_SUFFIXES, ScanConfig
+from custos.client.connection import parse_addrs
 from custos.core.hosts import validate_host_name
 from custos.errors import InvalidInput
 
@@ -29,7 +34,7 @@ DEFAULT_SOCKET = Path("/run/custos-agent/agent.sock")
 # section -> key -> accepted types (bool is not an int here)
 _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "": {"name": (str,), "state_dir": (str,), "socket": (str,)},
-    "control_plane": {"addr": (str,), "enroll_addr": (str,), "ca_file": (str,), "cert_file": (str,),
+    "control_plane": {"addr": (str,), "addrs": (list,), "enroll_addr": (str,), "ca_file": (str,), "cert_file": (str,),
                       "key_file": (str,), "server_name": (str,)},
     "scan": {"roots": (list,), "exclude": (list,), "patterns": (list,), "min_size": (int,),
              "interval": (int, float), "process_interval": (int, float), "watch": (bool,),
@@ -57,7 +62,7 @@ class AgentConfig:
     name: str
     state_dir: Path
     socket_path: Path
-    addr: str
+    addr: str  # HOST:PORT, or several (the control plane's replicas) separated by commas
     enroll_addr: str = ""
     ca_file: Path
     cert_file: Path | None = None  # None: the enrolled identity in state_dir
@@ -104,6 +109,11 @@ class AgentConfig:
     def with_overrides(self, **kw: Any) -> AgentConfig:
         return replace(self, **kw)
 
+    @property
+    def addrs(self) -> tuple[str, ...]:
+        """Every control-plane address, in order of preference. Raises InvalidInput."""
+        return parse_addrs(self.addr, "control_plane.addr")
+
 
 def _check_types(path: Path, raw: dict[str, Any]) -> None:
     for section, keys in _SCHEMA.items():
@@ -147,6 +157,23 @@ def _positive(path: Path, key: str, value: float, *, low: float, high: float) ->
     return float(value)
 
 
+def _control_plane_addrs(path: Path, cp: dict[str, Any]) -> str:
+    """``addr`` or ``addrs``, checked, as one comma-separated string ("" if neither). Raises InvalidInput."""
+    if "addr" in cp and "addrs" in cp:
+        raise InvalidInput(f"config {path}: set control_plane.addr or control_plane.addrs, not both")
+    key = "addrs" if "addrs" in cp else "addr"
+    raw = cp.get(key, "")
+    if key == "addrs" and (not raw or not all(isinstance(a, str) for a in raw)):
+        raise InvalidInput(f"config {path}: control_plane.addrs must be a non-empty list of HOST:PORT strings")
+    if not raw:
+        return ""
+    addrs = parse_addrs(raw, f"config {path}: control_plane.{key}")
+    for a in addrs:
+        if not re.fullmatch(r"[^\s/,]+:\d{1,5}", a):
+            raise InvalidInput(f"config {path}: control_plane.{key} must be HOST:PORT, got {a!r}")
+    return ",".join(addrs)
+
+
 def load_agent_config(path: Path, *, dev: bool = False) -> AgentConfig:
     """Parse and check an agent config file. Raises InvalidInput (one line, naming the key)."""
     try:
@@ -185,13 +212,12 @@ def config_from_dict(raw: dict[str, Any], *, path: Path, dev: bool = False) -> A
         validate_host_name(name)
     except InvalidInput as exc:
         raise InvalidInput(f"config {path}: name: {exc}") from None
+    addr = _control_plane_addrs(path, cp)
     if not dev:
-        for key in ("addr", "ca_file"):
-            if not cp.get(key):
-                raise InvalidInput(f"config {path}: control_plane.{key} is required")
-    addr = cp.get("addr", "")
-    if addr and not re.fullmatch(r"[^\s/]+:\d{1,5}", addr):
-        raise InvalidInput(f"config {path}: control_plane.addr must be HOST:PORT, got {addr!r}")
+        if not addr:
+            raise InvalidInput(f"config {path}: control_plane.addr is required (or control_plane.addrs)")
+        if not cp.get("ca_file"):
+            raise InvalidInput(f"config {path}: control_plane.ca_file is required")
     enroll_addr = cp.get("enroll_addr", "")
     if enroll_addr and not re.fullmatch(r"[^\s/]+:\d{1,5}", enroll_addr):
         raise InvalidInput(f"config {path}: control_plane.enroll_addr must be HOST:PORT, got {enroll_addr!r}")

@@ -12,9 +12,17 @@ agent never believes in a lease the server has already let lapse, whatever the
 two wall clocks say.
 
 Reconnects use jittered exponential backoff (capped; reset once a connection
-has had a heartbeat answered). A "host removed" notice, or the server refusing
-the certificate, stops reconnecting until the identity on disk changes
+has had a heartbeat answered). With several control-plane addresses (replicas),
+each attempt after a failed or ended connection goes to the next address, so a
+dead replica costs one backoff step. A "host removed" notice, or the server
+refusing the certificate, stops reconnecting until the identity on disk changes
 (re-enrollment).
+
+Orders survive a lost connection: an order being executed when its stream breaks
+is carried out to the end, and its ack is sent on the next connection. A control
+plane holds the lease back from a host that has not acked an order it revoked
+the lease for, and sends that order first: the agent executes (or re-acks) it
+before any lease, then reconnects for the lease.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
+from custos.client.connection import parse_addrs
 from custos.client.status import error_for
 from custos.core.orders import order_id_of
 from custos.errors import (
@@ -45,7 +54,8 @@ log = logging.getLogger("custos.agent.stream")
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
-    # Notice a dead peer behind a silent network, not only a closed socket.
+    # Notice a dead peer behind a silent network (packets dropped, no reset), not only
+    # a closed socket: a ping unanswered for 5 s closes the connection.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -55,6 +65,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 FIRST_LEASE_TIMEOUT = 15.0
+CLOSE_TIMEOUT = 5.0  # after acking orders sent before a lease: for the server to read them and end the stream
 REMOVAL_MARKERS = ("host removed", "was removed", "certificate not accepted")
 
 def rpc_error(exc: grpc.RpcError, what: str) -> CustosError:
@@ -115,10 +126,12 @@ class Credentials:
 
 
 def open_channel(addr: str, creds: grpc.ChannelCredentials, server_name: str = "") -> grpc.aio.Channel:
+    """A channel to one control-plane address (of a comma-separated list: the first).
+    A DNS name resolving to several addresses is tried address by address by gRPC."""
     options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.aio.secure_channel(addr, creds, options=options)
+    return grpc.aio.secure_channel(addr.split(",", 1)[0].strip(), creds, options=options)
 
 
 class Backoff:
@@ -158,6 +171,9 @@ class _Reconnect(Exception):
 class CustodyStream:
     """Keeps the custody stream up. Run :meth:`run` as one task; it returns when ``stop`` is set.
 
+    ``addr``: one control-plane address, several separated by commas, or a list: the
+    replicas, in order of preference (see the module docstring).
+
     Callbacks (all called on the event loop):
       ``initial_messages()``  -> the full inventory to send first on each connection;
       ``on_lease(grant)``     every lease;
@@ -169,7 +185,7 @@ class CustodyStream:
     def __init__(
         self,
         *,
-        addr: str,
+        addr: str | Sequence[str],
         credentials: Callable[[], Credentials],
         initial_messages: Callable[[], Awaitable[list[custody_pb2.AgentMessage]]],
         on_lease: Callable[[LeaseGrant], None],
@@ -183,7 +199,8 @@ class CustodyStream:
         server_name: str = "",
         identity_poll: float = 2.0,
     ) -> None:
-        self.addr = addr
+        self.addrs = parse_addrs(addr, "control-plane address") if addr else ("",)
+        self._addr_index = 0
         self._credentials = credentials
         self._initial = initial_messages
         self._on_lease = on_lease
@@ -203,7 +220,14 @@ class CustodyStream:
         self._pending_sent: collections.deque[float] = collections.deque()
         self._last_lease = 0.0
         self._conn_leases = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # this connection's: cancelled when it ends
+        self._order_tasks: set[asyncio.Task[Any]] = set()  # orders being executed: never cancelled by a reconnect
+        self._held: list[custody_pb2.AgentMessage] = []  # acks waiting for a connection
+
+    @property
+    def addr(self) -> str:
+        """The control-plane address the current (or next) connection uses."""
+        return self.addrs[self._addr_index]
 
     # - sending -
 
@@ -213,6 +237,18 @@ class CustodyStream:
             return False
         self._out.put_nowait(msg)
         return True
+
+    def _deliver_ack(self, msg: custody_pb2.AgentMessage) -> None:
+        """An ack goes on the open stream (leased or not), else waits for the next one."""
+        if self._out is not None:
+            self._out.put_nowait(msg)
+        else:
+            self._held.append(msg)
+
+    def _flush_held(self, out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+        held, self._held = self._held, []
+        for msg in held:
+            out.put_nowait(msg)
 
     # - main loop -
 
@@ -250,9 +286,12 @@ class CustodyStream:
                 await self._teardown()
             if stop.is_set():
                 return
+            # A failed or ended connection: the next attempt tries the next replica.
+            self._addr_index = (self._addr_index + 1) % len(self.addrs)
             delay = self.backoff.next()
             log.warning("custody stream down; reconnecting", extra={"fields": {
-                "reason": reason, "retry_in_s": round(delay, 2), "attempt": self.backoff.attempt}})
+                "reason": reason, "retry_in_s": round(delay, 2), "attempt": self.backoff.attempt,
+                "next_addr": self.addr}})
             self._on_disconnected(reason)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -290,7 +329,11 @@ class CustodyStream:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - tearing down regardless
                 pass
         self._tasks.clear()
-        self._out = None
+        out, self._out = self._out, None
+        while out is not None and not out.empty():
+            msg = out.get_nowait()
+            if msg is not None and msg.WhichOneof("msg") == "ack":
+                self._held.append(msg)  # not written before the stream ended: sent on the next one
         ch, self.channel = self.channel, None
         if ch is not None:
             try:
@@ -309,25 +352,25 @@ class CustodyStream:
         call = stub.Stream()
         out: asyncio.Queue[custody_pb2.AgentMessage | None] = asyncio.Queue()
         self._out = out
-        try:
-            first = await asyncio.wait_for(call.read(), timeout=FIRST_LEASE_TIMEOUT)
-        except TimeoutError:
-            call.cancel()
-            raise _Reconnect(f"no lease within {FIRST_LEASE_TIMEOUT:.0f} s of opening the stream") from None
-        if first is grpc.aio.EOF:
-            code = await call.code()
-            details = await call.details()
-            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) and is_removal(details):
-                raise HostRemoved(details)
-            raise _Reconnect(f"stream closed before the first lease ({code.name}: {details})")
-        if first.WhichOneof("msg") != "lease":
-            raise _Reconnect(f"the first message was {first.WhichOneof('msg')!r}, not a lease")
+        first = await self._first_message(call)
+        kind = first.WhichOneof("msg")
+        if kind == "order":
+            # The lease is held back until this host acks the orders it missed (a halt
+            # issued while it was cut off, or whose ack died with a replica): ack them first.
+            self._pending_sent.clear()  # the opening earned no lease
+            n = await self._orders_before_lease(call, out, first.order, stop)
+            raise _Reconnect(f"acked {n} order(s) sent before a lease; reconnecting for the lease")
+        if kind == "notice" and is_removal(first.notice):
+            raise HostRemoved(first.notice)
+        if kind != "lease":
+            raise _Reconnect(f"the first message was {kind!r}, not a lease")
         grant = self._grant(first.lease)
         self.connected = True
         self.connections += 1
         log.info("custody stream up", extra={"fields": {
             "addr": self.addr, "lease_ttl_s": grant.ttl_seconds, "connection": self.connections}})
         self._on_connected()
+        self._flush_held(out)
         for m in await self._initial():
             out.put_nowait(m)
         hb = self._heartbeat_every(grant.ttl_seconds)
@@ -335,7 +378,7 @@ class CustodyStream:
         beat = asyncio.create_task(self._heartbeats(out, hb, grant.ttl_seconds))
         stopper = asyncio.create_task(stop.wait())
         self._tasks |= {writer, beat, stopper}
-        reader = asyncio.create_task(self._reader(call, out))
+        reader = asyncio.create_task(self._reader(call))
         self._tasks.add(reader)
         done, _ = await asyncio.wait({writer, beat, stopper, reader}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
@@ -351,6 +394,56 @@ class CustodyStream:
             if is_removal(details):
                 raise HostRemoved(details)
             raise _Reconnect(f"{code.name}: {details}")
+
+    async def _first_message(self, call: grpc.aio.StreamStreamCall) -> custody_pb2.ControlMessage:
+        """The stream's first message. Raises _Reconnect (none in time, or the stream ended), HostRemoved."""
+        try:
+            first = await asyncio.wait_for(call.read(), timeout=FIRST_LEASE_TIMEOUT)
+        except TimeoutError:
+            call.cancel()
+            raise _Reconnect(f"no lease within {FIRST_LEASE_TIMEOUT:.0f} s of opening the stream") from None
+        if first is grpc.aio.EOF:
+            code = await call.code()
+            details = await call.details()
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) and is_removal(details):
+                raise HostRemoved(details)
+            raise _Reconnect(f"stream closed before the first lease ({code.name}: {details})")
+        msg: custody_pb2.ControlMessage = first
+        return msg
+
+    async def _orders_before_lease(self, call: grpc.aio.StreamStreamCall,
+                                   out: asyncio.Queue[custody_pb2.AgentMessage | None],
+                                   first: custody_pb2.SignedOrder, stop: asyncio.Event) -> int:
+        """Execute the orders a stream brings before its lease, send their acks, and end the
+        stream once the server has read them. Returns how many orders came."""
+        self._flush_held(out)
+        writer = asyncio.create_task(self._writer(call, out))
+        stopper = asyncio.create_task(stop.wait())
+        counter = [0]
+        reader = asyncio.create_task(self._reader(call, counter))  # more orders, notices
+        self._tasks |= {writer, stopper, reader}
+        self._dispatch(first)
+        counter[0] += 1
+        log.warning("the control plane holds the lease until this host acks an order it missed",
+                    extra={"fields": {"addr": self.addr}})
+        while self._order_tasks:
+            done, _ = await asyncio.wait({*self._order_tasks, writer, stopper, reader},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                call.cancel()
+                return counter[0]
+            for t in done & {writer, reader}:
+                exc = t.exception()
+                if exc is not None:
+                    raise exc
+                raise _Reconnect("the stream ended before its orders were acked")
+        out.put_nowait(None)  # every ack is queued: half-close once they are written
+        done, _ = await asyncio.wait({writer, reader}, timeout=CLOSE_TIMEOUT, return_when=asyncio.ALL_COMPLETED)
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        return counter[0]
 
     def _heartbeat_every(self, ttl: int) -> float:
         third = max(ttl / 3.0, 0.05)
@@ -397,8 +490,7 @@ class CustodyStream:
                 raise _Reconnect(f"no lease for {ttl} s on an open stream")
             out.put_nowait(custody_pb2.AgentMessage(heartbeat=custody_pb2.Heartbeat(sent_unix_ns=time.time_ns())))
 
-    async def _reader(self, call: grpc.aio.StreamStreamCall,
-                      out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+    async def _reader(self, call: grpc.aio.StreamStreamCall, orders: list[int] | None = None) -> None:
         while True:
             msg = await call.read()
             if msg is grpc.aio.EOF:
@@ -411,12 +503,16 @@ class CustodyStream:
                 if is_removal(msg.notice):
                     raise HostRemoved(msg.notice)
             elif kind == "order":
-                t = asyncio.create_task(self._order(msg.order, out))
-                self._tasks.add(t)
-                t.add_done_callback(self._tasks.discard)
+                self._dispatch(msg.order)
+                if orders is not None:
+                    orders[0] += 1
 
-    async def _order(self, order: custody_pb2.SignedOrder,
-                     out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
+    def _dispatch(self, order: custody_pb2.SignedOrder) -> None:
+        t = asyncio.create_task(self._order(order))
+        self._order_tasks.add(t)
+        t.add_done_callback(self._order_tasks.discard)
+
+    async def _order(self, order: custody_pb2.SignedOrder) -> None:
         received = time.time_ns()
         try:
             ack = await self.order_handler.handle(order, received_unix_ns=received)
@@ -429,4 +525,4 @@ class CustodyStream:
             ack = custody_pb2.OrderAck(order_id=oid, verified=False, outcome="refused",
                                        reason=f"order handler failed: {type(exc).__name__}",
                                        received_unix_ns=received, done_unix_ns=time.time_ns())
-        out.put_nowait(custody_pb2.AgentMessage(ack=ack))
+        self._deliver_ack(custody_pb2.AgentMessage(ack=ack))
