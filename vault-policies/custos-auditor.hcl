@@ -18,3 +18,17 @@ path "transit/keys" {
 path "sys/audit" {
   capabilities = ["read", "sudo"]
 }
+
+# Keep this token alive: read its TTL and renew it before it expires (the control plane
+# does both; a token made without the "default" policy can do neither otherwise).
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+# The public half of the audit checkpoint key, to compare with the published one.
+path "transit/keys/audit-checkpoints" {
+  capabilities = ["read"]
+}

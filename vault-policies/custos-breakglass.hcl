@@ -15,3 +15,12 @@ path "transit/keys/custos-*" {
     "min_encryption_version" = []
   }
 }
+
+# Keep this token alive: read its TTL and renew it before it expires (the control plane
+# does both; a token made without the "default" policy can do neither otherwise).
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}

@@ -51,3 +51,28 @@ path "transit/encrypt/custos-*" {
     "associated_data" = []
   }
 }
+
+# Keep this token alive: read its TTL and renew it before it expires (the control plane
+# does both; a token made without the "default" policy can do neither otherwise).
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+# Sign audit checkpoints with the ed25519 key "audit-checkpoints" (docs/audit.md), and read
+# its public half. The key is created by an operator, outside the "custos-" names that
+# model keys use, so no model name can reach it and the control plane can neither rotate,
+# reconfigure nor delete it. Only the input and the pinned key version may be given: no
+# prehashing, no other algorithm, no batch.
+path "transit/keys/audit-checkpoints" {
+  capabilities = ["read"]
+}
+path "transit/sign/audit-checkpoints" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "input"       = []
+    "key_version" = []
+  }
+}

@@ -30,12 +30,16 @@ from types import TracebackType
 from tests.servers.ports import free_port
 
 __all__ = [
+    "JwtIssuer",
     "OpenBaoDevServer",
     "OpenBaoNotFound",
     "OpenBaoRaftServer",
     "OpenBaoStartError",
     "RaftInit",
     "find_bao",
+    "load_policies",
+    "setup_approle",
+    "setup_jwt",
 ]
 
 _START_ATTEMPTS = 3  # a free port can be taken between choosing and binding it
@@ -191,6 +195,17 @@ class _OpenBaoServer:
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL to its process group): no shutdown, no flush."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait(timeout=10)
 
     def cleanup(self) -> None:
         """Stop, and remove the work directory if this object created it."""
@@ -366,3 +381,78 @@ ui = false
                 raise OpenBaoStartError(f"bao exited\n{self.log_tail()}")
             time.sleep(0.05)
         raise OpenBaoStartError(f"bao not active after {timeout:.0f}s\n{self.log_tail()}")
+
+
+# -- auth methods, for tests of tokens that expire -------------------------------------------
+# Each takes an hvac.Client holding a root token (typed loosely: importing this module needs
+# no third-party package).
+
+
+def load_policies(root: object, policy_dir: Path, names: tuple[str, ...]) -> None:
+    """Write ``<policy_dir>/<name>.hcl`` into the server as policy ``name``, for each name."""
+    for name in names:
+        root.sys.create_or_update_policy(name, (policy_dir / f"{name}.hcl").read_text())  # type: ignore[attr-defined]
+
+
+def setup_approle(root: object, *, role: str, policies: list[str], token_ttl: str, token_max_ttl: str,
+                  mount: str = "approle") -> tuple[str, str]:
+    """Enable AppRole at ``mount`` (once) and create ``role`` issuing tokens with only ``policies``
+    (no default policy), ``token_ttl`` and ``token_max_ttl`` (e.g. "10s", "20s").
+    Returns (role_id, a fresh secret_id)."""
+    if f"{mount}/" not in root.sys.list_auth_methods()["data"]:  # type: ignore[attr-defined]
+        root.sys.enable_auth_method("approle", path=mount)  # type: ignore[attr-defined]
+    approle = root.auth.approle  # type: ignore[attr-defined]
+    approle.create_or_update_approle(role, token_policies=policies, token_no_default_policy=True,
+                                     token_ttl=token_ttl, token_max_ttl=token_max_ttl, mount_point=mount)
+    role_id = approle.read_role_id(role, mount_point=mount)["data"]["role_id"]
+    secret_id = approle.generate_secret_id(role, mount_point=mount)["data"]["secret_id"]
+    return str(role_id), str(secret_id)
+
+
+class JwtIssuer:
+    """An RS256 JWT issuer whose public key a test registers with OpenBao (as a Kubernetes API
+    server's service-account issuer would be)."""
+
+    def __init__(self, issuer: str = "https://kubernetes.test", audience: str = "custos") -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.issuer, self.audience = issuer, audience
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    @property
+    def public_pem(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def token(self, subject: str, *, lifetime_s: int = 600, audience: str | None = None) -> str:
+        """A signed JWT for ``subject``, valid from now for ``lifetime_s`` seconds."""
+        import base64
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        now = int(time.time())
+        header = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+        claims = b64(json.dumps({"iss": self.issuer, "sub": subject, "aud": audience or self.audience,
+                                 "iat": now - 1, "nbf": now - 1, "exp": now + lifetime_s}).encode())
+        signed = f"{header}.{claims}".encode()
+        signature = self._key.sign(signed, padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{claims}.{b64(signature)}"
+
+
+def setup_jwt(root: object, issuer: JwtIssuer, *, role: str, subject: str, policies: list[str], token_ttl: str,
+              token_max_ttl: str, mount: str = "jwt") -> None:
+    """Enable JWT auth at ``mount`` (once) trusting ``issuer``'s key, and create ``role`` for JWTs
+    of ``subject`` and the issuer's audience, issuing tokens with only ``policies``."""
+    if f"{mount}/" not in root.sys.list_auth_methods()["data"]:  # type: ignore[attr-defined]
+        root.sys.enable_auth_method("jwt", path=mount)  # type: ignore[attr-defined]
+    jwt = root.auth.jwt  # type: ignore[attr-defined]
+    jwt.configure(jwt_validation_pubkeys=[issuer.public_pem], bound_issuer=issuer.issuer, path=mount)
+    jwt.create_role(role, role_type="jwt", user_claim="sub", bound_subject=subject,
+                    bound_audiences=[issuer.audience], token_policies=policies, token_no_default_policy=True,
+                    token_ttl=token_ttl, token_max_ttl=token_max_ttl, allowed_redirect_uris=None, path=mount)

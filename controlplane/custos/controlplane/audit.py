@@ -13,10 +13,17 @@ written before an append would leave more than ``policy.max_events`` events
 uncovered, and the background loop signs the head often enough that no event
 waits ``policy.max_age_s`` for one. A replica never signs over a checkpoint chain
 that went back from what it saw (a rolled-back store).
+
+Checkpoints are signed by a :class:`CheckpointSigner`: :class:`LocalCheckpointSigner` holds
+an Ed25519 key in this process (a key file: development), the Transit one
+(custos.controlplane.keys.transit_signer) asks Vault / OpenBao, where the key never leaves.
+A signer that cannot sign (Transit down) delays checkpoints, never a change: the halt that
+must be recorded while Vault is down is recorded, and a later checkpoint covers it.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextvars
 import logging
@@ -28,18 +35,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from custos.controlplane.periodic import every
 from custos.controlplane.store.base import Entry, Store, Txn
 from custos.core.audit_chain import (
+    CHECKPOINT_DOMAIN,
     DEFAULT_POLICY,
     GENESIS_HASH,
     CheckpointPolicy,
     checkpoint_digest,
+    key_id,
     new_event,
     parse_stored,
-    sign_checkpoint,
 )
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.errors import BackendUnavailable, CustosError, IntegrityError
@@ -79,6 +87,38 @@ class Plan:
     result: str = "ok"
 
 
+class CheckpointSigner(abc.ABC):
+    """What signs audit checkpoints: Ed25519 over ``CHECKPOINT_DOMAIN || body`` (docs/audit.md)."""
+
+    @abc.abstractmethod
+    def public_key(self) -> Ed25519PublicKey:
+        """The key checkpoints verify with. Raises BackendUnavailable if it is not known yet."""
+
+    @abc.abstractmethod
+    async def sign(self, message: bytes) -> bytes:
+        """A 64-byte Ed25519 signature of ``message`` that verifies under :meth:`public_key`.
+
+        Raises BackendUnavailable (cannot sign now) or IntegrityError (the signature does not
+        verify under the published key: the signing key was replaced)."""
+
+
+class LocalCheckpointSigner(CheckpointSigner):
+    """An Ed25519 key held by this process: a key file on the control plane's disk (development)."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    async def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+class CheckpointUnsigned(BackendUnavailable):
+    """The checkpoint signer cannot sign now; events keep being recorded and wait for a checkpoint."""
+
+
 def event_key(seq: int) -> str:
     return f"{EVENTS_PREFIX}{seq:020d}"
 
@@ -88,10 +128,12 @@ def checkpoint_key(seq: int) -> str:
 
 
 class AuditLog:
-    def __init__(self, store: Store, signing_key: Ed25519PrivateKey, *,
+    def __init__(self, store: Store, signing_key: Ed25519PrivateKey | CheckpointSigner, *,
                  policy: CheckpointPolicy = DEFAULT_POLICY) -> None:
         self.store = store
+        # Either kind has public_key(): what callers of ``signing_key`` use it for.
         self.signing_key = signing_key
+        self.signer = signing_key if isinstance(signing_key, CheckpointSigner) else LocalCheckpointSigner(signing_key)
         self.policy = policy
         # The newest checkpoint (seq, digest) this replica read or wrote: the chain may only grow from it.
         self._seen_checkpoint = (0, GENESIS_HASH)
@@ -99,10 +141,12 @@ class AuditLog:
         # would only fight over it (retries fall from 275 to 37 hosts/s at 64 in
         # flight). Queue them here; the head check still orders replicas.
         self._local = asyncio.Lock()
+        self._refused_logged = float("-inf")  # monotonic time of the last "checkpoint refused" line
 
     @property
     def public_key_raw(self) -> bytes:
-        return self.signing_key.public_key().public_bytes(
+        """Raises BackendUnavailable if the signer does not know its key yet (Transit unreachable since start)."""
+        return self.signer.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
 
@@ -230,12 +274,17 @@ class AuditLog:
         for _ in range(3):
             try:
                 cp_entry, cp_seq, cp_digest = await self._checkpoint_head()
-            except IntegrityError as exc:
-                log.error("audit checkpoint refused: %s", exc)
-                return
-            if seq - cp_seq < self.policy.max_events or seq <= cp_seq:
-                return
-            if await self._write_checkpoint(cp_entry, cp_seq, cp_digest, seq, head_hash):
+                if seq - cp_seq < self.policy.max_events or seq <= cp_seq:
+                    return
+                if await self._write_checkpoint(cp_entry, cp_seq, cp_digest, seq, head_hash):
+                    return
+            except (IntegrityError, CheckpointUnsigned) as exc:
+                # The change goes ahead without a checkpoint: refusing it would keep a halt from
+                # being recorded while the signer (Transit) is down. The gap is visible to verifiers.
+                # Logged every 30 s, not at every append of an outage.
+                if time.monotonic() - self._refused_logged >= 30:
+                    self._refused_logged = time.monotonic()
+                    log.error("audit checkpoint refused: %s", exc)
                 return
 
     async def _checkpoint_head(self) -> tuple[Entry | None, int, str]:
@@ -260,8 +309,7 @@ class AuditLog:
                                 head_hash: str) -> bool:
         """Sign event ``seq`` after the checkpoint at ``cp_seq``; False if another replica moved the
         checkpoint chain first (conditioned on its pointer, so the chain never forks)."""
-        body, sig = sign_checkpoint(self.signing_key, seq=seq, head_hash=head_hash, time_ns=time.time_ns(),
-                                    prev_seq=cp_seq, prev=cp_digest)
+        body, sig = await self._sign(seq=seq, head_hash=head_hash, prev_seq=cp_seq, prev=cp_digest)
         digest = checkpoint_digest(body)
         key = checkpoint_key(seq)
         txn = Txn(checks={key: 0, CHECKPOINT_HEAD_KEY: cp_entry.mod_revision if cp_entry else 0},
@@ -271,6 +319,19 @@ class AuditLog:
             return False
         self._seen_checkpoint = (seq, digest)
         return True
+
+    async def _sign(self, *, seq: int, head_hash: str, prev_seq: int, prev: str) -> tuple[bytes, bytes]:
+        """(body, signature) of a checkpoint; the body as custos.core.audit_chain.sign_checkpoint makes it.
+        Raises CheckpointUnsigned if the signer cannot sign now, IntegrityError if its key is not the published one."""
+        try:
+            public_key = self.signer.public_key()
+            body = encode_canonical({"hash": head_hash, "key_id": key_id(public_key), "prev": prev,
+                                     "prev_seq": prev_seq, "seq": seq, "time_ns": time.time_ns()})
+            return body, await self.signer.sign(CHECKPOINT_DOMAIN + body)
+        except IntegrityError:
+            raise
+        except CustosError as exc:  # unreachable, refused, misconfigured: no checkpoint now
+            raise CheckpointUnsigned(f"cannot sign an audit checkpoint now: {exc}") from exc
 
     async def run_checkpoints(self, interval: float, stop: asyncio.Event) -> None:
         """Checkpoint every ``interval`` s, and at least three times per ``policy.max_age_s``."""

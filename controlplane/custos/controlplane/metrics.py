@@ -208,6 +208,7 @@ class MetricsServer:
         self.config = config
         self.clock = clock
         self.snapshot = Snapshot()
+        self.extra: list[Any] = []  # more collectors (e.g. the key provider's health), registered at start
         self.port = 0
         self._httpd: Any = None
         self._thread: Any = None
@@ -222,6 +223,8 @@ class MetricsServer:
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(CustosCollector(lambda: self.snapshot))
+        for collector in self.extra:
+            self.registry.register(collector)
         host, port = self.config.host_port()
         try:
             self._httpd, self._thread = start_http_server(

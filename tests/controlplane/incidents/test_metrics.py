@@ -79,7 +79,8 @@ def test_example_alerting_rules_use_exported_metrics() -> None:
     assert exprs and "alert: CustosIncidentReportDueWithin24h" in text
     exported = {"custos_incidents_open", "custos_incident_report_deadline_seconds",
                 "custos_metrics_refresh_timestamp_seconds", "custos_alerts_total", "custos_hosts",
-                "custos_unwraps_total", "custos_orders", "custos_copies", "custos_incidents"}
+                "custos_unwraps_total", "custos_orders", "custos_copies", "custos_incidents",
+                "custos_keys_ready", "custos_keys_token_ttl_seconds"}  # the last two: keys/health.py
     for expr in exprs:
         for name in re.findall(r"\b(custos_[a-z_0-9]+)", expr):
             assert name in exported, f"{name} in the alerting rules is not a metric Custos exports"

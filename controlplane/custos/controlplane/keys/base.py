@@ -34,6 +34,7 @@ __all__ = [
     "DataKey",
     "KeyConflict",
     "KeyDestroyed",
+    "KeyHealth",
     "KeyProvider",
     "KeyState",
     "KeySuspended",
@@ -82,6 +83,22 @@ class KeyConflict(Conflict):
 
 class ProviderClosed(FailedPrecondition):
     """The provider was closed."""
+
+
+@dataclass(frozen=True)
+class KeyHealth:
+    """Whether a provider can serve now, and why not: what ``/readyz`` and the metrics report.
+
+    Truthy when ``ok``. ``token_ttl_s`` is how long the backend credential is still valid
+    (None: it does not expire, or the backend has none). Carries no secrets.
+    """
+
+    ok: bool
+    detail: str
+    token_ttl_s: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 @dataclass(frozen=True)
@@ -301,6 +318,20 @@ class KeyProvider(abc.ABC):
         self._check_open()
         return self._state(validate_key_name(key_name))
 
+    def health(self) -> KeyHealth:
+        """Whether this provider can serve requests now (the readiness of the control plane).
+
+        Cheap and non-blocking (a cached view kept fresh by the backend, never a request to
+        it), so probes may call it as often as they like. Never raises.
+        """
+        if self._closed:
+            return KeyHealth(False, f"the {self.kind} key provider is closed")
+        return self._health()
+
+    def ready(self) -> bool:
+        """``health().ok``."""
+        return self.health().ok
+
     def close(self) -> None:
         """Release connections and files. Idempotent; later calls raise ProviderClosed."""
         with self._close_lock:
@@ -333,6 +364,10 @@ class KeyProvider(abc.ABC):
         return version
 
     # -- backend hooks: arguments are already valid ------------------------------
+
+    def _health(self) -> KeyHealth:
+        # A backend without a remote service (the local file) is ready while open.
+        return KeyHealth(True, f"{self.kind} key provider open")
 
     @abc.abstractmethod
     def _ensure_key(self, name: str) -> KeyState: ...

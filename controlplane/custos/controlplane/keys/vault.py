@@ -15,6 +15,10 @@ How each operation maps onto Transit (see docs/keys.md for the why):
 - rewrap: ``decrypt`` + ``encrypt`` with the same associated data, because the
   ``rewrap`` endpoint does not take ``associated_data`` (it fails authentication).
 - destroy: ``deletion_allowed=true``, then delete the key.
+
+The token comes from a :class:`~custos.controlplane.keys.vault_session.VaultSession`, which
+renews it, obtains a new one when it must (AppRole, JWT, a token file an Agent rewrites)
+and gives :meth:`VaultTransitProvider.health`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import base64
 import binascii
 import logging
 import re
-import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, ClassVar, NoReturn, TypeVar
@@ -37,12 +40,15 @@ from custos.controlplane.keys.base import (
     DataKey,
     KeyConflict,
     KeyDestroyed,
+    KeyHealth,
     KeyProvider,
     KeyState,
     KeySuspended,
     KeyVersionRetired,
     zeroize,
 )
+from custos.controlplane.keys.vault_auth import StaticTokenAuth, VaultAuth
+from custos.controlplane.keys.vault_session import VaultSession
 from custos.errors import (
     BackendUnavailable,
     FailedPrecondition,
@@ -95,11 +101,14 @@ class VaultTransitProvider(KeyProvider):
 
     Args:
         url: server address, e.g. ``https://vault.example:8200``.
-        token: a token with the ``custos-controlplane`` policy (or a narrower one).
+        token: a token with the ``custos-controlplane`` policy (or a narrower one), given
+            once; or ``auth``: how to obtain tokens (AppRole, JWT, a token file); or
+            ``session``: a session shared with the audit checkpoint signer. Exactly one.
         mount: where Transit is mounted.
         key_prefix: prepended to every key name; the policies grant ``custos-*`` only.
         verify: TLS verification: True, False, or a CA bundle path.
         timeout: seconds per HTTP request.
+        check_interval: seconds between the session's health checks.
 
     Raises:
         InvalidInput: a malformed argument.
@@ -111,18 +120,23 @@ class VaultTransitProvider(KeyProvider):
         self,
         *,
         url: str,
-        token: str,
+        token: str | None = None,
+        auth: VaultAuth | None = None,
+        session: VaultSession | None = None,
         mount: str = "transit",
         key_prefix: str = "custos-",
         verify: bool | str = True,
         timeout: float = 10.0,
+        check_interval: float = 5.0,
     ) -> None:
         super().__init__()
         parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise InvalidInput("url must be an http:// or https:// address")
-        if not isinstance(token, str) or not token or token.strip() != token:
-            raise InvalidInput("token must be a non-empty string without surrounding spaces")
+        if sum(x is not None for x in (token, auth, session)) != 1:
+            raise InvalidInput("give exactly one of token, auth and session")
+        if token is not None:
+            auth = StaticTokenAuth(token)
         if not isinstance(mount, str) or _MOUNT_PATTERN.fullmatch(mount) is None:
             raise InvalidInput("mount must be a path like 'transit' or 'custos/transit'")
         if not isinstance(key_prefix, str) or (
@@ -140,32 +154,19 @@ class VaultTransitProvider(KeyProvider):
                 parsed.hostname,
             )
         self._url = url
-        self._token = token
         self._mount = mount
         self._prefix = key_prefix
-        self._verify = verify
-        self._timeout = float(timeout)
-        # requests.Session is not documented as thread-safe and callers run us through
-        # asyncio.to_thread, so each thread gets its own hvac client.
-        self._local = threading.local()
-        self._clients: list[hvac.Client] = []
-        self._clients_lock = threading.Lock()
+        self._own_session = session is None
+        if session is None:
+            assert auth is not None
+            session = VaultSession(url=url, auth=auth, verify=verify, timeout=float(timeout),
+                                   check_interval=check_interval)
+        self.session = session
 
     def __repr__(self) -> str:
         return f"VaultTransitProvider(url={self._url!r}, mount={self._mount!r})"
 
     # -- plumbing --------------------------------------------------------------------
-
-    def _client(self) -> hvac.Client:
-        client: hvac.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = hvac.Client(
-                url=self._url, token=self._token, verify=self._verify, timeout=self._timeout
-            )
-            self._local.client = client
-            with self._clients_lock:
-                self._clients.append(client)
-        return client
 
     def _full(self, name: str) -> str:
         return self._prefix + name
@@ -173,10 +174,10 @@ class VaultTransitProvider(KeyProvider):
     def _path(self, *parts: str) -> str:
         return "/v1/" + "/".join((self._mount, *parts))
 
-    def _call(self, op: str, name: str, fn: Callable[[], _T]) -> _T:
-        """Run one request; map every failure to a Custos error."""
+    def _call(self, op: str, name: str, fn: Callable[[hvac.Client], _T]) -> _T:
+        """Run one request with a live token; map every failure to a Custos error."""
         try:
-            return fn()
+            return self.session.run(fn)
         except (requests.exceptions.RequestException, hvac.exceptions.VaultError) as exc:
             self._raise_mapped(op, name, exc)
 
@@ -235,9 +236,8 @@ class VaultTransitProvider(KeyProvider):
 
     def _read(self, name: str) -> tuple[KeyState, dict[str, Any]]:
         """Read the key. Raises KeyDestroyed if it does not exist."""
-        transit = self._client().secrets.transit
         response = self._call(
-            "read", name, lambda: transit.read_key(name=self._full(name), mount_point=self._mount)
+            "read", name, lambda c: c.secrets.transit.read_key(name=self._full(name), mount_point=self._mount)
         )
         data = _data(response)
         if data is None:
@@ -245,27 +245,25 @@ class VaultTransitProvider(KeyProvider):
         return self._state_from(name, data), data
 
     def _set_config(self, name: str, param: str, value: int | bool) -> None:
-        client = self._client()
         # Straight to the API, one parameter per request: hvac's own check refuses
         # min_encryption_version == min_decryption_version, which suspend needs and the
         # server accepts.
         self._call(
             "configure",
             name,
-            lambda: client.adapter.post(
+            lambda c: c.adapter.post(
                 self._path("keys", self._full(name), "config"), json={param: value}
             ),
         )
 
     def _decrypt(self, name: str, wrapped: str, context: bytes) -> bytearray:
-        transit = self._client().secrets.transit
         try:
-            response = transit.decrypt_data(
+            response = self.session.run(lambda c: c.secrets.transit.decrypt_data(
                 name=self._full(name),
                 ciphertext=wrapped,
                 associated_data=_b64(context),
                 mount_point=self._mount,
-            )
+            ))
         except (requests.exceptions.RequestException, hvac.exceptions.VaultError) as exc:
             if isinstance(exc, hvac.exceptions.InvalidRequest) and _TOO_OLD_ERROR in (
                 _server_text(exc).lower()
@@ -286,11 +284,10 @@ class VaultTransitProvider(KeyProvider):
     # -- hooks -------------------------------------------------------------------------
 
     def _ensure_key(self, name: str) -> KeyState:
-        transit = self._client().secrets.transit
         response = self._call(
             "create",
             name,
-            lambda: transit.create_key(
+            lambda c: c.secrets.transit.create_key(
                 name=self._full(name), key_type=KEY_TYPE, mount_point=self._mount
             ),
         )
@@ -321,11 +318,10 @@ class VaultTransitProvider(KeyProvider):
         before, _ = self._read(name)
         if before.suspended:
             raise KeySuspended(f"key {name!r} is suspended: no new data keys")
-        client = self._client()
         response = self._call(
             "generate data key",
             name,
-            lambda: client.adapter.post(
+            lambda c: c.adapter.post(
                 self._path("datakey", "plaintext", self._full(name)),
                 # bits left at its default (256): the policy allows associated_data only.
                 json={"associated_data": _b64(context)},
@@ -354,11 +350,10 @@ class VaultTransitProvider(KeyProvider):
         state, _ = self._read(name)
         if state.suspended:
             raise KeySuspended(f"key {name!r} is suspended: rotation refused")
-        transit = self._client().secrets.transit
         self._call(
             "rotate",
             name,
-            lambda: transit.rotate_key(name=self._full(name), mount_point=self._mount),
+            lambda c: c.secrets.transit.rotate_key(name=self._full(name), mount_point=self._mount),
         )
         logger.info("rotated key %s", name)
         return self._read(name)[0]
@@ -369,11 +364,10 @@ class VaultTransitProvider(KeyProvider):
         # on every unwrap, and is zeroized at once.
         plaintext = self._decrypt(name, wrapped, context)
         try:
-            transit = self._client().secrets.transit
             response = self._call(
                 "rewrap",
                 name,
-                lambda: transit.encrypt_data(
+                lambda c: c.secrets.transit.encrypt_data(
                     name=self._full(name),
                     plaintext=_b64(plaintext),
                     associated_data=_b64(context),
@@ -392,11 +386,10 @@ class VaultTransitProvider(KeyProvider):
         min_enc = int(data.get("min_encryption_version") or 0)
         if min_enc > 0 and state.min_decryption_version >= min_enc:
             return state  # already fully suspended
-        transit = self._client().secrets.transit
         response = self._call(
             "suspend",
             name,
-            lambda: transit.rotate_key(name=self._full(name), mount_point=self._mount),
+            lambda c: c.secrets.transit.rotate_key(name=self._full(name), mount_point=self._mount),
         )
         rotated = _data(response)
         suspension_version = (
@@ -427,11 +420,10 @@ class VaultTransitProvider(KeyProvider):
     def _destroy(self, name: str) -> None:
         try:
             self._set_config(name, "deletion_allowed", True)
-            transit = self._client().secrets.transit
             self._call(
                 "destroy",
                 name,
-                lambda: transit.delete_key(name=self._full(name), mount_point=self._mount),
+                lambda c: c.secrets.transit.delete_key(name=self._full(name), mount_point=self._mount),
             )
         except KeyDestroyed:
             return  # already gone: destroy is idempotent
@@ -443,11 +435,12 @@ class VaultTransitProvider(KeyProvider):
         except KeyDestroyed:
             return KeyState.missing(name)
 
+    def _health(self) -> KeyHealth:
+        return self.session.health()
+
     def _close(self) -> None:
-        with self._clients_lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            client.adapter.close()
+        if self._own_session:
+            self.session.close()
 
 
 def _data(response: object) -> dict[str, Any] | None:
