@@ -1,13 +1,16 @@
-"""`custos host add|remove`, `custos hosts`, `custos alerts`: enrolled hosts and custody alerts."""
+"""`custos host add|remove|revoke|revocations`, `custos hosts`, `custos alerts`: enrolled hosts,
+certificate revocation and custody alerts."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from custos.cli.common import connect, parse_labels
 from custos.cli.output import Out, table, ts
-from custos.client.hosts import add_host, list_alerts, list_hosts, remove_host
+from custos.client.hosts import add_host, list_alerts, list_hosts, list_revocations, remove_host, revoke_certificate
+from custos.errors import InvalidInput
 from custos.v1 import custody_pb2
 
 
@@ -32,6 +35,40 @@ def cmd_host_add(ns: argparse.Namespace, out: Out) -> int:
 def cmd_host_remove(ns: argparse.Namespace, out: Out) -> int:
     h = host_json(remove_host(connect(ns), ns.name))
     out.emit(h, f"host {ns.name} removed: its certificate is refused, its lease revoked")
+    return 0
+
+
+def revocation_json(r: custody_pb2.Revocation) -> dict[str, Any]:
+    return {"fingerprint": r.fingerprint, "principal": r.principal, "role": r.role, "reason": r.reason,
+            "revoked_at": ts(r.revoked_at_unix_ns), "revoked_by": r.revoked_by, "not_after": ts(r.not_after_unix_ns)}
+
+
+def cmd_host_revoke(ns: argparse.Namespace, out: Out) -> int:
+    if sum(map(bool, (ns.name, ns.cert, ns.fingerprint))) != 1:
+        raise InvalidInput("name one certificate: a HOST, --cert FILE or --fingerprint SHA256")
+    pem = b""
+    if ns.cert:
+        try:
+            pem = Path(ns.cert).read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {ns.cert}: {exc.strerror}") from None
+    resp = revoke_certificate(connect(ns), host=ns.name or "", fingerprint=ns.fingerprint or "", certificate_pem=pem,
+                              reason=ns.reason or "")
+    data = {"revoked": [revocation_json(r) for r in resp.revoked],
+            "host": host_json(resp.host) if resp.HasField("host") else None}
+    what = f"host {resp.host.name}" if resp.HasField("host") else "certificate"
+    n = len(resp.revoked)
+    out.emit(data, f"{what} revoked: {n} certificate{'s' if n != 1 else ''} newly refused by every replica"
+             + ("" if n else " (already revoked)"))
+    return 0
+
+
+def cmd_host_revocations(ns: argparse.Namespace, out: Out) -> int:
+    rows = [revocation_json(r) for r in list_revocations(connect(ns))]
+    out.emit(rows, lambda: table(
+        [[r["revoked_at"], r["fingerprint"][:16], r["principal"] or "-", r["role"] or "-", r["revoked_by"],
+          r["reason"][:60]] for r in rows],
+        ["REVOKED", "FINGERPRINT", "PRINCIPAL", "ROLE", "BY", "REASON"]))
     return 0
 
 
@@ -64,6 +101,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     hr = h.add_parser("remove", parents=[common], help="remove a host: refuse its certificate, revoke its lease")
     hr.add_argument("name")
     hr.set_defaults(fn=cmd_host_remove)
+    hv = h.add_parser("revoke", parents=[common],
+                      help="revoke a host's certificates, or any client certificate: refused everywhere at once")
+    hv.add_argument("name", nargs="?", help="the host whose certificates to revoke")
+    hv.add_argument("--cert", help="a client certificate (PEM file) to revoke, a person's included")
+    hv.add_argument("--fingerprint", help="a certificate's SHA-256 (of its DER, hex) to revoke")
+    hv.add_argument("--reason", help="why, for the record")
+    hv.set_defaults(fn=cmd_host_revoke)
+    hl = h.add_parser("revocations", parents=[common], help="revoked certificates")
+    hl.set_defaults(fn=cmd_host_revocations)
     hs = sub.add_parser("hosts", parents=[common], help="enrolled hosts, their leases and last reports")
     hs.set_defaults(fn=cmd_hosts)
     alp = sub.add_parser("alerts", parents=[common], help="alerts: unregistered weights, unauthorized copies, ...")

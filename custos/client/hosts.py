@@ -31,3 +31,23 @@ def list_alerts(client: Client, *, host: str = "", model: str = "") -> list[cust
     """Alerts, of one host and/or one model when given."""
     return list(client.call(client.alerts.ListAlerts, custody_pb2.ListAlertsRequest(host=host, model=model),
                             custody_pb2.ListAlertsResponse).alerts)
+
+
+def revoke_certificate(client: Client, *, host: str = "", fingerprint: str = "", certificate_pem: bytes = b"",
+                       reason: str = "") -> custody_pb2.RevokeCertificateResponse:
+    """Revoke a host's certificates (by host name) or one certificate (by SHA-256 fingerprint or
+    PEM): every replica refuses it within seconds and closes its streams. Final."""
+    req = custody_pb2.RevokeCertificateRequest(reason=reason)
+    if host:
+        req.host = host
+    elif fingerprint:
+        req.fingerprint = fingerprint
+    elif certificate_pem:
+        req.certificate_pem = certificate_pem
+    return client.call(client.custody.RevokeCertificate, req, custody_pb2.RevokeCertificateResponse)
+
+
+def list_revocations(client: Client) -> list[custody_pb2.Revocation]:
+    """Every revoked certificate, oldest first."""
+    return list(client.call(client.custody.ListRevocations, custody_pb2.ListRevocationsRequest(),
+                            custody_pb2.ListRevocationsResponse).revocations)

@@ -86,6 +86,70 @@ class ListHostsResponse(_message.Message):
     hosts: _containers.RepeatedCompositeFieldContainer[Host]
     def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
 
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_pem", "not_after_unix_ns")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_pem: bytes
+    not_after_unix_ns: int
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., not_after_unix_ns: _Optional[int] = ...) -> None: ...
+
+class RevokeCertificateRequest(_message.Message):
+    __slots__ = ("host", "fingerprint", "certificate_pem", "reason")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    fingerprint: str
+    certificate_pem: bytes
+    reason: str
+    def __init__(self, host: _Optional[str] = ..., fingerprint: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Revocation(_message.Message):
+    __slots__ = ("fingerprint", "principal", "role", "reason", "revoked_at_unix_ns", "revoked_by", "not_after_unix_ns")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    principal: str
+    role: str
+    reason: str
+    revoked_at_unix_ns: int
+    revoked_by: str
+    not_after_unix_ns: int
+    def __init__(self, fingerprint: _Optional[str] = ..., principal: _Optional[str] = ..., role: _Optional[str] = ..., reason: _Optional[str] = ..., revoked_at_unix_ns: _Optional[int] = ..., revoked_by: _Optional[str] = ..., not_after_unix_ns: _Optional[int] = ...) -> None: ...
+
+class RevokeCertificateResponse(_message.Message):
+    __slots__ = ("revoked", "host")
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    revoked: _containers.RepeatedCompositeFieldContainer[Revocation]
+    host: Host
+    def __init__(self, revoked: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ..., host: _Optional[_Union[Host, _Mapping]] = ...) -> None: ...
+
+class ListRevocationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRevocationsResponse(_message.Message):
+    __slots__ = ("revocations",)
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
+
 class EnrollRequest(_message.Message):
     __slots__ = ("name", "token", "csr_pem")
     NAME_FIELD_NUMBER: _ClassVar[int]

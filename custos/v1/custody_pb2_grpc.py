@@ -49,6 +49,21 @@ class CustodyStub:
                 request_serializer=custos_dot_v1_dot_custody__pb2.ListHostsRequest.SerializeToString,
                 response_deserializer=custos_dot_v1_dot_custody__pb2.ListHostsResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/custos.v1.Custody/RenewCertificate',
+                request_serializer=custos_dot_v1_dot_custody__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_custody__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/custos.v1.Custody/RevokeCertificate',
+                request_serializer=custos_dot_v1_dot_custody__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_custody__pb2.RevokeCertificateResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/custos.v1.Custody/ListRevocations',
+                request_serializer=custos_dot_v1_dot_custody__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_custody__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/custos.v1.Custody/Stream',
                 request_serializer=custos_dot_v1_dot_custody__pb2.AgentMessage.SerializeToString,
@@ -72,6 +87,24 @@ class CustodyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListHosts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +135,21 @@ def add_CustodyServicer_to_server(servicer, server):
                     servicer.ListHosts,
                     request_deserializer=custos_dot_v1_dot_custody__pb2.ListHostsRequest.FromString,
                     response_serializer=custos_dot_v1_dot_custody__pb2.ListHostsResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=custos_dot_v1_dot_custody__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_custody__pb2.RenewCertificateResponse.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=custos_dot_v1_dot_custody__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_custody__pb2.RevokeCertificateResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=custos_dot_v1_dot_custody__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_custody__pb2.ListRevocationsResponse.SerializeToString,
             ),
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
@@ -190,6 +238,87 @@ class Custody:
             '/custos.v1.Custody/ListHosts',
             custos_dot_v1_dot_custody__pb2.ListHostsRequest.SerializeToString,
             custos_dot_v1_dot_custody__pb2.ListHostsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Custody/RenewCertificate',
+            custos_dot_v1_dot_custody__pb2.RenewCertificateRequest.SerializeToString,
+            custos_dot_v1_dot_custody__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Custody/RevokeCertificate',
+            custos_dot_v1_dot_custody__pb2.RevokeCertificateRequest.SerializeToString,
+            custos_dot_v1_dot_custody__pb2.RevokeCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Custody/ListRevocations',
+            custos_dot_v1_dot_custody__pb2.ListRevocationsRequest.SerializeToString,
+            custos_dot_v1_dot_custody__pb2.ListRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

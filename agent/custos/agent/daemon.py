@@ -37,6 +37,7 @@ from custos.agent.enroll import Identity, dev_enroll, load_identity, read_creden
 from custos.agent.halt import HaltBlocks, Halter, HaltEvidence, ManifestCache, iso_utc
 from custos.agent.inventory import Inventory
 from custos.agent.localapi import LocalApi
+from custos.agent.renew import CertificateRenewal
 from custos.agent.scanner import Hasher, Watcher
 from custos.agent.stream import Credentials, CustodyStream, LeaseGrant, OrderHandler, RefuseUnverifiedOrders
 from custos.agent.workloads import Supervisor, become_subreaper
@@ -391,6 +392,10 @@ class Agent:
         for coro in (self.stream.run(self._stop), self._watchdog(), self._reporter(), self._scan_loop(),
                      self._process_loop(), self._watch_loop()):
             self._spawn(coro)
+        if cfg.cert_file is None:  # an enrolled identity renews itself; an operator's certificate is theirs
+            self.renewal = CertificateRenewal(identity_dir=cfg.state_dir / "identity", name=cfg.name,
+                                              channel=lambda: self.stream.channel if self.stream.connected else None)
+            self._spawn(self.renewal.run(self._stop))
         try:
             await self._stop.wait()
         finally:

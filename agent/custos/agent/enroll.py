@@ -15,6 +15,12 @@ client certificate yet. What enrollment stores, in STATE_DIR/identity/ (0700):
 Every file is written to a temporary name and renamed, the key last, so a
 failed enrollment leaves the previous identity (if any) intact.
 
+A renewal (custos.agent.renew) replaces ``agent.key`` and ``agent.pem`` with a
+fresh pair: the new key is on disk as ``agent.key.renew`` before its CSR leaves,
+the certificate is written as ``agent.pem.renew``, then both are renamed into
+place. :func:`finish_renewal` completes (or drops) a swap a crash cut short, so
+the key and certificate read for a connection are always a pair.
+
 In development mode :func:`dev_enroll` first adds the host itself, with the
 dev security-team certificate, then enrolls it the same way.
 """
@@ -44,6 +50,8 @@ from custos.v1 import custody_pb2, custody_pb2_grpc
 log = logging.getLogger("custos.agent")
 
 IDENTITY_DIR = "identity"
+RENEW_KEY = "agent.key.renew"
+RENEW_CERT = "agent.pem.renew"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +79,25 @@ class Identity:
 
 def make_key_and_csr(name: str) -> tuple[bytes, bytes]:
     """A fresh P-256 key (PKCS#8 PEM) and a CSR for CN=``name``. Raises InvalidInput."""
-    validate_host_name(name)
     key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, csr_for(key_pem, name)
+
+
+def csr_for(key_pem: bytes, name: str) -> bytes:
+    """A CSR (PEM) for CN=``name`` signed by ``key_pem``. Raises InvalidInput."""
+    validate_host_name(name)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError:
+        raise InvalidInput("unreadable private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidInput("the host key must be an EC key")
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 async def request_certificate(enroll_addr: str, ca_pem: bytes, *, name: str, token: str, csr_pem: bytes,
@@ -99,7 +118,8 @@ async def request_certificate(enroll_addr: str, ca_pem: bytes, *, name: str, tok
         await channel.close()
 
 
-def _check_issued(cert_pem: bytes, key_pem: bytes, name: str) -> None:
+def check_issued(cert_pem: bytes, key_pem: bytes, name: str) -> None:
+    """Raises IntegrityError unless ``cert_pem`` is for host ``name`` and carries ``key_pem``'s key."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -140,7 +160,7 @@ async def enroll(*, enroll_addr: str, ca_file: Path, name: str, token: str, stat
         resp = await request_certificate(enroll_addr, ca_pem, name=name, token=token, csr_pem=csr_pem,
                                          server_name=server_name, call_timeout=call_timeout)
         cert_pem = bytes(resp.certificate_pem)
-        _check_issued(cert_pem, key_pem, name)
+        check_issued(cert_pem, key_pem, name)
         fp = cert_fingerprint(cert_pem)
         write_private(ident_dir / "ca.pem", ca_pem, mode=0o644)
         write_private(ident_dir / "client-ca.pem", bytes(resp.ca_pem), mode=0o644)
@@ -148,6 +168,8 @@ async def enroll(*, enroll_addr: str, ca_file: Path, name: str, token: str, stat
         meta = {"name": name, "cert_sha256": fp, "lease_ttl_seconds": int(resp.lease_ttl_seconds),
                 "enrolled_at_unix_ns": time.time_ns(), "enroll_addr": enroll_addr}
         write_private(ident_dir / "enrollment.json", json.dumps(meta, sort_keys=True).encode())
+        for stale in (RENEW_KEY, RENEW_CERT):  # a renewal of the identity this one replaces
+            (ident_dir / stale).unlink(missing_ok=True)
         # Certificate and key are swapped in last, key first: a reader holding
         # the old certificate then fails its handshake and retries.
         os.replace(pending_key, ident_dir / "agent.key")
@@ -158,6 +180,67 @@ async def enroll(*, enroll_addr: str, ca_file: Path, name: str, token: str, stat
                     signer_set=bytes(resp.signer_set))
 
 
+def _pair(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Does the certificate carry this private key's public key?"""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError:
+        return False
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki))
+
+
+def _sync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install_renewed(ident_dir: Path, cert_pem: bytes) -> str:
+    """Swap in a renewed certificate and its key (already on disk as ``agent.key.renew``);
+    its fingerprint. A crash at any point leaves the old pair or the new one once
+    :func:`finish_renewal` has run. Raises IntegrityError (not the pending key's), OSError."""
+    key_pem = (ident_dir / RENEW_KEY).read_bytes()
+    if not _pair(cert_pem, key_pem):
+        raise IntegrityError("the renewed certificate does not carry the key this host sent")
+    write_private(ident_dir / RENEW_CERT, cert_pem, mode=0o644)
+    os.replace(ident_dir / RENEW_KEY, ident_dir / "agent.key")
+    os.replace(ident_dir / RENEW_CERT, ident_dir / "agent.pem")
+    _sync_dir(ident_dir)
+    fp = cert_fingerprint(cert_pem)
+    meta_path = ident_dir / "enrollment.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    meta.update(cert_sha256=fp, renewed_at_unix_ns=time.time_ns())
+    write_private(meta_path, json.dumps(meta, sort_keys=True).encode())
+    return fp
+
+
+def finish_renewal(ident_dir: Path) -> None:
+    """Complete a renewal a crash cut short, or drop its leftovers, so that ``agent.key`` and
+    ``agent.pem`` are a pair. A lone ``agent.key.renew`` stays: the control plane may have
+    certified it already, and the next renewal asks again with the same key. Raises OSError."""
+    new_cert = ident_dir / RENEW_CERT
+    if not new_cert.exists():
+        return
+    cert_pem = new_cert.read_bytes()
+    new_key = ident_dir / RENEW_KEY
+    if new_key.exists() and _pair(cert_pem, new_key.read_bytes()):
+        os.replace(new_key, ident_dir / "agent.key")  # stopped before the key moved
+        os.replace(new_cert, ident_dir / "agent.pem")
+    elif (ident_dir / "agent.key").exists() and _pair(cert_pem, (ident_dir / "agent.key").read_bytes()):
+        os.replace(new_cert, ident_dir / "agent.pem")  # stopped between the two renames
+    else:
+        new_cert.unlink()
+    _sync_dir(ident_dir)
+    log.warning("completed a certificate renewal that was interrupted", extra={"fields": {"dir": str(ident_dir)}})
+
+
 def load_identity(state_dir: Path, name: str) -> Identity | None:
     """The enrolled identity for host ``name`` in ``state_dir``, or None if there is none.
 
@@ -165,6 +248,10 @@ def load_identity(state_dir: Path, name: str) -> Identity | None:
     """
     d = state_dir / IDENTITY_DIR
     meta_path = d / "enrollment.json"
+    try:
+        finish_renewal(d)
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot complete the certificate renewal in {d}: {exc}") from None
     if not meta_path.exists() or not (d / "agent.pem").exists() or not (d / "agent.key").exists():
         return None
     try:
@@ -185,11 +272,17 @@ def load_identity(state_dir: Path, name: str) -> Identity | None:
 
 
 def read_credentials(*, ca_file: Path, cert_file: Path, key_file: Path) -> Credentials:
-    """The mTLS material for one connection attempt. Raises FailedPrecondition (missing, unreadable)."""
+    """The mTLS material for one connection attempt: a certificate and the key it carries
+    (completing a renewal a crash cut short). Raises FailedPrecondition (missing, unreadable,
+    not a pair)."""
+    def read() -> tuple[bytes, bytes, bytes]:
+        return ca_file.read_bytes(), cert_file.read_bytes(), key_file.read_bytes()
+
     try:
-        ca = ca_file.read_bytes()
-        cert = cert_file.read_bytes()
-        key = key_file.read_bytes()
+        ca, cert, key = read()
+        if not _pair(cert, key) and cert_file.name == "agent.pem":
+            finish_renewal(cert_file.parent)  # a renewal a crash cut short
+            ca, cert, key = read()
     except OSError as exc:
         raise FailedPrecondition(f"cannot read this host's identity ({exc.filename}: {exc.strerror}): "
                                  "enroll first with `custos agent enroll`") from None
@@ -197,6 +290,8 @@ def read_credentials(*, ca_file: Path, cert_file: Path, key_file: Path) -> Crede
         fp = cert_fingerprint(cert)
     except InvalidInput:
         raise FailedPrecondition(f"{cert_file} is not a readable certificate") from None
+    if not _pair(cert, key):
+        raise FailedPrecondition(f"{key_file} is not the key of {cert_file}: enroll again")
     return Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=fp)
 
 
@@ -217,7 +312,7 @@ async def dev_enroll(cfg: AgentConfig) -> Identity:
                                              certificate_chain=cfg.dev_admin_cert.read_bytes())
     except OSError as exc:
         raise InvalidInput(f"cannot read the dev certificates ({exc.filename}: {exc.strerror})") from None
-    channel = open_channel(cfg.addr, creds, cfg.server_name)
+    channel = open_channel(cfg.addrs[0], creds, cfg.server_name)  # dev: the one local server
     try:
         resp = await custody_pb2_grpc.CustodyStub(channel).AddHost(
             custody_pb2.AddHostRequest(name=cfg.name, labels={"dev": "true"}), timeout=30)

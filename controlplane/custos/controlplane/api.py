@@ -268,6 +268,31 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                         ctx: grpc.aio.ServicerContext) -> custody_pb2.ListHostsResponse:
         return custody_pb2.ListHostsResponse(hosts=[host_pb(h) for h in await self.c.list_hosts()])
 
+    async def RenewCertificate(self, req: custody_pb2.RenewCertificateRequest,
+                               ctx: grpc.aio.ServicerContext) -> custody_pb2.RenewCertificateResponse:
+        cert, until = await self.c.certs.renew(current_caller.get(), req.csr_pem)  # the guard checked the caller
+        return custody_pb2.RenewCertificateResponse(certificate_pem=cert, ca_pem=self.c.certs.ca_pem,
+                                                    not_after_unix_ns=until)
+
+    async def RevokeCertificate(self, req: custody_pb2.RevokeCertificateRequest,
+                                ctx: grpc.aio.ServicerContext) -> custody_pb2.RevokeCertificateResponse:
+        revoked, host = await self.c.revoke_certificate(
+            current_caller.get(), host=req.host, fingerprint=req.fingerprint, certificate_pem=req.certificate_pem,
+            reason=req.reason)
+        return custody_pb2.RevokeCertificateResponse(revoked=[self.revocation_pb(e) for e in revoked],
+                                                     host=host_pb(host) if host is not None else None)
+
+    async def ListRevocations(self, req: custody_pb2.ListRevocationsRequest,
+                              ctx: grpc.aio.ServicerContext) -> custody_pb2.ListRevocationsResponse:
+        return custody_pb2.ListRevocationsResponse(
+            revocations=[self.revocation_pb(e) for e in await self.c.revocations.entries()])
+
+    @staticmethod
+    def revocation_pb(e: dict[str, Any]) -> custody_pb2.Revocation:
+        return custody_pb2.Revocation(
+            fingerprint=e["fingerprint"], principal=e["principal"], role=e["role"], reason=e["reason"],
+            revoked_at_unix_ns=e["revoked_at_ns"], revoked_by=e["revoked_by"], not_after_unix_ns=e["not_after_ns"])
+
     async def Stream(self, request_iterator: AsyncIterator[custody_pb2.AgentMessage],
                      ctx: grpc.aio.ServicerContext) -> AsyncIterator[custody_pb2.ControlMessage]:
         caller = current_caller.get()

@@ -42,6 +42,10 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Custody/RemoveHost": frozenset({SECURITY}),
     "/custos.v1.Custody/ListHosts": _READERS,
     "/custos.v1.Custody/Stream": frozenset({AGENT}),
+    # Certificates: an agent renews its own; the security team (or an admin) revokes any.
+    "/custos.v1.Custody/RenewCertificate": frozenset({AGENT}),
+    "/custos.v1.Custody/RevokeCertificate": frozenset({SECURITY, ADMIN}),
+    "/custos.v1.Custody/ListRevocations": frozenset({SECURITY, AUDITOR, ADMIN}),
     "/custos.v1.Alerts/ListAlerts": frozenset({SECURITY, AUDITOR, ADMIN}),
     # Orders: executives propose and sign; everyone who reads the registry may
     # follow an order and its report. Rotation is signed by a threshold anyway.

@@ -6,7 +6,8 @@ hash stored), enrolls by trading the token and a CSR for a client certificate
 stream open: inventories and heartbeats up, leases and orders down.
 
 Store keys:
-    hosts/{name}                   host record (audited changes)
+    hosts/{name}                   host record (audited changes; its certificates: custos.controlplane.certificates)
+    revoked/{fingerprint}          revoked certificates (custos.controlplane.revocations)
     leases/{name}                  custody lease: expires_ns, state (live | lapsed | revoked)
     inventory/{name}               last report summary
     hostcopies/{name}/{copy-key}   index of the copies seen on the host
@@ -20,7 +21,6 @@ changes are audited.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import fnmatch
 import hashlib
 import hmac
@@ -31,17 +31,23 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from custos.controlplane.audit import SYSTEM, Caller, Plan
+from custos.controlplane.certificates import (
+    CertificateExpired,
+    HostCertificates,
+    accepted_until,
+    certificate_fields,
+    check_reason,
+    iso,
+    load_csr,
+)
 from custos.controlplane.periodic import every
-from custos.controlplane.pki import CertificateAuthority
+from custos.controlplane.pki import AGENT_CERT_TTL, CertificateAuthority
 from custos.controlplane.registry import Registry, new_copy
+from custos.controlplane.revocations import POLL, RevocationList
 from custos.controlplane.store.base import MAX_TXN_OPS, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
-from custos.core.hosts import cert_fingerprint, validate_host_name
+from custos.core.hosts import validate_host_name
 from custos.core.manifest import decode_manifest
 from custos.core.matching import HashedFile, HostCopy, ManifestIndex, UnregisteredWeights, weight_like_name
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
@@ -53,7 +59,6 @@ STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report
 # Agents hash every file from 1 MiB up to find renamed copies; one that matches nothing
 # alerts only if it is named like weights or is this large (the agent's old size rule).
 LARGE_UNREGISTERED = 256 << 20
-AGENT_CERT_DAYS = 365
 
 
 def _token_hash(token: str) -> str:
@@ -76,11 +81,16 @@ class Custody:
         ca: CertificateAuthority | None,
         lease_ttl: float = 30.0,
         signer_set: Callable[[], bytes] | None = None,
+        agent_cert_ttl: float = AGENT_CERT_TTL,
+        revocation_poll: float = POLL,
     ) -> None:
         self.registry = registry
         self.store = registry.store
         self.audit = registry.audit
         self.ca = ca
+        self.revocations = RevocationList(self.store, poll=revocation_poll)
+        self.certs = HostCertificates(self.audit, ca, ttl=agent_cert_ttl, revocations=self.revocations)
+        self.revocations.on_revoked = self._close_revoked
         self.lease_ttl = lease_ttl
         self.signer_set = signer_set or (lambda: b"")
         self.streams: dict[str, asyncio.Queue[Any]] = {}
@@ -125,7 +135,7 @@ class Custody:
                                        for k, v in labels.items()):
                 raise InvalidInput("bad labels: at most 32, keys a-z 0-9 _ . / -, values <= 253 chars")
             old = await self.store.get(f"hosts/{name}")
-            if old is not None and decode_canonical(old.value)["state"] != "removed":
+            if old is not None and decode_canonical(old.value)["state"] not in ("removed", "revoked"):
                 raise Conflict(f"host {name!r} already exists; remove it first to re-enroll")
             record = {
                 "cert_fingerprint": "", "enrolled_at_ns": 0, "labels": dict(sorted(labels.items())),
@@ -140,27 +150,27 @@ class Custody:
         return record, token, expires
 
     async def remove_host(self, caller: Caller, *, name: str) -> dict[str, Any]:
-        """Remove a host: its certificate is refused from now on, its lease revoked,
-        its copies marked stale, its stream told to stop. Raises NotFound."""
-        async def plan() -> tuple[Plan, dict[str, Any]]:
-            entry = await self.store.get(f"hosts/{validate_host_name(name)}")
-            if entry is None:
-                raise NotFound(f"host {name!r} not found")
-            record = dict(decode_canonical(entry.value))
-            record["state"] = "removed"
-            record["token_hash"] = ""
-            txn = Txn(checks={f"hosts/{name}": entry.mod_revision},
-                      puts={f"hosts/{name}": encode_canonical(record),
-                            f"leases/{name}": encode_canonical({"expires_ns": 0, "state": "revoked"})})
-            return Plan(txn), record
-
-        record = await self.audit.mutate(caller, "RemoveHost", f"host/{name}", plan)
-        await self._mark_host_copies(name, "stale")
-        q = self.streams.get(name)
-        if q is not None:
-            q.put_nowait(("notice", "host removed"))
-            q.put_nowait(None)
+        """Remove a host: its certificates are revoked (refused by every replica from now on),
+        its lease revoked, its copies marked stale, its streams told to stop. Raises NotFound."""
+        record, _ = await self._retire(caller, name, state="removed", action="RemoveHost",
+                                       reason=f"host removed by {caller.principal}")
         return record
+
+    async def revoke_host(self, caller: Caller, *, name: str, reason: str) -> tuple[dict[str, Any], list[Any]]:
+        """Revoke every certificate of a host: as removed, but ``revoked``. Raises NotFound, InvalidInput."""
+        why = check_reason(reason) or "no reason given"
+        return await self._retire(caller, name, state="revoked", action="RevokeCertificate",
+                                  reason=f"host revoked by {caller.principal}: {why}")
+
+    async def _retire(self, caller: Caller, name: str, *, state: str, action: str,
+                      reason: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        plan = self.certs.retire_plan(name, state=state, reason=reason, by=caller.principal)
+        record, revoked = await self.audit.mutate(caller, action, f"host/{name}", plan)
+        self.revocations.learn(revoked)
+        await self._mark_host_copies(name, "stale")
+        # This replica's stream at once; the others' when their revocation watch sees the list.
+        self._close_stream(name, f"certificate not accepted: {reason}")
+        return record, revoked
 
     async def list_hosts(self) -> list[dict[str, Any]]:
         out = []
@@ -196,13 +206,7 @@ class Custody:
                      host=peer, request_id="")
         if self.ca is None:
             raise FailedPrecondition("this control plane has no CA key configured for enrollment")
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError:
-            raise InvalidInput("unreadable certificate signing request") from None
-        if not csr.is_signature_valid:
-            raise InvalidInput("the CSR's signature does not verify")
-        ca = self.ca
+        csr = load_csr(csr_pem)
 
         async def plan() -> tuple[Plan, bytes]:
             validate_host_name(name)
@@ -213,34 +217,73 @@ class Custody:
                 raise Unauthorized(f"enrollment refused for host {name!r}: unknown host, bad or used token")
             if record["token_expires_ns"] < time.time_ns():
                 raise Unauthorized(f"enrollment token for host {name!r} has expired")
-            cert = _sign_agent_csr(ca, csr, name)
-            record.update(state="enrolled", token_hash="", enrolled_at_ns=time.time_ns(),
-                          cert_fingerprint=cert_fingerprint(cert))
+            cert = self.certs.issue(csr, name)
+            record.update(state="enrolled", token_hash="", enrolled_at_ns=time.time_ns(), **certificate_fields(cert))
             assert entry is not None
             txn = Txn(checks={f"hosts/{name}": entry.mod_revision},
                       puts={f"hosts/{name}": encode_canonical(record)}, deletes=[f"leases/{name}"])
             return Plan(txn), cert
 
         cert = await self.audit.mutate(who, "Enroll", f"host/{name}", plan)
-        return cert, ca.cert.public_bytes(serialization.Encoding.PEM)
+        return cert, self.certs.ca_pem
 
     async def check_agent(self, caller: Caller, *, need_lease: bool) -> dict[str, Any]:
-        """The enrolled host behind an agent certificate. Raises HostNotEnrolled, LeaseNotLive."""
+        """The enrolled host behind an agent certificate (its current one, or the one it renewed
+        until that expires). Raises HostNotEnrolled, CertificateExpired, LeaseNotLive."""
         if caller.role != "agent":
             raise HostNotEnrolled("only agent certificates speak for hosts")
         try:
             host = await self.get_host(caller.principal)
         except (NotFound, InvalidInput):
             raise HostNotEnrolled(f"host {caller.principal!r} is not enrolled") from None
-        if host["state"] != "enrolled" or not caller.cert_sha256 or not hmac.compare_digest(
-                host["cert_fingerprint"], caller.cert_sha256):
-            raise HostNotEnrolled(f"host {caller.principal!r}: certificate not accepted (removed or re-enrolled)")
+        until = accepted_until(host, caller.cert_sha256) if host["state"] == "enrolled" else None
+        if until is None or self.revocations.is_revoked(caller.cert_sha256):
+            why = "revoked" if host["state"] == "revoked" or until is not None else "removed or re-enrolled"
+            raise HostNotEnrolled(f"host {caller.principal!r}: certificate not accepted ({why})")
+        if until and until < time.time_ns():
+            # A connection opened before: the next one must bring the renewed certificate.
+            raise CertificateExpired(f"host {caller.principal!r}: certificate expired at {iso(until)}; "
+                                     "reconnect with the renewed one")
         if need_lease:
             lease = await self.store.get(f"leases/{caller.principal}")
             rec: dict[str, Any] = decode_canonical(lease.value) if lease else {"state": "none", "expires_ns": 0}
             if rec["state"] != "live" or int(rec["expires_ns"]) < time.time_ns():
                 raise LeaseNotLive(f"host {caller.principal!r} has no live custody lease")
         return host
+
+    # -- certificates ---------------------------------------------------------------
+
+    async def revoke_certificate(self, caller: Caller, *, host: str = "", fingerprint: str = "",
+                                 certificate_pem: bytes = b"", reason: str = "",
+                                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Revoke a host (all its certificates) or one certificate, by fingerprint or PEM; a
+        host's certificate revokes its host. Returns the new revocations and the host, if any.
+        Raises InvalidInput, NotFound (no such host)."""
+        why = check_reason(reason)
+        if sum(map(bool, (host, fingerprint, certificate_pem))) != 1:
+            raise InvalidInput("name one certificate: a host, a fingerprint or a certificate")
+        if not host:
+            host, entry = await self.certs.subject(fingerprint=fingerprint, certificate_pem=certificate_pem,
+                                                   reason=why, by=caller.principal)
+            if not host:
+                return await self.certs.revoke(caller, entry), None
+        record, revoked = await self.revoke_host(caller, name=host, reason=why)
+        return revoked, record
+
+    def _close_stream(self, host: str, notice: str) -> None:
+        if (q := self.streams.get(host)) is not None:
+            q.put_nowait(("notice", notice))
+            q.put_nowait(None)
+
+    async def _close_revoked(self, entry: dict[str, Any]) -> None:
+        """A certificate was revoked (on any replica): close its host's stream here, unless
+        the host has been re-enrolled since with a certificate of its own."""
+        host = entry.get("principal", "")
+        if entry.get("role") != "agent" or host not in self.streams:
+            return
+        record = await self.get_host(host)  # the host of a stream here exists (hosts are never deleted)
+        if record["state"] != "enrolled" or accepted_until(record, entry["fingerprint"]) is not None:
+            self._close_stream(host, f"certificate not accepted: {entry['reason']}")
 
     # -- leases -------------------------------------------------------------------
 
@@ -270,8 +313,19 @@ class Custody:
         raise Conflict(f"could not renew the lease of {host!r}")
 
     async def revoke_leases(self, hosts: list[str], order_id: str = "") -> None:
-        revoked = encode_canonical({"expires_ns": 0, "order": order_id, "state": "revoked"})
-        await self.write_batches({f"leases/{h}": revoked for h in hosts})
+        """Revoke the hosts' leases for ``order_id``. A revoked lease keeps its fail-closed
+        deadline: no lease granted before now outlasts now + TTL (an earlier revocation's
+        deadline stands), so until then a host that has not acked may still be halting
+        on a live lease — through another replica, too — and is not yet fail-closed."""
+        until = time.time_ns() + int(self.lease_ttl * 1e9)
+        old = await self.store.get_many([f"leases/{h}" for h in hosts])
+        puts = {}
+        for h in hosts:
+            entry = old.get(f"leases/{h}")
+            rec = decode_canonical(entry.value) if entry is not None else {"state": "none"}
+            deadline = min(int(rec["expires_ns"]), until) if rec["state"] == "revoked" else until
+            puts[f"leases/{h}"] = encode_canonical({"expires_ns": deadline, "order": order_id, "state": "revoked"})
+        await self.write_batches(puts)
 
     async def sweep(self) -> list[str]:
         """Mark lapsed leases and their hosts' copies stale. Returns the hosts that lapsed now."""
@@ -471,6 +525,7 @@ class Custody:
     # -- streams ------------------------------------------------------------------
 
     def attach(self, host: str) -> asyncio.Queue[Any]:
+        self.revocations.ensure_running()  # streams here are closed when their certificates are revoked
         old = self.streams.get(host)
         if old is not None:
             old.put_nowait(None)  # one stream per host: the newest wins
@@ -537,23 +592,3 @@ def _alert(rule: str, host: str, model: str, artifact: str, detail: str) -> dict
             "model": model, "rule": rule, "severity": "high" if rule == "unauthorized-copy" else "medium",
             "state": "open"}
 
-
-def _sign_agent_csr(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, host: str) -> bytes:
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "custos"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "agent"),
-            x509.NameAttribute(NameOID.COMMON_NAME, host),
-        ]))
-        .issuer_name(ca.cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=AGENT_CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)

@@ -2,7 +2,9 @@
 every call.
 
 Every RPC goes through ``GuardInterceptor``: identity from the verified client
-certificate, a row of ``authz.POLICY`` or PERMISSION_DENIED, for an agent
+certificate, refused if that certificate is on the revocation list
+(custos.controlplane.revocations) or has expired since its connection opened, a row
+of ``authz.POLICY`` or PERMISSION_DENIED, for an agent
 certificate an enrolled host it was issued to (removed, pending or re-enrolled:
 refused, whatever the RPC), a ``Caller`` in a context variable for the audit log,
 a request that does not parse refused as INVALID_ARGUMENT, and CustosError
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,11 +29,12 @@ from google.protobuf.message import DecodeError
 from custos.client.status import status_for
 from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
+from custos.controlplane.certificates import iso
 from custos.controlplane.custody import Custody
 from custos.controlplane.pki import identity_from_pem
 from custos.controlplane.registry import Registry
 from custos.core.hosts import cert_fingerprint
-from custos.errors import CustosError, InvalidInput
+from custos.errors import CustosError, InvalidInput, Unauthorized
 
 log = logging.getLogger("custos.api")
 
@@ -166,6 +170,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         caller = Caller(principal=ident.principal, role=ident.role,
                         host=peer_host(context.peer() or ""), request_id=rid,
                         cert_sha256=cert_fingerprint(pems[0]))
+        await self._check_certificate(caller, ident.not_after_ns, method, context)
         if not authz.is_allowed(method, ident.role):
             await self._audit_denial(caller, method)
             await context.abort(
@@ -181,6 +186,23 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                 await self._audit_denial(caller, method)
                 await context.abort(status_for(exc), bounded_details(exc))
         return caller
+
+    async def _check_certificate(self, caller: Caller, not_after_ns: int, method: str,
+                                 context: grpc.aio.ServicerContext) -> None:
+        """Abort the call of a revoked certificate (every replica's copy of the list is at most
+        a poll old), or of one that expired on a connection opened before."""
+        try:
+            revoked = await self.custody.revocations.check(caller.cert_sha256)
+        except CustosError as exc:
+            await context.abort(status_for(exc), bounded_details(exc))
+        if revoked is not None:
+            await self._audit_denial(caller, method)
+            # "not accepted": what an agent reads as "removed: fail closed, stop reconnecting".
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, bounded_details(Unauthorized(
+                f"certificate not accepted: revoked at {iso(revoked['revoked_at_ns'])}: {revoked['reason']}")))
+        if not_after_ns and not_after_ns < time.time_ns():
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"the client certificate expired at {iso(not_after_ns)}; connect with a renewed one")
 
     async def _audit_denial(self, caller: Caller, method: str) -> None:
         if not authz.is_mutating(method):

@@ -4,11 +4,15 @@ A caller's identity is its client certificate: the subject CN is the principal
 (a person, a service or a host), the subject OU is its role. Only certificates
 signed by the deployment's CA are accepted (mTLS on every connection). In
 production an operator's CA or Vault PKI issues the same shape of certificate.
+
+Agent certificates are short (``AGENT_CERT_TTL``, 30 days by default) and renewed
+by the agent with a fresh key before they expire (docs/agent.md, "Certificates").
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +20,22 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from custos.errors import InvalidInput
 from custos.fs.private import private_dir, write_private
 
 ROLES = ("security-team", "agent", "executive", "auditor", "admin")
+AGENT_CERT_TTL = 30 * 86400.0  # seconds an agent certificate is valid; the agent renews at 2/3 of it
+AGENT_CERT_TTL_RANGE = (10.0, 366 * 86400.0)  # below an hour is for tests only
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     principal: str
     role: str
+    not_after_ns: int = 0  # the certificate's expiry (unix ns)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -148,7 +156,39 @@ def identity_from_pem(pem: bytes) -> Identity:
     role = str(ous[0].value)
     if role not in ROLES:
         raise InvalidInput(f"client certificate has unknown role {role!r}")
-    return Identity(principal=str(cns[0].value), role=role)
+    return Identity(principal=str(cns[0].value), role=role,
+                    not_after_ns=int(cert.not_valid_after_utc.timestamp() * 1e9))
+
+
+def public_key_id(key: CertificatePublicKeyTypes) -> str:
+    """SHA-256 of a public key's SubjectPublicKeyInfo (DER), hex: which key a certificate or CSR carries."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def sign_agent_csr(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, host: str, *,
+                   ttl_seconds: float) -> x509.Certificate:
+    """An agent certificate for ``host`` (O = custos, OU = agent, CN = host) over the CSR's key,
+    valid ``ttl_seconds`` from now. Only the control plane checks it, against its own clock, so
+    ``not_before`` is set back little: a fifth of the lifetime, at most 5 minutes."""
+    now = _now()
+    back = dt.timedelta(seconds=min(300.0, ttl_seconds / 5))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "custos"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "agent"),
+            x509.NameAttribute(NameOID.COMMON_NAME, host),
+        ]))
+        .issuer_name(ca.cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - back)
+        .not_valid_after(now + dt.timedelta(seconds=ttl_seconds))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
 
 
 @dataclass(frozen=True)
