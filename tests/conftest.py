@@ -13,6 +13,10 @@ import pytest
 
 from tests.servers.etcd import EtcdServer
 
+# Test traffic goes only to loopback: an S3 store opened without keys follows boto3's
+# default chain, which would otherwise ask the instance-metadata address.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
 
 def backend_missing(what: str) -> None:
     if os.environ.get("CI"):

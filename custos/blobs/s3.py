@@ -15,6 +15,15 @@ after (see :meth:`BlobStore.complete_upload`). Ranged reads check the
 ``Content-Range`` and the body length; streaming reads pin the ETag with
 ``If-Match`` so a replaced object raises ``Conflict`` instead of mixing versions.
 
+Credentials: an access key and secret key given here, or, when neither is given,
+boto3's default chain, resolved when the store is made: the ``AWS_*`` environment
+variables (with ``AWS_SESSION_TOKEN``), web identity (``AWS_WEB_IDENTITY_TOKEN_FILE``
+and ``AWS_ROLE_ARN``, as EKS injects them), the shared config and credentials files
+(``AWS_PROFILE``, ``AWS_CONFIG_FILE``, ``AWS_SHARED_CREDENTIALS_FILE``: static keys,
+``credential_process``, SSO, assumed roles), container credentials (ECS, EKS Pod
+Identity) and the EC2 instance metadata. Temporary credentials are refreshed by
+botocore before they expire, so a long-lived store keeps working.
+
 Retries: botocore's ``standard`` mode (throttling, 5xx and connection errors,
 with backoff) plus connect and read timeouts; a body that breaks off mid-read is
 fetched again. Errors are mapped to :mod:`custos.errors` in one place,
@@ -138,6 +147,45 @@ def _botocore_session() -> botocore.session.Session:
     return botocore.session.Session()
 
 
+def _setup_error(exc: botocore.exceptions.BotoCoreError) -> CustosError:
+    """The Custos error for a failure to set up a client (config files, credential sources)."""
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return InvalidInput(f"S3 credentials: the AWS profile {exc.kwargs.get('profile')!r} does not exist")
+    if isinstance(exc, botocore.exceptions.ConfigParseError | botocore.exceptions.PartialCredentialsError
+                  | botocore.exceptions.InvalidConfigError):
+        return InvalidInput(f"S3 credentials: {exc}")
+    # Messages of retrieval errors may quote what a credential source answered: name it only.
+    source = getattr(exc, "kwargs", {}).get("provider", "")
+    return BackendUnavailable(f"S3 credentials: {type(exc).__name__} {source}".rstrip())
+
+
+def _chain_session() -> tuple[botocore.session.Session, str]:
+    """A fresh session whose credentials come from boto3's default chain, and their source.
+
+    Fresh, so the environment and files are read now (a session caches what it
+    resolved); it shares the parsed service models of the static-key session.
+
+    Raises:
+        InvalidInput: no credentials anywhere, a profile that does not exist, a
+            malformed config or credentials file, half a key pair.
+        BackendUnavailable: a credential source (metadata, container endpoint,
+            STS, credential_process) failed to answer.
+    """
+    session = botocore.session.Session()
+    try:
+        session.register_component("data_loader", _botocore_session().get_component("data_loader"))
+        credentials = session.get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _setup_error(exc) from None
+    if credentials is None:
+        raise InvalidInput(
+            "no S3 credentials: give an access key and secret key, or configure boto3's default chain "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the shared files, web identity, "
+            "container or instance metadata)"
+        )
+    return session, str(getattr(credentials, "method", "") or "default-chain")
+
+
 def _raise(exc: Exception, op: str, key: str = "") -> NoReturn:
     raise map_s3_error(exc, op, key) from exc
 
@@ -159,11 +207,17 @@ class S3BlobStore(BlobStore):
     """Objects in one S3 bucket, optionally under a key prefix.
 
     Keyword-only configuration; the secret key goes to botocore and is not kept
-    on this object. ``max_pool_connections`` should be at least the number of
-    threads uploading parts (and ``download_concurrency``).
+    on this object. Without ``access_key`` and ``secret_key`` the credentials come
+    from boto3's default chain (see the module docstring); ``credential_source``
+    says which (``"static"``, ``"env"``, ``"shared-credentials-file"``,
+    ``"assume-role-with-web-identity"``, ``"container-role"``, ``"iam-role"``, ...).
+    ``max_pool_connections`` should be at least the number of threads uploading
+    parts (and ``download_concurrency``).
 
     Raises:
-        InvalidInput: on a bad bucket name, prefix, addressing style or limits.
+        InvalidInput: on a bad bucket name, prefix, addressing style or limits,
+            half a key pair, or no credentials in the default chain.
+        BackendUnavailable: a credential source of the chain did not answer.
     """
 
     kind = "s3"
@@ -173,8 +227,8 @@ class S3BlobStore(BlobStore):
         *,
         endpoint_url: str | None,
         bucket: str,
-        access_key: str,
-        secret_key: str,
+        access_key: str | None = None,
+        secret_key: str | None = None,
         region: str = "us-east-1",
         prefix: str = "",
         max_pool_connections: int = 32,
@@ -193,8 +247,8 @@ class S3BlobStore(BlobStore):
             raise InvalidInput("endpoint_url must be an http:// or https:// URL")
         if addressing_style not in ("path", "virtual", "auto"):
             raise InvalidInput("addressing_style must be 'path', 'virtual' or 'auto'")
-        if not access_key or not secret_key:
-            raise InvalidInput("access_key and secret_key are required")
+        if (access_key is None) != (secret_key is None) or access_key == "" or secret_key == "":
+            raise InvalidInput("give access_key and secret_key together, or neither (boto3's default chain)")
         for name, value in (
             ("max_pool_connections", max_pool_connections),
             ("max_attempts", max_attempts),
@@ -223,16 +277,25 @@ class S3BlobStore(BlobStore):
             ignore_configured_endpoint_urls=True,
             tcp_keepalive=True,
         )
-        # botocore's Session.create_client is not documented thread-safe; clients are.
-        with _client_lock:
-            self._client: Any = _botocore_session().create_client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region,
-                aws_access_key_id=access_key,
-                aws_secret_access_key=secret_key,
-                config=config,
-            )
+        # Resolved outside the lock: the chain may wait on a metadata endpoint.
+        if access_key is None:
+            session, self.credential_source = _chain_session()
+        else:
+            session, self.credential_source = _botocore_session(), "static"
+        try:
+            # botocore's Session.create_client is not documented thread-safe; clients are.
+            with _client_lock:
+                self._client: Any = session.create_client(
+                    "s3",
+                    endpoint_url=endpoint_url,
+                    region_name=region,
+                    aws_access_key_id=access_key,
+                    aws_secret_access_key=secret_key,
+                    config=config,
+                )
+        except botocore.exceptions.BotoCoreError as exc:
+            # Even with static keys the session reads AWS_PROFILE and the config file.
+            raise _setup_error(exc) from None
 
     def __repr__(self) -> str:
         return f"S3BlobStore(endpoint_url={self.endpoint_url!r}, bucket={self.bucket!r}, prefix={self.prefix!r})"

@@ -3,10 +3,12 @@
     file:///var/lib/custos/blobs                      local directory (embedded default)
     s3://BUCKET[/PREFIX]?endpoint=URL&region=R        S3 API: AWS, MinIO, SeaweedFS
 
-S3 credentials never go in the URL: they come from the arguments, or the
-environment (CUSTOS_S3_ACCESS_KEY / CUSTOS_S3_SECRET_KEY, else AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY). The control plane tells clients the URL it uses (without
-credentials) so a client needs only its own credentials.
+S3 credentials never go in the URL: they come from the arguments, else the
+environment (CUSTOS_S3_ACCESS_KEY / CUSTOS_S3_SECRET_KEY), else boto3's default
+chain (AWS_* variables with their session token, AWS_PROFILE and the shared files,
+web identity, container and instance metadata; see custos.blobs.s3). The control
+plane tells clients the URL it uses (without credentials) so a client needs only
+its own credentials.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def object_key(artifact_id: str, index: int) -> str:
 
 
 def open_blob_store(url: str, *, access_key: str | None = None, secret_key: str | None = None) -> BlobStore:
-    """Raises InvalidInput for a malformed URL or missing S3 credentials."""
+    """Raises InvalidInput for a malformed URL, half an S3 key pair or no S3 credentials at all,
+    BackendUnavailable when a credential source of the default chain does not answer."""
     parts = urlsplit(url)
     if parts.scheme == "file":
 
@@ -44,10 +47,12 @@ def open_blob_store(url: str, *, access_key: str | None = None, secret_key: str 
         if unknown:
             raise InvalidInput(f"bad blob store URL: unknown parameter(s) {sorted(unknown)}")
         env = os.environ
-        ak = access_key or env.get("CUSTOS_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID")
-        sk = secret_key or env.get("CUSTOS_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
-        if not ak or not sk:
-            raise InvalidInput("S3 credentials missing: set CUSTOS_S3_ACCESS_KEY and CUSTOS_S3_SECRET_KEY")
+        # The AWS_* variables are left to botocore's chain, which also reads AWS_SESSION_TOKEN.
+        ak = access_key or env.get("CUSTOS_S3_ACCESS_KEY") or None
+        sk = secret_key or env.get("CUSTOS_S3_SECRET_KEY") or None
+        if (ak is None) != (sk is None):
+            raise InvalidInput("S3 credentials: an access key without its secret key or the reverse: give both "
+                               "(CUSTOS_S3_ACCESS_KEY and CUSTOS_S3_SECRET_KEY) or neither (boto3's default chain)")
         prefix = parts.path.lstrip("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"

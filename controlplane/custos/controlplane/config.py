@@ -9,11 +9,16 @@ Example (deploy/controlplane.example.toml):
     [audit] signing_key_file = ..., checkpoint_interval = 10
             checkpoint_max_events = 1000, checkpoint_max_age = 300   # a checkpoint at least this often
     [keys]  provider = "vault", url = ..., token_file = ..., mount = "transit"
+            auth = "token_file" | "approle" (role_id[_file], secret_id_file) | "jwt" (role, jwt_file)
+            checkpoint_key = "audit-checkpoints"   # audit checkpoints signed in Transit (docs/keys.md)
             (or provider = "local", path = ..., dev_only = true — development only)
     [blobs] url = "s3://bucket/prefix?endpoint=...", access_key = ..., secret_key_file = ...
             (or url = "file:///var/lib/custos/blobs")
     [custody] lease_ttl = 30, sweep_interval = 1, ca_cert = ..., ca_key = ...  (signs agent CSRs)
+              agent_cert_ttl = 2592000   # seconds an agent certificate lasts (renewed at 2/3)
+              revocation_poll = 2        # seconds: each replica re-reads the revocation list
     enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
+    [server] probe_listen = "0.0.0.0:8080"   # unauthenticated HTTP /healthz, /readyz (off when absent)
     [orders] signer_set_file = ...   # canonical bytes of signer set v1, installed once
     [rules], [notify], [metrics]     # anomaly rules, webhooks, Prometheus (docs/incidents.md)
     [log]   level = "info"
@@ -28,15 +33,21 @@ from typing import Any
 
 from custos.controlplane.metrics import parse_metrics_config
 from custos.controlplane.notify import parse_notify_config
+from custos.controlplane.pki import AGENT_CERT_TTL, AGENT_CERT_TTL_RANGE
+from custos.controlplane.probes import parse_probe_listen
+from custos.controlplane.revocations import POLL
 from custos.controlplane.rules.config import parse_rules_config
 from custos.errors import InvalidInput
 
 _KNOWN = {
     "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody", "orders",
-         "rules", "notify", "metrics"},
-    "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key"},
+         "rules", "notify", "metrics", "server"},
+    "server": {"probe_listen"},
+    "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key", "agent_cert_ttl", "revocation_poll"},
     "orders": {"signer_set_file"},
-    "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify"},
+    "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify",
+             "auth", "auth_mount", "role_id", "role_id_file", "secret_id_file", "role", "jwt_file",
+             "health_interval", "checkpoint_key", "checkpoint_key_version", "checkpoint_public_key_file"},
     "blobs": {"url", "access_key", "secret_key_file"},
     "tls": {"ca_file", "cert_file", "key_file"},
     "store": {"url", "ca_file", "cert_file", "key_file"},
@@ -67,12 +78,15 @@ class ServerConfig:
     sweep_interval: float = 1.0
     ca_cert: Path | None = None
     ca_key: Path | None = None
+    agent_cert_ttl: float = AGENT_CERT_TTL
+    revocation_poll: float = POLL
     keys: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, Any] = field(default_factory=dict)
     rules: dict[str, Any] = field(default_factory=dict)
     notify: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     config_dir: Path | None = None
+    probe_listen: str = ""  # unauthenticated HTTP /healthz and /readyz; "" = off
 
 
 def load_config(path: Path | None) -> ServerConfig:
@@ -125,6 +139,10 @@ def load_config(path: Path | None) -> ServerConfig:
                            "audit.checkpoint_max_age from 3 x checkpoint_interval to 86400 (seconds)")
     cfg.checkpoint_max_events, cfg.checkpoint_max_age = n, float(age)
     cfg.enroll_listen = str(raw.get("enroll_listen", ""))
+    try:
+        cfg.probe_listen = parse_probe_listen(raw.get("server", {}).get("probe_listen", ""))
+    except InvalidInput as exc:
+        raise InvalidInput(f"config {path}: {exc}") from None
     custody = raw.get("custody", {})
     try:
         cfg.lease_ttl = float(custody.get("lease_ttl", cfg.lease_ttl))
@@ -134,10 +152,16 @@ def load_config(path: Path | None) -> ServerConfig:
     if not 1 <= cfg.lease_ttl <= 3600 or not 0 < cfg.sweep_interval <= 60:
         raise InvalidInput(f"config {path}: custody.lease_ttl must be 1..3600 s, sweep_interval 0..60 s")
     cfg.ca_cert, cfg.ca_key = p(custody.get("ca_cert")), p(custody.get("ca_key"))
+    ttl, poll = custody.get("agent_cert_ttl", cfg.agent_cert_ttl), custody.get("revocation_poll", cfg.revocation_poll)
+    low, high = AGENT_CERT_TTL_RANGE
+    if type(ttl) not in (int, float) or not low <= ttl <= high or type(poll) not in (int, float) or not 0 < poll <= 60:
+        raise InvalidInput(f"config {path}: custody.agent_cert_ttl must be {low:.0f}..{high:.0f} s, "
+                           "revocation_poll 0..60 s")
+    cfg.agent_cert_ttl, cfg.revocation_poll = float(ttl), float(poll)
     cfg.signer_set_file = p(raw.get("orders", {}).get("signer_set_file"))
     cfg.keys = dict(raw.get("keys", {}))
-    for k in ("token_file", "path"):
-        if k in cfg.keys:
+    for k in ("token_file", "path", "role_id_file", "secret_id_file", "jwt_file", "checkpoint_public_key_file"):
+        if isinstance(cfg.keys.get(k), str):
             cfg.keys[k] = str(p(cfg.keys[k]))
     if cfg.keys and cfg.keys.get("provider") not in ("vault", "local"):
         raise InvalidInput(f"config {path}: keys.provider must be \"vault\" or \"local\"")

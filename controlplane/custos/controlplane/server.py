@@ -9,14 +9,16 @@ signed, the store is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import shlex
 import signal
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,23 +33,26 @@ from custos.controlplane.api import (
     OrdersServicer,
     RegistryServicer,
 )
-from custos.controlplane.audit import AuditLog, load_or_create_signing_key
+from custos.controlplane.audit import AuditLog, CheckpointSigner, LocalCheckpointSigner, load_or_create_signing_key
 from custos.controlplane.config import ServerConfig
 from custos.controlplane.custody import Custody
 from custos.controlplane.guard import GuardInterceptor
 from custos.controlplane.incidents import attach as attach_incidents
 from custos.controlplane.keys.base import KeyProvider
 from custos.controlplane.keys.broker import KeyBroker
+from custos.controlplane.keys.health import KeyHealthCollector
 from custos.controlplane.keys.local import LocalKeyProvider
+from custos.controlplane.keys.transit_signer import TransitCheckpointSigner, public_key_pem
 from custos.controlplane.keys.vault import VaultTransitProvider
+from custos.controlplane.keys.vault_auth import auth_from_config
 from custos.controlplane.orders import OrdersService, bootstrap_dev_signers
 from custos.controlplane.pki import CertificateAuthority, ensure_dev_pki
+from custos.controlplane.probes import ProbeServer, readiness_checks
 from custos.controlplane.registry import Registry
 from custos.controlplane.store import Store, open_store
-from custos.controlplane.store.etcd import EtcdStore
 from custos.core.audit_chain import CheckpointPolicy
 from custos.core.signers import SignerSet
-from custos.errors import InvalidInput
+from custos.errors import CustosError, InvalidInput
 from custos.fs.private import write_private
 from custos.v1 import (
     audit_pb2,
@@ -78,9 +83,15 @@ SERVICE_NAMES = (
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
+    # An agent behind a cut link (packets dropped, no reset) is let go within 15 s: a
+    # ping every 10 s, unanswered for 5 s, closes its connection, so its stream
+    # detaches and the host counts as unreachable once its lease has lapsed.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Agents ping every 10 s (custos.agent.stream); allow half that, so jitter is no strike.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.so_reuseport", 0),
     # A reconnect storm (every agent at once after a control-plane restart) must
     # queue, not be CANCELLED: the defaults drop a few percent of 2,000 streams.
@@ -117,16 +128,52 @@ def open_key_provider(keys: dict[str, Any]) -> KeyProvider:
             raise InvalidInput("[keys] provider = \"local\" needs path")
         return LocalKeyProvider(keys["path"], dev_only=bool(keys.get("dev_only")))
     if provider == "vault":
-
-        token = os.environ.get("CUSTOS_VAULT_TOKEN", "")
-        if keys.get("token_file"):
-            token = _read(Path(keys["token_file"]), "Vault token file").decode().strip()
-        if not keys.get("url") or not token:
-            raise InvalidInput("[keys] provider = \"vault\" needs url and token_file (or CUSTOS_VAULT_TOKEN)")
-        return VaultTransitProvider(url=keys["url"], token=token, mount=keys.get("mount", "transit"),
-                                    key_prefix=keys.get("key_prefix", "custos-"),
-                                    verify=keys.get("verify", True))
+        if not keys.get("url"):
+            raise InvalidInput("[keys] provider = \"vault\" needs url")
+        # The token is obtained, renewed and re-obtained in the background (keys/vault_session):
+        # a Vault that is down at start makes the control plane not ready, not absent.
+        return VaultTransitProvider(url=keys["url"], auth=auth_from_config(keys), mount=keys.get("mount", "transit"),
+                                    key_prefix=keys.get("key_prefix", "custos-"), verify=keys.get("verify", True),
+                                    check_interval=keys.get("health_interval", 5.0))
     raise InvalidInput("no key provider configured: set [keys] provider (or use --dev)")
+
+
+def open_checkpoint_signer(keys_cfg: dict[str, Any], keys: KeyProvider, audit_key: Path | None, *,
+                           dev: bool) -> CheckpointSigner:
+    """Transit signs audit checkpoints when [keys] names checkpoint_key; else the local key file.
+
+    Raises InvalidInput for a checkpoint key without the vault provider, a name a model key
+    could take, or an unreadable pinned public key; KeyConflict, IntegrityError as
+    TransitCheckpointSigner does.
+    """
+    name = keys_cfg.get("checkpoint_key")
+    if name is None:
+        if audit_key is None:
+            raise InvalidInput("no audit signing key configured ([keys] checkpoint_key or [audit] signing_key_file)")
+        if not dev:
+            log.warning("audit checkpoints are signed by a key file on this host (%s): development only; "
+                        "set [keys] checkpoint_key to sign them in Transit", audit_key)
+        return LocalCheckpointSigner(load_or_create_signing_key(audit_key))
+    if not isinstance(keys, VaultTransitProvider):
+        raise InvalidInput("[keys] checkpoint_key needs provider = \"vault\"")
+    if audit_key is not None and not dev:
+        log.warning("[audit] signing_key_file %s is not used: audit checkpoints are signed in Transit", audit_key)
+    if not isinstance(name, str) or name.startswith(keys_cfg.get("key_prefix", "custos-")):
+        raise InvalidInput("[keys] checkpoint_key must be a key name outside key_prefix (a model could take it)")
+    pinned: Ed25519PublicKey | None = None
+    if keys_cfg.get("checkpoint_public_key_file"):
+        pem = _read(Path(keys_cfg["checkpoint_public_key_file"]), "audit checkpoint public key")
+        with contextlib.suppress(ValueError):
+            loaded = serialization.load_pem_public_key(pem)
+            pinned = loaded if isinstance(loaded, Ed25519PublicKey) else None
+        if pinned is None:
+            raise InvalidInput("[keys] checkpoint_public_key_file is not an Ed25519 public key (PEM)")
+    signer = TransitCheckpointSigner(keys.session, key=name, mount=keys_cfg.get("mount", "transit"), pinned=pinned,
+                                     key_version=keys_cfg.get("checkpoint_key_version"))
+    if dev and audit_key is not None:
+        with contextlib.suppress(CustosError):  # dev.env's CUSTOS_AUDIT_PUBKEY: the key that signs
+            write_private(audit_key.with_suffix(".pub"), public_key_pem(signer.public_key()), mode=0o644)
+    return signer
 
 
 def open_blobs(blobs: dict[str, Any]) -> tuple[BlobStore, str]:
@@ -176,6 +223,7 @@ class ControlPlane:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.store: Store | None = None
+        self.probes: ProbeServer | None = None
 
     async def start(self) -> int:
         cfg = self.cfg
@@ -183,22 +231,13 @@ class ControlPlane:
             _read(cfg.tls_key, "server key")
         if not cfg.store_url:
             raise InvalidInput("no store configured: set [store] url or use --dev")
-        if cfg.store_url.startswith("etcd://") and cfg.store_tls:
-
-            rest = cfg.store_url[len("etcd://"):]
-            endpoint, _, prefix = rest.partition("/")
-            self.store = EtcdStore(endpoint, prefix="/" + (prefix or "custos") + "/",
-                                   **cfg.store_tls)  # type: ignore[arg-type]
-        else:
-            self.store = open_store(cfg.store_url)
+        self.store = open_store(cfg.store_url, tls=cfg.store_tls)
         # Fail fast and clearly if the store is down, rather than at the first call.
         await self.store.revision()
-        if cfg.audit_key is None:
-            raise InvalidInput("no audit signing key configured ([audit] signing_key_file)")
-        self.audit = AuditLog(self.store, load_or_create_signing_key(cfg.audit_key),
+        self.keys = open_key_provider(cfg.keys)
+        self.audit = AuditLog(self.store, open_checkpoint_signer(cfg.keys, self.keys, cfg.audit_key, dev=cfg.dev),
                               policy=CheckpointPolicy(cfg.checkpoint_max_events, cfg.checkpoint_max_age))
         self.registry = Registry(self.store, self.audit)
-        self.keys = open_key_provider(cfg.keys)
         self.blobs, blob_url = open_blobs(cfg.blobs)
         enroll_ca = None
         if cfg.ca_cert and cfg.ca_key:
@@ -207,7 +246,8 @@ class ControlPlane:
                 enroll_ca = CertificateAuthority.load(cfg.ca_cert, cfg.ca_key)
             except (OSError, ValueError) as exc:
                 raise InvalidInput(f"cannot load the enrollment CA: {exc}") from None
-        self.custody = Custody(self.registry, ca=enroll_ca, lease_ttl=cfg.lease_ttl)
+        self.custody = Custody(self.registry, ca=enroll_ca, lease_ttl=cfg.lease_ttl,
+                              agent_cert_ttl=cfg.agent_cert_ttl, revocation_poll=cfg.revocation_poll)
         self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url, custody=self.custody)
 
         self.orders = OrdersService(self.registry, self.custody, keys=self.keys, blobs=self.blobs)
@@ -223,6 +263,9 @@ class ControlPlane:
         self.incidents = await attach_incidents(
             store=self.store, audit=self.audit, stop=self._stop, custody=self.custody, rules=cfg.rules,
             notify=cfg.notify, metrics=cfg.metrics, base_dir=cfg.config_dir, start=False)
+        if self.incidents.metrics is not None:
+            # Loud when Vault cannot be reached or authenticated: custos_keys_ready, token TTL.
+            self.incidents.metrics.extra.append(KeyHealthCollector(self.keys))
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit, self.custody)], options=GRPC_OPTIONS)
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryServicer(self.registry, self.broker, self.custody), self.server)
@@ -258,6 +301,8 @@ class ControlPlane:
                 raise InvalidInput(f"cannot listen on {cfg.enroll_listen}: {exc}") from None
             await self.enroll_server.start()
         self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
+        # Every replica follows the revocation list from the start, streams or not.
+        self._tasks.append(asyncio.create_task(self.custody.revocations.run(self._stop)))
         self._tasks.append(asyncio.create_task(self.custody.run_flusher(0.25, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_fanout(self._stop)))
@@ -265,6 +310,9 @@ class ControlPlane:
         await self.orders.resume_pending()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.probe_listen:
+            self.probes = ProbeServer(cfg.probe_listen, readiness_checks(store=self.store, keys=self.keys))
+            await self.probes.start()
         self._tasks.append(asyncio.create_task(
             self.audit.run_checkpoints(cfg.checkpoint_interval, self._stop)))
         log.info("control plane listening", extra={"fields": {
@@ -281,6 +329,8 @@ class ControlPlane:
     async def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
         log.info("control plane stopping")
+        if self.probes is not None:
+            self.probes.drain()  # out of the load balancer first, while calls drain
         try:
             await self.health.enter_graceful_shutdown()
         except Exception:  # noqa: BLE001, S110 - shutting down regardless
@@ -288,6 +338,8 @@ class ControlPlane:
         if getattr(self, "enroll_server", None) is not None:
             await self.enroll_server.stop(1.0)  # type: ignore[union-attr]
         await self.server.stop(grace)
+        if self.probes is not None:
+            await self.probes.close()
         for t in self._tasks:
             t.cancel()
         if getattr(self, "incidents", None) is not None:
