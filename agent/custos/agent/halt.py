@@ -203,11 +203,13 @@ class Halter:
         me = os.getpid()
         managed_paths: set[str] = set()
         managed_records: list[FileRecord] = []
-        spared_paths: set[str] = set()  # a drill's: files of workloads outside its scope
+        spared_paths: set[str] = set()  # a drill's: files and processes of workloads outside its scope
+        spared_pids: set[int] = set()
         for w in self.supervisor.snapshot_for_halt():
             if scope is not None and w.artifact_id not in scope:
                 if drill:
                     spared_paths.update(r.path for r in w.records)
+                    spared_pids.update(w.pids)
                 continue
             plan.workloads.append(w.id)
             for pid in w.pids:
@@ -245,8 +247,6 @@ class Halter:
         targets = managed_records + others
         if targets:
             scan = inspect_holders(targets)
-            spared_pids = {pid for w in self.supervisor.snapshot_for_halt() if drill and scope is not None
-                           and w.artifact_id not in scope for pid in w.pids}
             for h in scan.holds:
                 if h.pid != me and h.pid not in spared_pids:
                     plan.pids.setdefault(h.pid, f"holds {len(h.paths)} file(s) of the scope ({h.how})")
