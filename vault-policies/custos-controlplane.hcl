@@ -1,7 +1,7 @@
 # custos-controlplane: the token the Custos control plane uses for envelope keys.
 #
 # Scope: the Transit mount "transit", keys named "custos-*" only. Nothing on other
-# mounts, nothing under sys/, no export, no backup, no listing.
+# mounts, nothing under sys/ but reading ACL policies, no export, no backup, no key listing.
 #
 # Vault matches "custos-*" as a prefix, so each rule below also covers the key's
 # sub-paths (keys/custos-x/trim, /import, ...). allowed_parameters is what keeps those
@@ -75,4 +75,12 @@ path "transit/sign/audit-checkpoints" {
     "input"       = []
     "key_version" = []
   }
+}
+
+# Read the ACL policies, to say which ones reach a model's Transit key (custos access who).
+path "sys/policies/acl" {
+  capabilities = ["list"]
+}
+path "sys/policies/acl/*" {
+  capabilities = ["read"]
 }

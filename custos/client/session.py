@@ -25,6 +25,7 @@ from custos.client.connection import ClientConfig, FailoverChannel
 from custos.client.status import error_from_rpc
 from custos.errors import BackendUnavailable
 from custos.v1 import (
+    access_pb2_grpc,
     audit_pb2_grpc,
     custody_pb2_grpc,
     incidents_pb2_grpc,
@@ -52,6 +53,7 @@ class Client:
         self.alerts = custody_pb2_grpc.AlertsStub(self.channel)
         self.audit = audit_pb2_grpc.AuditStub(self.channel)
         self.incidents = incidents_pb2_grpc.IncidentsStub(self.channel)
+        self.access = access_pb2_grpc.AccessStub(self.channel)
 
     @classmethod
     def from_env(cls, *, addr: str | Sequence[str] | None = None, ca: str | None = None,

@@ -67,6 +67,10 @@ RULES: Mapping[str, RuleSpec] = {r.name: r for r in (
              "the audit log fails verification: an event was edited, deleted, inserted or truncated"),
     RuleSpec("vault-foreign-access", "c2", "high", "vault-audit",
              "an identity other than the control plane's used a model's Transit key in Vault"),
+    RuleSpec("access-break-glass", "c3", "high", "audit",
+             "a break-glass access grant was activated: weights released without a second approver"),
+    RuleSpec("access-holders-over-cap", "c3", "medium", "access",
+             "more principals, hosts and Vault policies can reach a model's weights than the configured cap"),
 )}
 
 
@@ -211,6 +215,58 @@ def lease_lapses(events: Iterable[Event]) -> list[Finding]:
         out.append(Finding(rule="lease-lapsed", key=(host, str(ev.seq)), at_ns=ev.time_ns, host=host,
                            detail=f"custody lease of host {host} lapsed ({ev.result[:120]}); its agent is out "
                                   f"of contact and fails closed (event {ev.seq})", evidence=(ev.seq,)))
+    return out
+
+
+BREAK_GLASS_ACTION = "AccessBreakGlass"
+
+
+def is_break_glass(ev: Event) -> bool:
+    """A break-glass activation that succeeded (a refused attempt is only audited)."""
+    return ev.action == BREAK_GLASS_ACTION and ev.object.startswith("access/") and ev.result.startswith("ok")
+
+
+def break_glass_uses(events: Iterable[Event], requests: Mapping[str, Mapping[str, Any]]) -> list[Finding]:
+    """One finding per successful ``AccessBreakGlass`` event. ``requests``: request id -> its
+    record (``access/requests/{id}``: model, body...), for the model and grantee when known."""
+    out = []
+    for ev in events:
+        if not is_break_glass(ev):
+            continue
+        rid = ev.object[len("access/"):]
+        rec = requests.get(rid, {})
+        model = str(rec.get("model", ""))
+        hosts = [str(h) for h in rec.get("hosts", [])]
+        grantee = str(rec.get("principal", "")) or ", ".join(hosts) or "?"
+        until = int(rec.get("not_after_ns", 0))
+        out.append(Finding(
+            rule="access-break-glass", key=(rid,), at_ns=ev.time_ns, model=model, host=hosts[0] if hosts else "",
+            principal=ev.principal, evidence=(ev.seq,),
+            detail=(f"BREAK-GLASS: {ev.principal} activated access grant {rid[:16]} on model {model or '?'} "
+                    f"for {grantee} without a second approver"
+                    + (f", until {until // 1_000_000_000} (Unix)" if until else "")
+                    + (f"; reason: {rec['reason']}" if rec.get("reason") else "")
+                    + f" (event {ev.seq}: {ev.result[:120]})")))
+    return out
+
+
+def holders_over_cap(counts: Mapping[str, Mapping[str, Any]], *, cap: int) -> list[Finding]:
+    """Models whose holder count (model -> {"count", "digest", "names", "at_ns"}) is above
+    ``cap`` (0: no cap). One finding per model and set of holders."""
+    if cap <= 0:
+        return []
+    out = []
+    for model, rec in sorted(counts.items()):
+        n = int(rec.get("count", 0))
+        if n <= cap:
+            continue
+        names = [str(x) for x in rec.get("names", [])]
+        shown = ", ".join(names[:10]) + (", ..." if n > 10 else "")
+        out.append(Finding(
+            rule="access-holders-over-cap", key=(model, str(rec.get("digest", n))), at_ns=int(rec.get("at_ns", 0)),
+            model=model,
+            detail=(f"{n} principals, hosts and Vault policies can reach the weights of {model}, above the cap "
+                    f"of {cap}: {shown} (custos access who {model})")))
     return out
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from custos.v1 import registry_pb2 as custos_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63ustos/v1/keys.proto\x12\tcustos.v1\x1a\x18\x63ustos/v1/registry.proto\"^\n\x14\x43reateDataKeyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12%\n\x07parents\x18\x03 \x03(\x0b\x32\x14.custos.v1.ParentRef\"\x92\x01\n\x15\x43reateDataKeyResponse\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x15\n\robject_prefix\x18\x03 \x01(\t\x12\x12\n\nblob_store\x18\x04 \x01(\t\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\x12\x16\n\x0e\x61lready_stored\x18\x06 \x01(\x08\"<\n\x14UnwrapDataKeyRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"P\n\x15UnwrapDataKeyResponse\x12%\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x13.custos.v1.Artifact\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x32\xae\x01\n\x04Keys\x12R\n\rCreateDataKey\x12\x1f.custos.v1.CreateDataKeyRequest\x1a .custos.v1.CreateDataKeyResponse\x12R\n\rUnwrapDataKey\x12\x1f.custos.v1.UnwrapDataKeyRequest\x1a .custos.v1.UnwrapDataKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63ustos/v1/keys.proto\x12\tcustos.v1\x1a\x18\x63ustos/v1/registry.proto\"^\n\x14\x43reateDataKeyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12%\n\x07parents\x18\x03 \x03(\x0b\x32\x14.custos.v1.ParentRef\"\x92\x01\n\x15\x43reateDataKeyResponse\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x15\n\robject_prefix\x18\x03 \x01(\t\x12\x12\n\nblob_store\x18\x04 \x01(\t\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\x12\x16\n\x0e\x61lready_stored\x18\x06 \x01(\x08\"<\n\x14UnwrapDataKeyRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"\x9c\x01\n\x15UnwrapDataKeyResponse\x12%\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x13.custos.v1.Artifact\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x10\n\x08grant_id\x18\x03 \x01(\t\x12\x1f\n\x17grant_not_after_unix_ns\x18\x04 \x01(\x03\x12\x17\n\x0fgrant_on_expiry\x18\x05 \x01(\t2\xae\x01\n\x04Keys\x12R\n\rCreateDataKey\x12\x1f.custos.v1.CreateDataKeyRequest\x1a .custos.v1.CreateDataKeyResponse\x12R\n\rUnwrapDataKey\x12\x1f.custos.v1.UnwrapDataKeyRequest\x1a .custos.v1.UnwrapDataKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEDATAKEYRESPONSE']._serialized_end=304
   _globals['_UNWRAPDATAKEYREQUEST']._serialized_start=306
   _globals['_UNWRAPDATAKEYREQUEST']._serialized_end=366
-  _globals['_UNWRAPDATAKEYRESPONSE']._serialized_start=368
-  _globals['_UNWRAPDATAKEYRESPONSE']._serialized_end=448
-  _globals['_KEYS']._serialized_start=451
-  _globals['_KEYS']._serialized_end=625
+  _globals['_UNWRAPDATAKEYRESPONSE']._serialized_start=369
+  _globals['_UNWRAPDATAKEYRESPONSE']._serialized_end=525
+  _globals['_KEYS']._serialized_start=528
+  _globals['_KEYS']._serialized_end=702
 # @@protoc_insertion_point(module_scope)

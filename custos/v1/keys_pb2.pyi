@@ -42,9 +42,15 @@ class UnwrapDataKeyRequest(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
 
 class UnwrapDataKeyResponse(_message.Message):
-    __slots__ = ("artifact", "data_key")
+    __slots__ = ("artifact", "data_key", "grant_id", "grant_not_after_unix_ns", "grant_on_expiry")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     DATA_KEY_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_NOT_AFTER_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ON_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     artifact: _registry_pb2.Artifact
     data_key: bytes
-    def __init__(self, artifact: _Optional[_Union[_registry_pb2.Artifact, _Mapping]] = ..., data_key: _Optional[bytes] = ...) -> None: ...
+    grant_id: str
+    grant_not_after_unix_ns: int
+    grant_on_expiry: str
+    def __init__(self, artifact: _Optional[_Union[_registry_pb2.Artifact, _Mapping]] = ..., data_key: _Optional[bytes] = ..., grant_id: _Optional[str] = ..., grant_not_after_unix_ns: _Optional[int] = ..., grant_on_expiry: _Optional[str] = ...) -> None: ...

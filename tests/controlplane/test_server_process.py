@@ -79,6 +79,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "# Drill report: drill drill-model" in res.stdout and "# Order report: halt frontier-base" in res.stdout
     assert "is halted: data keys are refused" in res.stdout
     assert (tmp_path / "demo" / "drill.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "custos --identity sec2 access approve" in res.stdout and "1/1 counted; grant active until" in res.stdout
 
 
 @pytest.mark.slow

@@ -95,6 +95,12 @@ class DevServer:
                                     "-o", "json", role="executive", check=True).stdout)
         return d
 
+    def grant(self, model: str, **kw: Any) -> Any:
+        """An active access grant on ``model``: requested as sec1, approved by sec2 (tests/servers/access)."""
+        from tests.servers.access import grant
+
+        return grant(self.env, model, **kw)
+
     def declare_drills(self, *models: str, keys: tuple[int, ...] = (1, 2, 3, 4)) -> dict[str, Any]:
         """Declare ``models`` drillable in the signed drill register (dev keys; rotate threshold 4)."""
         args = [a for m in models for a in ("--model", m)]

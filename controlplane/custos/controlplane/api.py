@@ -234,9 +234,13 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
 
     async def UnwrapDataKey(self, req: keys_pb2.UnwrapDataKeyRequest,
                             ctx: grpc.aio.ServicerContext) -> keys_pb2.UnwrapDataKeyResponse:
-        rec, key = await self.b.unwrap(current_caller.get(), artifact=req.artifact_id, purpose=req.purpose)
+        rec, key, grant = await self.b.unwrap(current_caller.get(), artifact=req.artifact_id, purpose=req.purpose)
         try:
-            return keys_pb2.UnwrapDataKeyResponse(artifact=artifact_pb(rec), data_key=bytes(key))
+            if grant is None:
+                return keys_pb2.UnwrapDataKeyResponse(artifact=artifact_pb(rec), data_key=bytes(key))
+            return keys_pb2.UnwrapDataKeyResponse(artifact=artifact_pb(rec), data_key=bytes(key), grant_id=grant.id,
+                                                  grant_not_after_unix_ns=grant.not_after_ns,
+                                                  grant_on_expiry=grant.on_expiry)
         finally:
             zeroize(key)
 

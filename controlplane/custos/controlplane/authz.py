@@ -37,6 +37,20 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Keys/CreateDataKey": frozenset({SECURITY}),
     "/custos.v1.Keys/UnwrapDataKey": frozenset({SECURITY, AGENT}),
     "/custos.v1.Registry/SetCustodyPolicy": frozenset({SECURITY}),
+    # Access (the two-person rule): the security team requests, approves (by policy role:
+    # security-team or executive) and revokes; admins set policies and register approvers;
+    # an agent may ask to extend a grant its host holds and follow it.
+    "/custos.v1.Access/GetPolicy": _READERS,
+    "/custos.v1.Access/SetPolicy": frozenset({ADMIN}),
+    "/custos.v1.Access/Request": frozenset({SECURITY, AGENT}),
+    "/custos.v1.Access/Get": _READERS | {AGENT},
+    "/custos.v1.Access/List": _READERS,
+    "/custos.v1.Access/Approve": frozenset({SECURITY, EXECUTIVE}),
+    "/custos.v1.Access/Revoke": frozenset({SECURITY, ADMIN}),
+    "/custos.v1.Access/BreakGlass": frozenset({SECURITY}),
+    "/custos.v1.Access/AddApprover": frozenset({ADMIN}),
+    "/custos.v1.Access/ListApprovers": _READERS,
+    "/custos.v1.Access/Who": frozenset({SECURITY, AUDITOR, ADMIN, EXECUTIVE}),
     # Custody: the security team manages hosts; agents hold one stream each.
     "/custos.v1.Custody/AddHost": frozenset({SECURITY}),
     "/custos.v1.Custody/RemoveHost": frozenset({SECURITY}),

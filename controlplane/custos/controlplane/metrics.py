@@ -13,6 +13,9 @@ values and a scrape never waits on the Store:
     custos_incidents_open{time_left}           unreported incidents (open, triaged) by time left on the
                                                72-hour clock: overdue, under_24h, 24h_to_48h, 48h_to_72h
     custos_incident_report_deadline_seconds{incident,model,category}   Unix time each unreported one is due
+    custos_access_holders{model}               principals, hosts and Vault policies that can reach the
+                                               model's weights now (custos access who; counted by the
+                                               rules leader every [rules.access_holders_over_cap] interval_s)
     custos_metrics_refresh_timestamp_seconds   when the snapshot was last read (staleness)
 
 deploy/prometheus/custos-alerts.yml alerts on them.
@@ -33,7 +36,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from custos.controlplane.periodic import pause, safe
-from custos.controlplane.rules.engine import CURSOR_KEY
+from custos.controlplane.rules.engine import CURSOR_KEY, HOLDERS_PREFIX
 from custos.controlplane.store.base import Store
 from custos.core.canonical import decode_canonical
 from custos.core.incidents import incident_view
@@ -100,6 +103,7 @@ class Snapshot:
     incidents: Counter[str] = field(default_factory=Counter)
     time_left: Counter[str] = field(default_factory=Counter)
     deadlines: list[tuple[str, str, str, float]] = field(default_factory=list)
+    holders: dict[str, int] = field(default_factory=dict)
 
 
 def time_left_bucket(seconds_left: float) -> str:
@@ -147,6 +151,8 @@ async def read_snapshot(store: Store, *, now_ns: int) -> Snapshot:
             left = (v["report_deadline_ns"] - now_ns) / 1e9
             snap.time_left[time_left_bucket(left)] += 1
             snap.deadlines.append((v["id"], v["model"]["name"], v["category"], v["report_deadline_ns"] / 1e9))
+    for e in await store.range(HOLDERS_PREFIX):
+        snap.holders[e.key[len(HOLDERS_PREFIX):]] = int(decode_canonical(e.value)["count"])
     return snap
 
 
@@ -193,6 +199,12 @@ class CustosCollector:
                               labels=["incident", "model", "category"])
         for iid, model, category, deadline in s.deadlines:
             g.add_metric([iid, model, category], deadline)
+        yield g
+        g = GaugeMetricFamily("custos_access_holders",
+                              "Principals, hosts and Vault policies that can obtain a model's weights now.",
+                              labels=["model"])
+        for model, n in sorted(s.holders.items()):
+            g.add_metric([model], n)
         yield g
         g = GaugeMetricFamily("custos_metrics_refresh_timestamp_seconds",
                               "When these metrics were last read from the store.")

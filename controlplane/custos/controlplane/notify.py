@@ -1,4 +1,5 @@
-"""Notifications of incidents: a log sink and signed webhooks, from a durable outbox.
+"""Notifications of incidents, access requests and orders: a log sink and signed webhooks,
+from a durable outbox.
 
 An incident change and its notification are written in one Store transaction
 (``notify/outbox/{time}-{id}``), so a notification is never lost to a crash
@@ -8,7 +9,7 @@ outbox entry to every configured sink and deletes it once all have it.
 Webhook: ``POST`` of the JSON body with
 
     Content-Type: application/json
-    X-Custos-Event: incident.opened | incident.alert | incident.updated | incident.deadline
+    X-Custos-Event: one of EVENT_KINDS (incident.opened, access.requested, order.proposed, ...)
     X-Custos-Delivery: <id, the same on every retry>
     X-Custos-Timestamp: <Unix seconds of this attempt>
     X-Custos-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<delivery>." || body)>
@@ -26,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 import urllib.error
@@ -45,7 +47,13 @@ from custos.errors import BackendUnavailable, IntegrityError, InvalidInput
 log = logging.getLogger("custos.notify")
 
 OUTBOX_PREFIX = "notify/outbox/"
-EVENT_KINDS = ("incident.opened", "incident.alert", "incident.updated", "incident.deadline")
+EVENT_KINDS = (
+    "incident.opened", "incident.alert", "incident.updated", "incident.deadline",
+    # custos.controlplane.access queues these in the change's own transaction:
+    "access.requested", "access.granted", "access.revoked", "access.break-glass",
+    # custos.controlplane.reminders sends these, once each:
+    "order.proposed", "order.reminder", "access.reminder",
+)
 
 
 class DeliveryFailed(BackendUnavailable):
@@ -74,13 +82,14 @@ class NotifyConfig:
     interval_s: float = 1.0
     retry_after_s: float = 30.0
     max_age_s: int = 3 * 86400
+    remind_before_s: int = 3600  # reminders this long before an order or access request expires
 
     @property
     def sink_names(self) -> list[str]:
         return (["log"] if self.log else []) + [w.name for w in self.webhooks]
 
 
-_TOP = frozenset({"log", "webhook", "min_severity", "interval_s", "retry_after_s", "max_age_s"})
+_TOP = frozenset({"log", "webhook", "min_severity", "interval_s", "retry_after_s", "max_age_s", "remind_before"})
 _HOOK = frozenset({"name", "url", "secret_file", "timeout_s", "max_attempts", "backoff_s", "max_backoff_s"})
 
 
@@ -88,6 +97,19 @@ def _number(where: str, v: Any, lo: float, hi: float) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not lo < v <= hi:
         raise InvalidInput(f"{where} must be a number above {lo} and at most {hi}, got {v!r}")
     return float(v)
+
+
+def _seconds(where: str, v: Any, lo: int, hi: int) -> int:
+    """An integer of seconds, or a duration such as "90s", "30m", "1h", "2d"."""
+    n: int | None = None
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    elif isinstance(v, str) and (m := re.fullmatch(r"(\d+)([smhd]?)", v.strip())):
+        n = int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if n is None or not lo <= n <= hi:
+        raise InvalidInput(f"{where} must be seconds or a duration like \"30m\", \"1h\" from {lo}s to {hi}s, "
+                           f"got {v!r}")
+    return n
 
 
 def parse_notify_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None = None) -> NotifyConfig:
@@ -150,7 +172,9 @@ def parse_notify_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None 
     return NotifyConfig(log=use_log, webhooks=tuple(hooks), min_severity=min_sev,
                         interval_s=_number("[notify] interval_s", raw.get("interval_s", 1.0), 0, 3600),
                         retry_after_s=_number("[notify] retry_after_s", raw.get("retry_after_s", 30.0), 0, 86400),
-                        max_age_s=max_age)
+                        max_age_s=max_age,
+                        remind_before_s=_seconds("[notify] remind_before", raw.get("remind_before", 3600), 0,
+                                                 30 * 86400))
 
 
 # -- signatures ------------------------------------------------------------------------

@@ -23,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from custos.client.signerkeys import load_private_key, save_private_key
+from custos.core.access import Approver
+from custos.core.signers import SignerKey, generate_ed25519
 from custos.errors import InvalidInput
 from custos.fs.private import private_dir, write_private
 
@@ -244,4 +247,33 @@ def ensure_dev_pki(data_dir: Path) -> DevPKI:
             cert, key = ca.issue(common_name=f"dev-{role}", role=role)
             write_private(pki.client_key(role), key)
             write_private(pki.client_cert(role), cert, mode=0o644)
+    # Two people of the security team, so the two-person rule can be tried: sec1 (whose
+    # identity the default security-team certificate also is) requests, sec2 approves.
+    for name in DEV_APPROVERS:
+        if not pki.client_cert(name).exists():
+            cert, key = ca.issue(common_name=name, role="security-team")
+            write_private(pki.client_key(name), key)
+            write_private(pki.client_cert(name), cert, mode=0o644)
     return pki
+
+
+DEV_APPROVERS = ("sec1", "sec2")
+
+
+def dev_approvers(data_dir: Path) -> list[Approver]:
+    """sec1 and sec2 as approvers, with Ed25519 keys under ``data_dir/approvers`` (no
+    passphrase: development only). sec1 is also the default ``dev-security-team`` identity."""
+    directory = data_dir / "approvers"
+    private_dir(directory)
+    out = []
+    for name in DEV_APPROVERS:
+        path = directory / f"{name}.key"
+        if path.exists():
+            priv = load_private_key(path, None)
+        else:
+            priv = generate_ed25519()
+            save_private_key(path, priv, None)
+        principals = (name, "dev-security-team") if name == "sec1" else (name,)
+        out.append(Approver(name=name, principals=principals,
+                            keys=(SignerKey.from_ed25519(priv.public_key(), name=name),)))
+    return out

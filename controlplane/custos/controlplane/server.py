@@ -24,6 +24,9 @@ from grpc_reflection.v1alpha import reflection
 
 from custos.blobs.base import BlobStore
 from custos.blobs.url import open_blob_store
+from custos.controlplane.access import AccessService
+from custos.controlplane.access_api import AccessServicer
+from custos.controlplane.access_who import AccessWho
 from custos.controlplane.api import (
     AlertsServicer,
     AuditServicer,
@@ -46,15 +49,18 @@ from custos.controlplane.keys.transit_signer import TransitCheckpointSigner, pub
 from custos.controlplane.keys.vault import VaultTransitProvider
 from custos.controlplane.keys.vault_auth import auth_from_config
 from custos.controlplane.orders import OrdersService, bootstrap_dev_signers
-from custos.controlplane.pki import CertificateAuthority, ensure_dev_pki
+from custos.controlplane.pki import CertificateAuthority, dev_approvers, ensure_dev_pki
 from custos.controlplane.probes import ProbeServer, readiness_checks
 from custos.controlplane.registry import Registry
+from custos.controlplane.reminders import Reminders
 from custos.controlplane.store import Store, open_store
 from custos.core.audit_chain import CheckpointPolicy
 from custos.core.signers import SignerSet
 from custos.errors import CustosError, InvalidInput
 from custos.fs.private import write_private
 from custos.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     custody_pb2,
@@ -79,6 +85,7 @@ SERVICE_NAMES = (
     custody_pb2.DESCRIPTOR.services_by_name["Alerts"].full_name,
     orders_pb2.DESCRIPTOR.services_by_name["Orders"].full_name,
     incidents_pb2.DESCRIPTOR.services_by_name["Incidents"].full_name,
+    access_pb2.DESCRIPTOR.services_by_name["Access"].full_name,
 )
 
 GRPC_OPTIONS = [
@@ -248,7 +255,9 @@ class ControlPlane:
                 raise InvalidInput(f"cannot load the enrollment CA: {exc}") from None
         self.custody = Custody(self.registry, ca=enroll_ca, lease_ttl=cfg.lease_ttl,
                               agent_cert_ttl=cfg.agent_cert_ttl, revocation_poll=cfg.revocation_poll)
-        self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url, custody=self.custody)
+        self.access = AccessService(self.registry)
+        self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url, custody=self.custody,
+                                access=self.access)
 
         self.orders = OrdersService(self.registry, self.custody, keys=self.keys, blobs=self.blobs)
         if cfg.dev and cfg.data_dir is not None:
@@ -263,6 +272,14 @@ class ControlPlane:
         self.incidents = await attach_incidents(
             store=self.store, audit=self.audit, stop=self._stop, custody=self.custody, rules=cfg.rules,
             notify=cfg.notify, metrics=cfg.metrics, base_dir=cfg.config_dir, start=False)
+        self.access.outbox = self.incidents.notifier.outbox_puts
+        self.who = AccessWho(access=self.access, registry=self.registry, keys=self.keys,
+                             cap=self.incidents.rules.access_holders_cap,
+                             interval_s=self.incidents.rules.access_holders_interval_s)
+        self.reminders = Reminders(self.store, self.incidents.notifier, describe=self.orders.describe)
+        if cfg.dev and cfg.data_dir is not None:
+            for approver in dev_approvers(cfg.data_dir):
+                await self.access.ensure_approver(approver)
         if self.incidents.metrics is not None:
             # Loud when Vault cannot be reached or authenticated: custos_keys_ready, token TTL.
             self.incidents.metrics.extra.append(KeyHealthCollector(self.keys))
@@ -273,6 +290,7 @@ class ControlPlane:
         custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
         orders_pb2_grpc.add_OrdersServicer_to_server(OrdersServicer(self.orders), self.server)
+        access_pb2_grpc.add_AccessServicer_to_server(AccessServicer(self.access, who=self.who.who), self.server)
         incidents_pb2_grpc.add_IncidentsServicer_to_server(self.incidents.servicer, self.server)
         audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
         self.health = health.aio.HealthServicer()
@@ -288,6 +306,9 @@ class ControlPlane:
         await self.server.start()
         await self.incidents.start(self._stop)
         self._tasks += self.incidents.tasks
+        # Counted and reminded by the replica that leads the rules (meta/rules-leader).
+        self._tasks.append(asyncio.create_task(self.who.run(self._stop, lambda: self.incidents.leader)))
+        self._tasks.append(asyncio.create_task(self.reminders.run(self._stop, lambda: self.incidents.leader)))
         self.enroll_port = 0
         self.enroll_server = None
         if cfg.enroll_listen:

@@ -49,6 +49,7 @@ from custos.core.orders import Order
 from custos.core.signers import encode_signatures
 from custos.fs.hashing import build_manifest
 from custos.v1 import audit_pb2_grpc, custody_pb2, incidents_pb2_grpc
+from tests.controlplane.access_helper import grant
 from tests.servers.custos import parse_env_file
 
 T = TypeVar("T")
@@ -72,6 +73,7 @@ class Plane:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.cp: ControlPlane
+        self._granted: set[tuple[str, str, tuple[str, str]]] = set()
         self.rt: IncidentsRuntime
         self.port = 0
 
@@ -189,7 +191,8 @@ class Plane:
     def pull(self, caller: Caller, aid: str, dest: Path, purpose: str = "pull") -> None:
         """A real verified pull (what an agent or `custos pull` does)."""
 
-        rec, key = self.run(self.cp.broker.unwrap(caller, artifact=aid, purpose=purpose))
+        self.grant_for(caller, aid)
+        rec, key, _ = self.run(self.cp.broker.unwrap(caller, artifact=aid, purpose=purpose))
         try:
             assert rec.storage is not None
             pull_into(self.cp.blobs, data_key=key, artifact_id=aid, manifest=rec.manifest,
@@ -197,9 +200,21 @@ class Plane:
         finally:
             zeroize(key)
 
-    def unwrap(self, caller: Caller, aid: str) -> None:
+    def grant_for(self, caller: Caller, aid: str) -> None:
+        """An access grant for ``caller`` on ``aid``'s model (the two-person rule), once."""
+        model = self.run(self.cp.registry.get_artifact(aid)).model
+        if self.run(self.cp.registry.get_model(model))["state"] != "active":
+            return  # no grant is made for a halted model: the unwrap is refused as it would be
+        who = ("hosts", caller.principal) if caller.role == "agent" else ("principal", caller.principal)
+        if (model, aid, who) in self._granted:
+            return
+        self._granted.add((model, aid, who))
+        kw = {"hosts": [caller.principal]} if caller.role == "agent" else {"principal": caller.principal}
+        self.run(grant(self.cp.access, model, artifact=aid, **kw))  # type: ignore[arg-type]
 
-        _, key = self.run(self.cp.broker.unwrap(caller, artifact=aid, purpose="run"))
+    def unwrap(self, caller: Caller, aid: str) -> None:
+        self.grant_for(caller, aid)
+        _, key, _ = self.run(self.cp.broker.unwrap(caller, artifact=aid, purpose="run"))
         zeroize(key)
 
     def enroll(self, name: str, *, address: str = "10.0.9.9") -> Caller:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from custos.core.rules import RULES
+from tests.controlplane.access_helper import grant
 from tests.controlplane.incidents.conftest import Plane, tree, weights
 
 CUSTOS = [sys.executable, "-m", "custos.cli.main"]
@@ -35,6 +36,7 @@ def normal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
             return res.stdout
 
         aid = json.loads(cli("push", "prod", str(src), "-o", "json"))["id"]
+        plane.run(grant(plane.cp.access, "prod", principal="dev-security-team"))  # the two-person rule
         cli("pull", aid, str(tmp / "pulled-by-security-team"))
         gpu = plane.enroll("gpu-1")
         plane.pull(gpu, aid, tmp / "pulled-by-agent")

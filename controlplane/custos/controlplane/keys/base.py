@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import ClassVar
 
 from custos.core.keymaterial import zeroize
+from custos.core.vault_policy import PolicyReach
 from custos.errors import Conflict, FailedPrecondition, IntegrityError, InvalidInput, NotFound
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "KeyConflict",
     "KeyDestroyed",
     "KeyHealth",
+    "KeyPolicies",
     "KeyProvider",
     "KeyState",
     "KeySuspended",
@@ -99,6 +101,19 @@ class KeyHealth:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+@dataclass(frozen=True)
+class KeyPolicies:
+    """The backend's access policies that let a token obtain key material of one KEK
+    (decrypt, a plaintext data key, export), and what could not be read.
+
+    ``problems`` are for people (one line each): a policy that could not be read or
+    parsed, a backend without policies. Carries no secrets.
+    """
+
+    reach: tuple[PolicyReach, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -318,6 +333,17 @@ class KeyProvider(abc.ABC):
         self._check_open()
         return self._state(validate_key_name(key_name))
 
+    def key_policies(self, key_name: str) -> KeyPolicies:
+        """The backend's access policies that allow decrypt, plaintext data keys or export on
+        the KEK ``key_name``: who besides the control plane could unwrap its data keys.
+        A policy that cannot be read or parsed is a problem line, not an error.
+
+        Raises:
+            BackendUnavailable, Unauthorized: the list of policies cannot be read.
+        """
+        self._check_open()
+        return self._key_policies(validate_key_name(key_name))
+
     def health(self) -> KeyHealth:
         """Whether this provider can serve requests now (the readiness of the control plane).
 
@@ -364,6 +390,10 @@ class KeyProvider(abc.ABC):
         return version
 
     # -- backend hooks: arguments are already valid ------------------------------
+
+    def _key_policies(self, name: str) -> KeyPolicies:
+        # A backend without access policies of its own (the local file) has none to report.
+        return KeyPolicies(problems=(f"{self.kind} keys: no access policies to read",))
 
     def _health(self) -> KeyHealth:
         # A backend without a remote service (the local file) is ready while open.

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from custos.blobs.base import BlobStore
 from custos.blobs.url import OBJECT_PREFIX, object_key
+from custos.controlplane.access import AccessService, GrantUse
 from custos.controlplane.audit import Caller, Plan
 from custos.controlplane.custody import Custody
 from custos.controlplane.keys.base import DataKey, KeyProvider, zeroize
@@ -55,7 +56,7 @@ class ReleaseBasis:
     """The Store records a data-key release was checked against: key -> mod_revision.
 
     ``unchanged``: must not move between the check and the release (the model, the
-    host record; a grant, later). ``live``: may move (the lease, which every renewal
+    host record, the access policies and the grant). ``live``: may move (the lease, which every renewal
     rewrites), but then the checks run again at the release. Either way the release
     commits only if each record is still at the revision its last check read.
     ``until_ns``: when what was checked stops holding by itself (the lease expires).
@@ -64,11 +65,12 @@ class ReleaseBasis:
     unchanged: dict[str, int] = field(default_factory=dict)
     live: dict[str, int] = field(default_factory=dict)
     until_ns: int | None = None
+    grant: GrantUse | None = None  # the access grant the release is under, if one was needed
 
     def __or__(self, other: ReleaseBasis) -> ReleaseBasis:
         ends = [t for t in (self.until_ns, other.until_ns) if t is not None]
         return ReleaseBasis({**self.unchanged, **other.unchanged}, {**self.live, **other.live},
-                            min(ends) if ends else None)
+                            min(ends) if ends else None, self.grant or other.grant)
 
     def moved_since(self, earlier: ReleaseBasis) -> list[str]:
         """The ``unchanged`` records of ``earlier`` that are at another revision here."""
@@ -104,8 +106,9 @@ async def _key_from(fn: Callable[..., K], *args: Any) -> K:
 
 class KeyBroker:
     def __init__(self, registry: Registry, keys: KeyProvider, blobs: BlobStore, blob_url: str,
-                 custody: Custody | None = None) -> None:
+                 custody: Custody | None = None, access: AccessService | None = None) -> None:
         self.custody = custody
+        self.access = access
         self.registry = registry
         self.keys = keys
         self.blobs = blobs
@@ -130,21 +133,30 @@ class KeyBroker:
         return ReleaseBasis(unchanged={host_key: _revision(host)}, live={lease_key: _revision(lease)},
                             until_ns=until)
 
-    async def _model_basis(self, name: str) -> ReleaseBasis:
-        """The model is active. Raises NotFound, ModelNotActive."""
+    async def _model_basis(self, name: str, artifact: ArtifactRecord | None = None,
+                           caller: Caller | None = None) -> ReleaseBasis:
+        """The model is active; for an unwrap of ``artifact``, an access grant covers ``caller``
+        (custos.controlplane.access). Raises NotFound, ModelNotActive, NoGrant."""
         key = f"models/{name}"
         entry = await self.registry.store.get(key)
         if entry is None:
             raise NotFound(f"model {name!r} not found")
-        state = decode_canonical(entry.value)["state"]
+        record = decode_canonical(entry.value)
+        state = record["state"]
         if state != "active":
             raise ModelNotActive(f"model {name!r} is {state}: data keys are refused")
-        return ReleaseBasis(unchanged={key: entry.mod_revision})
+        basis = ReleaseBasis(unchanged={key: entry.mod_revision})
+        if artifact is None or caller is None or self.access is None:
+            return basis
+        deps, grant = await self.access.release_grant(caller, artifact, record)
+        return basis | ReleaseBasis(unchanged=deps, until_ns=grant.not_after_ns if grant else None,
+                                    grant=grant)
 
-    async def _basis(self, caller: Caller, model: str) -> ReleaseBasis:
-        """Everything a release of a data key of ``model`` to ``caller`` needs, checked now.
-        Reads only (it runs inside release plans). Raises like the checks it runs."""
-        return await self._host_basis(caller) | await self._model_basis(model)
+    async def _basis(self, caller: Caller, model: str, artifact: ArtifactRecord | None = None) -> ReleaseBasis:
+        """Everything a release of a data key of ``model`` (for an unwrap: of ``artifact``) to
+        ``caller`` needs, checked now. Reads only (it runs inside release plans). Raises like
+        the checks it runs."""
+        return await self._host_basis(caller) | await self._model_basis(model, artifact, caller)
 
     async def _checked(self, caller: Caller, action: str, obj: str,
                        check: Awaitable[ReleaseBasis]) -> ReleaseBasis:
@@ -155,8 +167,8 @@ class KeyBroker:
             await self.registry.audit.record(caller, action, obj, f"error: {type(exc).__name__}: {exc}")
             raise
 
-    def _release_checks(self, caller: Caller, model: str,
-                        basis: ReleaseBasis) -> Callable[[], Awaitable[ReleaseBasis]]:
+    def _release_checks(self, caller: Caller, model: str, basis: ReleaseBasis,
+                        artifact: ArtifactRecord | None = None) -> Callable[[], Awaitable[ReleaseBasis]]:
         """What a release plan conditions its commit on, one call per attempt.
 
         First attempt: ``basis`` itself, unread (unless it expired): the commit holds
@@ -172,7 +184,7 @@ class KeyBroker:
             if first and (basis.until_ns is None or time.time_ns() < basis.until_ns):
                 first = False
                 return basis
-            now = await self._basis(caller, model)
+            now = await self._basis(caller, model, artifact)
             moved = now.moved_since(basis)
             if moved:
                 raise ReleaseRaced(f"{', '.join(moved)} changed while the data key was being released; ask again")
@@ -225,7 +237,8 @@ class KeyBroker:
         return {"artifact_id": aid, "data_key": dk.plaintext, "resumed": False, "already_stored": False}
 
     async def _hand_out(self, caller: Caller, action: str, obj: str, model: str, wrapped: str,
-                        aid: str, note: str, basis: ReleaseBasis) -> bytearray:
+                        aid: str, note: str, basis: ReleaseBasis,
+                        artifact: ArtifactRecord | None = None) -> bytearray:
         """Unwrap ``wrapped`` and release it: the release's audit event commits only if
         ``basis`` still holds (see ``_release_checks``); else the key is zeroized and the
         refusal audited. Raises the provider's errors and those of ``_release_checks``."""
@@ -235,11 +248,12 @@ class KeyBroker:
             await self.registry.audit.record(caller, action, obj, f"error: {type(exc).__name__}: {exc}")
             raise
 
-        checks = self._release_checks(caller, model, basis)
+        checks = self._release_checks(caller, model, basis, artifact)
 
         async def plan() -> tuple[Plan, None]:
             now = await checks()
-            return Plan(Txn(checks=now.txn_checks()), f"ok: {note}"), None
+            grant = f"; grant {now.grant.id[:16]}" if now.grant is not None else ""
+            return Plan(Txn(checks=now.txn_checks()), f"ok: {note}{grant}"), None
 
         try:
             # Fail closed: no key leaves without its audit event, committed with the checks.
@@ -300,11 +314,13 @@ class KeyBroker:
 
         return await self.registry.audit.mutate(caller, "RegisterStoredArtifact", f"artifact/{aid}", plan)
 
-    async def unwrap(self, caller: Caller, *, artifact: str, purpose: str) -> tuple[ArtifactRecord, bytearray]:
-        """The data key of a stored artifact, for a pull or a run. Audited, success or not.
+    async def unwrap(self, caller: Caller, *, artifact: str,
+                     purpose: str) -> tuple[ArtifactRecord, bytearray, GrantUse | None]:
+        """The data key of a stored artifact, for a pull or a run, and the access grant that
+        allowed it. Audited, success or not.
 
         Raises NotFound, FailedPrecondition (not stored, model not active, key
-        suspended), HostNotEnrolled, LeaseNotLive, ReleaseRaced, NotFound subclass
+        suspended), HostNotEnrolled, LeaseNotLive, NoGrant, ReleaseRaced, NotFound subclass
         KeyDestroyed, IntegrityError.
         """
         # Only an enrolled host with a live custody lease gets keys; checked before
@@ -315,8 +331,9 @@ class KeyBroker:
         obj = f"artifact/{rec.id}"
         if rec.storage is None:
             raise FailedPrecondition(f"artifact {rec.id[:12]} has no stored ciphertext (push it first)")
-        basis = host | await self._checked(caller, "UnwrapDataKey", obj, self._model_basis(rec.model))
+        basis = host | await self._checked(caller, "UnwrapDataKey", obj,
+                                           self._model_basis(rec.model, rec, caller))
         note = (purpose or "pull")[:64]
         key = await self._hand_out(caller, "UnwrapDataKey", obj, rec.model, rec.storage["wrapped_key"],
-                                   rec.id, note, basis)
-        return rec, key
+                                   rec.id, note, basis, rec)
+        return rec, key, basis.grant

@@ -41,6 +41,7 @@ from custos.controlplane.keys.base import (
     DataKey,
     KeyConflict,
     KeyDestroyed,
+    KeyPolicies,
     KeyProvider,
     KeyState,
     KeySuspended,
@@ -350,6 +351,11 @@ class LocalKeyProvider(KeyProvider):
             return KeyState.missing(name) if entry is None else self._state_of(name, entry)
 
         return self._locked(op, write=False)
+
+    def _key_policies(self, name: str) -> KeyPolicies:
+        # Whoever can read the key file can unwrap every data key: there is no policy to list.
+        return KeyPolicies(problems=("local dev keys: no Vault policies (anyone who can read the key file "
+                                     "can unwrap every data key)",))
 
     def _close(self) -> None:
         os.close(self._lock_fd)

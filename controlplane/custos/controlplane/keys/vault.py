@@ -27,6 +27,8 @@ import base64
 import binascii
 import logging
 import re
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, ClassVar, NoReturn, TypeVar
@@ -41,6 +43,7 @@ from custos.controlplane.keys.base import (
     KeyConflict,
     KeyDestroyed,
     KeyHealth,
+    KeyPolicies,
     KeyProvider,
     KeyState,
     KeySuspended,
@@ -49,6 +52,7 @@ from custos.controlplane.keys.base import (
 )
 from custos.controlplane.keys.vault_auth import StaticTokenAuth, VaultAuth
 from custos.controlplane.keys.vault_session import VaultSession
+from custos.core.vault_policy import PathRule, parse_policy, reaches_key
 from custos.errors import (
     BackendUnavailable,
     FailedPrecondition,
@@ -81,6 +85,7 @@ _TAMPER_ERRORS = (
     "could not decode",
     "version is too new",
 )
+POLICY_CACHE_S = 10.0  # how long the ACL policies read for `custos access who` are reused
 _TOO_OLD_ERROR = "disallowed by policy (too old)"
 _SOFT_DELETED_ERROR = "soft-deleted"
 
@@ -162,6 +167,9 @@ class VaultTransitProvider(KeyProvider):
             session = VaultSession(url=url, auth=auth, verify=verify, timeout=float(timeout),
                                    check_interval=check_interval)
         self.session = session
+        self._policies_lock = threading.Lock()
+        self.policy_cache_s = POLICY_CACHE_S
+        self._policies: tuple[float, dict[str, list[PathRule]], list[str]] | None = None
 
     def __repr__(self) -> str:
         return f"VaultTransitProvider(url={self._url!r}, mount={self._mount!r})"
@@ -437,6 +445,47 @@ class VaultTransitProvider(KeyProvider):
 
     def _health(self) -> KeyHealth:
         return self.session.health()
+
+    def _policy_text(self, policy: str) -> str:
+        answer = self.session.run(lambda c: c.sys.read_acl_policy(policy))
+        data = _data(answer) or {}
+        return str(data.get("policy", data.get("rules", "")))
+
+    def _read_policies(self) -> tuple[dict[str, list[PathRule]], list[str]]:
+        """Every ACL policy's rules (name -> rules) and the problems reading them; kept for
+        POLICY_CACHE_S so that one pass over every model reads each policy once."""
+        with self._policies_lock:
+            cached = self._policies
+            if cached is not None and time.monotonic() - cached[0] < self.policy_cache_s:
+                return cached[1], cached[2]
+            # Needs "list" on sys/policies/acl and "read" on sys/policies/acl/* (docs/access.md);
+            # without them this raises Unauthorized, which callers report as a problem line.
+            listed = self._call("list policies", "-", lambda c: c.sys.list_acl_policies())
+            names = (_data(listed) or {}).get("keys")
+            if not isinstance(names, list):
+                raise BackendUnavailable("Vault answered the policy list without names")
+            rules: dict[str, list[PathRule]] = {}
+            problems: list[str] = []
+            for policy in sorted(str(n) for n in names):
+                if policy == "root":
+                    continue  # built in, no rules to read: it allows everything
+                try:
+                    rules[policy] = parse_policy(self._policy_text(policy))
+                except (requests.exceptions.RequestException, hvac.exceptions.VaultError) as exc:
+                    why = _server_text(exc) if isinstance(exc, hvac.exceptions.VaultError) else type(exc).__name__
+                    problems.append(f"Vault policy {policy}: cannot read it ({why})"[:300])
+                except InvalidInput as exc:
+                    problems.append(f"Vault policy {policy}: cannot parse it ({exc})"[:300])
+            if "root" in names:
+                rules["root"] = [PathRule("*", frozenset({"root"}))]
+            self._policies = (time.monotonic(), rules, problems)
+            return rules, problems
+
+    def _key_policies(self, name: str) -> KeyPolicies:
+        rules, problems = self._read_policies()
+        reach = [found for policy, rs in sorted(rules.items())
+                 if (found := reaches_key(policy, rs, mount=self._mount, key=self._full(name))) is not None]
+        return KeyPolicies(tuple(reach), tuple(problems))
 
     def _close(self) -> None:
         if self._own_session:

@@ -237,5 +237,9 @@ class OrderBook:
                 continue
             m = dict(decode_canonical(m_entry.value))
             m["state"] = state
+            if order.action in ("halt", "destroy"):
+                # Every access grant on the model ends here, in the order's own transaction
+                # (custos.controlplane.access); a later lift does not bring one back.
+                m["access_epoch"] = int(m.get("access_epoch", 0)) + 1
             txn.checks[key] = m_entry.mod_revision
             txn.puts[key] = encode_canonical(m)

@@ -41,6 +41,8 @@ class RulesConfig:
     order_ack_deadline_s: int = 300
     audit_chain_interval_s: int = 300
     vault_audit: VaultAuditConfig | None = None
+    access_holders_cap: int = 0  # 0: no cap, the rule never fires
+    access_holders_interval_s: float = 30.0  # how often each model's holders are counted
 
     def setting(self, rule: str) -> RuleSettings:
         return self.settings.get(rule, RuleSettings())
@@ -68,6 +70,8 @@ _RULE_KEYS: Mapping[str, frozenset[str]] = {
     "audit_chain_broken": frozenset({"interval_s"}),
     "vault_foreign_access": frozenset({"path", "exclude_accessors", "exclude_display_names",
                                        "exclude_policies", "paths", "key_prefix"}),
+    "access_break_glass": frozenset(),
+    "access_holders_over_cap": frozenset({"cap", "interval_s"}),
 }
 _TOP_KEYS = frozenset({"interval_s", "correlation_window_s", "attribution_lookback_s"})
 _ROLES = ("security-team", "agent", "executive", "auditor", "admin", "system")
@@ -146,6 +150,9 @@ def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None =
     )
     deadline = _int("order_ack_missing", tables["order_ack_missing"], "deadline_s", 300, 1, 7 * 86400)
     chain = _int("audit_chain_broken", tables["audit_chain_broken"], "interval_s", 300, 1, 7 * 86400)
+    holders = tables["access_holders_over_cap"]
+    cap = _int("access_holders_over_cap", holders, "cap", 0, 0, 10**6)
+    holders_every = _num("access_holders_over_cap", holders, "interval_s", 30.0, 0.0, 86400.0)
 
     vault: VaultAuditConfig | None = None
     vt = tables["vault_foreign_access"]
@@ -176,5 +183,6 @@ def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None =
         raise InvalidInput("[rules.vault_foreign_access] needs path (the file audit device's log file)")
     return RulesConfig(interval_s=interval, correlation_window_s=window, attribution_lookback_s=lookback,
                        settings=settings, allowed_roles=frozenset(roles), unwrap_rate=rate,
-                       order_ack_deadline_s=deadline, audit_chain_interval_s=chain, vault_audit=vault)
+                       order_ack_deadline_s=deadline, audit_chain_interval_s=chain, vault_audit=vault,
+                       access_holders_cap=cap, access_holders_interval_s=holders_every)
 

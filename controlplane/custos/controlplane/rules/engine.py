@@ -32,6 +32,7 @@ from custos.controlplane.registry import copy_id
 from custos.controlplane.rules.config import RulesConfig
 from custos.controlplane.store.base import MAX_TXN_OPS, Store, Txn
 from custos.controlplane.vault_audit import VaultAuditTail
+from custos.core.access import AccessRequest
 from custos.core.audit_chain import Event, parse_events, verify_log
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.manifest import decode_manifest
@@ -40,7 +41,10 @@ from custos.core.rules import (
     ExecutingOrder,
     FileObservation,
     Finding,
+    break_glass_uses,
     chain_failure,
+    holders_over_cap,
+    is_break_glass,
     is_key_handout,
     lease_lapses,
     missing_acks,
@@ -57,6 +61,7 @@ log = logging.getLogger("custos.rules")
 
 CURSOR_KEY = "meta/rules-cursor"
 ALERTS_PREFIX = "alerts/"
+HOLDERS_PREFIX = "meta/access-holders/"  # written by custos.controlplane.access_who
 
 
 class RulesEngine:
@@ -132,6 +137,7 @@ class RulesEngine:
         findings += await self._tamper_from_alerts()
         findings += await self._orders_round()
         findings += await self._chain_round()
+        findings += await self._holders_round()
         vault_pos = None
         if self.vault is not None:
             vault_findings, vault_pos = await self.vault.read()
@@ -180,6 +186,7 @@ class RulesEngine:
                 if label is not None:
                     unwraps[label] = unwraps.get(label, 0) + 1
             findings += self._audit_findings(events)
+            findings += await self._break_glass(events)
             if len(rows) < 2000:
                 break
         new = {"seq": seq, "unwraps": dict(sorted(unwraps.items()))}
@@ -203,6 +210,29 @@ class RulesEngine:
         if cfg.enabled("lease-lapsed"):
             out += lease_lapses(events)
         return out
+
+    async def _break_glass(self, events: list[Event]) -> list[Finding]:
+        """Every successful break-glass activation, with its request's model and grantee."""
+        used = [e for e in events if is_break_glass(e)]
+        if not used or not self.config.enabled("access-break-glass"):
+            return []
+        keys = [f"access/requests/{e.object[len('access/'):]}" for e in used]
+        requests: dict[str, dict[str, Any]] = {}
+        for key, entry in (await self.store.get_many(keys)).items():
+            rec = decode_canonical(entry.value)
+            req = AccessRequest.decode(rec["body"].encode())
+            requests[key.rsplit("/", 1)[1]] = {
+                "hosts": list(req.grantee.hosts), "model": req.model, "not_after_ns": rec["not_after_ns"],
+                "principal": req.grantee.principal, "reason": req.reason}
+        return break_glass_uses(used, requests)
+
+    async def _holders_round(self) -> list[Finding]:
+        cap = self.config.access_holders_cap
+        if cap <= 0 or not self.config.enabled("access-holders-over-cap"):
+            return []
+        counts = {e.key[len(HOLDERS_PREFIX):]: decode_canonical(e.value)
+                  for e in await self.store.range(HOLDERS_PREFIX)}
+        return holders_over_cap(counts, cap=cap)
 
     def _unauthorized(self, events: list[Event]) -> list[Finding]:
         return unauthorized_unwraps(events, artifact_model=self._artifact_model,
