@@ -210,6 +210,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ag.enroll()
         ag.start()
         wait_until(ag.lease_live, 30, "a live lease from the real control plane")
+        for model in (P, Q, D):  # covered: runs need an access grant naming the host
+            srv.grant(model, hosts=[ag.name], duration_s=4 * 3600)
         hold = tmp / "hold.py"
         hold.write_text(HOLD)
         p, q, first_d = (_start_workload(ag, m, arts[m], hold) for m in (P, Q, D))

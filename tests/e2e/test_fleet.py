@@ -123,6 +123,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                   files={e.path: e.sha256 for e in manifest.files}, scripts=scripts)
         for ag in agents:
             wait_until(ag.lease_live, 30, f"{ag.name} to hold a live lease")
+        # m1 is covered: runs need an access grant naming their hosts (sec1 asks, sec2 approves).
+        server.grant("m1", hosts=[ag.name for ag in agents], duration_s=4 * 3600)
     except BaseException:
         # Set-up failed: show why (pytest prints captured output with the error).
         for ag in agents:

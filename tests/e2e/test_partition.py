@@ -93,6 +93,7 @@ def partitioned(tmp_path: Path) -> Iterator[Partitioned]:
             start_in(ns, agent, addr)
         for agent, _ in made:
             wait_until(agent.lease_live, 30, f"{agent.name} to hold a live lease through its link")
+        server.grant("m", hosts=[a.name for a, _ in made], duration_s=4 * 3600)  # m is covered
         yield Partitioned(server=server, artifact=pushed["id"], hold=hold,
                           agents={a.name: (a, ns) for a, ns in made})
     except BaseException:

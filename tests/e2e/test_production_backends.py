@@ -113,6 +113,7 @@ def test_push_pull_suspend_resume_destroy(prod: DevServer, openbao: OpenBaoDevSe
     provider = VaultTransitProvider(url=openbao.address, token=openbao.root_token)
     assert provider.state("prod-model").exists
 
+    prod.grant("prod-model")  # covered: pulls need an access grant (sec1 asks, sec2 approves)
     first = tmp_path / "pull-1"
     prod.cli("pull", aid, str(first), check=True)
     assert tree(first) == tree(src)
@@ -133,6 +134,6 @@ def test_push_pull_suspend_resume_destroy(prod: DevServer, openbao: OpenBaoDevSe
     # The failures are in the audit log too.
     events = json.loads(prod.cli("audit", "list", "-o", "json", check=True).stdout)
     unwraps = [e["result"] for e in events if e["action"] == "UnwrapDataKey"]
-    assert unwraps[0] == "ok: pull" and any("KeySuspended" in r for r in unwraps)
+    assert unwraps[0].startswith("ok: pull; grant ") and any("KeySuspended" in r for r in unwraps)
     assert any("KeyDestroyed" in r for r in unwraps)
     provider.close()

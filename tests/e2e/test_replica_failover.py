@@ -93,6 +93,7 @@ def test_kill9_of_the_replica_holding_the_streams_after_quorum_loses_no_ack(
         for ag in agents:
             wait_until(ag.lease_live, 30, f"{ag.name} to hold a live lease")
         assert [last_stream_addr(ag) for ag in agents] == [addr_a, addr_a, f"localhost:{port_a}"]
+        b.grant("m", hosts=[ag.name for ag in agents], duration_s=4 * 3600)  # m is covered
 
         stubborn = tmp_path / "stubborn.py"
         stubborn.write_text(STUBBORN)

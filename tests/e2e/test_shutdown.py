@@ -82,6 +82,12 @@ token_file = "{tmp_path / 'vault-token'}"
             agents.append(ag.start())
         for ag in agents:
             wait_until(ag.lease_live, 30, f"{ag.name} to hold a live lease")
+        # Both models are covered: access grants for the runs (base on a and b, chat on c) and for
+        # the security team's pulls.
+        srv.grant("base", hosts=[agents[0].name, agents[1].name])
+        srv.grant("chat", hosts=[agents[2].name])
+        srv.grant("base")
+        srv.grant("chat")
 
         # Supervised workloads: base on a and b, the fine-tune on c.
         workload_pids = []
@@ -139,6 +145,11 @@ token_file = "{tmp_path / 'vault-token'}"
         lift = srv.propose("lift", "base")
         srv.sign(lift, 2, 4, 5)
         wait_until(lambda: state(srv, lift) == "complete", 60, "the lift to complete")
+        # The halt revoked every grant on base (and its fine-tune); the lift does not restore them.
+        refused = srv.cli("pull", base["id"], str(tmp_path / "after-lift-no-grant"))
+        assert refused.returncode != 0 and "no active access grant" in refused.stderr, refused.stderr
+        srv.grant("base")
+        srv.grant("chat", hosts=[agents[2].name])
         srv.cli("pull", base["id"], str(tmp_path / "after-lift"), check=True)
         assert not provider.state("base").suspended
         # The agents run again once lifted.

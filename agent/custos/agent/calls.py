@@ -6,7 +6,7 @@ import grpc
 
 from custos.agent.stream import CustodyStream, rpc_error
 from custos.errors import FailedPrecondition, NotFound, Unauthorized
-from custos.v1 import keys_pb2, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
+from custos.v1 import access_pb2, access_pb2_grpc, keys_pb2, keys_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 CALL_TIMEOUT = 60.0
 
@@ -30,6 +30,16 @@ class AgentCalls:
                 keys_pb2.UnwrapDataKeyRequest(artifact_id=artifact, purpose=purpose[:64]), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc, f"unwrapping the key of artifact {artifact[:12]}") from None
+
+    async def get_grant(self, grant_id: str) -> access_pb2.AccessGrant:
+        """The access grant ``grant_id`` as the control plane sees it now (its state is the
+        effective one: expired, revoked by a halt, ...). Raises NotFound, BackendUnavailable, ..."""
+        try:
+            resp = await access_pb2_grpc.AccessStub(self._channel()).Get(
+                access_pb2.GetAccessRequest(id=grant_id), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc, f"reading access grant {grant_id[:16]}") from None
+        return resp.grant
 
     async def record_copy(self, artifact_id: str, path: str, form: int) -> None:
         try:

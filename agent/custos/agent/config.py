@@ -41,7 +41,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
              "follow_symlinks": (bool,), "workers": (int,), "sniff": (bool,)},
     "lease": {"heartbeat_interval": (int, float), "reconnect_max": (int, float)},
     "workloads": {"plaintext_dir": (str,), "stop_grace": (int, float), "allowed_uids": (list,),
-                  "allowed_gids": (list,)},
+                  "allowed_gids": (list,), "grant_check_interval": (int, float)},
     "blobs": {"access_key": (str,), "secret_key_file": (str,)},
     "log": {"level": (str,), "format": (str,)},
     "metrics": {"listen": (str,)},
@@ -82,6 +82,7 @@ class AgentConfig:
     reconnect_max: float = 30.0
     plaintext_dir: Path | None = None  # None: /dev/shm when it has room, else state_dir/runs
     stop_grace: float = 10.0
+    grant_check_interval: float = 10.0  # how often a run re-checks its access grant (and at its expiry)
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
     blobs_access_key: str = ""
@@ -268,6 +269,8 @@ def config_from_dict(raw: dict[str, Any], *, path: Path, dev: bool = False) -> A
         reconnect_max=_positive(path, "lease.reconnect_max", lease.get("reconnect_max", 30), low=0.1, high=600),
         plaintext_dir=p(wl["plaintext_dir"]) if wl.get("plaintext_dir") else None,
         stop_grace=_positive(path, "workloads.stop_grace", wl.get("stop_grace", 10), low=0, high=600),
+        grant_check_interval=_positive(path, "workloads.grant_check_interval", wl.get("grant_check_interval", 10),
+                                       low=0.1, high=3600),
         allowed_uids=_int_list(path, "workloads", "allowed_uids", wl.get("allowed_uids", [])),
         allowed_gids=_int_list(path, "workloads", "allowed_gids", wl.get("allowed_gids", [])),
         blobs_access_key=blobs.get("access_key", ""),

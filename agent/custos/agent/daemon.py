@@ -364,7 +364,8 @@ class Agent:
         self.supervisor = Supervisor(
             name=cfg.name, state_dir=cfg.state_dir, plaintext_dir=cfg.plaintext_dir, calls=self.calls,
             blocks=self.blocks, manifests=self.manifests, refusal=self.refusal, open_blobs=self._open_blobs,
-            stop_grace=cfg.stop_grace, on_change=self._on_managed_change)
+            stop_grace=cfg.stop_grace, on_change=self._on_managed_change,
+            grant_check_interval=cfg.grant_check_interval)
         bases = tuple(str(b) for b in self.supervisor.bases())
         self.inventory = Inventory(cfg, self.supervisor, hasher=self._hasher, extra_exclude=bases)
         self.halter = Halter(supervisor=self.supervisor, blocks=self.blocks, manifests=self.manifests,

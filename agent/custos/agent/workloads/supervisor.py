@@ -18,6 +18,17 @@ For each run the agent, as this host (its own certificate, a live lease):
 
 Runs are refused while the lease is not live and for halted artifacts; a halt
 (custos.agent.halt) stops running ones.
+
+A run whose unwrap needed an access grant (the response names it, its ``not_after``
+and the policy's ``on_expiry``) follows that grant while it runs (:meth:`Supervisor._follow_grant`):
+every ``grant_check_interval`` seconds, and just after ``not_after``, it asks the control
+plane (Access.Get). An extended grant (still active, a later ``not_after``) keeps it going;
+a grant no longer active — revoked (by hand, or by a halt or destroy order of its model),
+expired — stops it when ``on_expiry`` is ``stop`` (the default for covered models), with
+the reason "access grant ID16 STATE", by the same path as any stop (its tree stopped,
+its plaintext wiped, the copy's end reported). If the control plane cannot be asked at
+``not_after``, the run stops too (fail closed). With ``on_expiry`` ``run`` it keeps running
+(no new unwrap succeeds without a grant).
 """
 
 from __future__ import annotations
@@ -46,13 +57,16 @@ from custos.agent.workloads.rundirs import PlaintextDirs, chown_tree, file_recor
 from custos.blobs.base import BlobStore
 from custos.client.pull import manifest_of, pull_artifact
 from custos.core.keymaterial import zeroize
-from custos.errors import CustosError, FailedPrecondition, InvalidInput
-from custos.v1 import keys_pb2, registry_pb2
+from custos.errors import CustosError, FailedPrecondition, InvalidInput, NotFound
+from custos.v1 import access_pb2, keys_pb2, registry_pb2
 
 log = logging.getLogger("custos.agent.workloads")
 
 KEEP_FINISHED = 200
 PULL_WORKERS = 4
+GRANT_CHECK_INTERVAL = 10.0
+GRANT_CHECK_TIMEOUT = 10.0  # one Access.Get: at not_after, an unreachable control plane stops the run
+GRANT_EXPIRY_SLACK_NS = 50_000_000  # ask just after not_after, so the control plane sees it ended
 
 
 class ControlPlaneCalls(Protocol):
@@ -60,6 +74,7 @@ class ControlPlaneCalls(Protocol):
     async def unwrap(self, artifact: str, purpose: str) -> keys_pb2.UnwrapDataKeyResponse: ...
     async def record_copy(self, artifact_id: str, path: str, form: int) -> None: ...
     async def newest_artifact(self, model: str) -> str: ...
+    async def get_grant(self, grant_id: str) -> access_pb2.AccessGrant: ...
 
 
 @dataclass(eq=False)
@@ -86,13 +101,18 @@ class Workload:
     ended_unix_ns: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     proc: subprocess.Popen[bytes] | None = None
+    grant_id: str = ""  # the access grant its unwrap used ("" if none was needed)
+    grant_not_after_unix_ns: int = 0
+    grant_on_expiry: str = ""  # stop | run
 
     def as_dict(self) -> dict[str, Any]:
         return {"workload_id": self.id, "model": self.model, "artifact_id": self.artifact_id,
                 "argv": list(self.argv), "uid": self.uid, "state": self.state, "pid": self.pid,
                 "pids": sorted(self.members), "artifact_dir": str(self.artifact_dir or ""),
                 "exit_code": self.exit_code, "stopped": self.stop_reason, "error": self.error,
-                "started_unix_ns": self.started_unix_ns, "ended_unix_ns": self.ended_unix_ns}
+                "started_unix_ns": self.started_unix_ns, "ended_unix_ns": self.ended_unix_ns,
+                "grant_id": self.grant_id, "grant_not_after_unix_ns": self.grant_not_after_unix_ns,
+                "grant_on_expiry": self.grant_on_expiry}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +136,8 @@ class Supervisor:
     def __init__(self, *, name: str, state_dir: Path, plaintext_dir: Path | None, calls: ControlPlaneCalls,
                  blocks: HaltBlocks, manifests: ManifestCache, refusal: Callable[[], str | None],
                  open_blobs: Callable[[str], BlobStore], stop_grace: float = 10.0,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 grant_check_interval: float = GRANT_CHECK_INTERVAL) -> None:
         self.name = name
         self.state_dir = state_dir
         self.plaintext_dir = plaintext_dir
@@ -127,6 +148,7 @@ class Supervisor:
         self.open_blobs = open_blobs
         self.stop_grace = stop_grace
         self.on_change = on_change or (lambda: None)
+        self.grant_check_interval = grant_check_interval
         self.dirs = PlaintextDirs(name=name, state_dir=state_dir, plaintext_dir=plaintext_dir,
                                   remember=4 * KEEP_FINISHED)
         self._lock = threading.RLock()
@@ -249,6 +271,8 @@ class Supervisor:
             await self._fail(wl, exc)
             raise
         self._watch(wl)
+        if wl.grant_id:
+            self._spawn_task(self._follow_grant(wl))
         self.on_change()
         log.info("workload started", extra={"fields": {
             "workload_id": wid, "model": req.model, "artifact_id": wl.artifact_id, "pid": wl.pid,
@@ -264,6 +288,9 @@ class Supervisor:
             art = resp.artifact
             with self._lock:
                 wl.artifact_id = art.id
+                wl.grant_id = resp.grant_id
+                wl.grant_not_after_unix_ns = resp.grant_not_after_unix_ns
+                wl.grant_on_expiry = resp.grant_on_expiry or "stop"
             if art.model != req.model:
                 raise InvalidInput(f"artifact {art.id[:12]} belongs to model {art.model!r}, not {req.model!r}")
             blocked = self.blocks.refusal(art.id)
@@ -384,6 +411,55 @@ class Supervisor:
         wl.done.set()
         log.info("workload ended", extra={"fields": {
             "workload_id": wl.id, "exit_code": code, "stopped": wl.stop_reason, "files_wiped": len(wiped)}})
+
+    # - access grants -
+
+    async def _follow_grant(self, wl: Workload) -> None:
+        """Follow a running workload's access grant until it ends (see the module docstring)."""
+        gid = wl.grant_id
+        interval = max(0.05, self.grant_check_interval)
+        not_after = wl.grant_not_after_unix_ns
+        fields: dict[str, Any] = {"workload_id": wl.id, "grant_id": gid}
+        while not wl.done.is_set():
+            left_s = (not_after + GRANT_EXPIRY_SLACK_NS - time.time_ns()) / 1e9
+            delay = min(interval, left_s) if left_s > 0 else min(interval, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wl.done.wait(), timeout=max(0.05, delay))
+                return
+            try:
+                async with asyncio.timeout(min(GRANT_CHECK_TIMEOUT, max(1.0, interval))):
+                    g = await self.calls.get_grant(gid)
+            except NotFound:
+                state = "not found"
+            except (CustosError, TimeoutError) as exc:
+                if time.time_ns() < not_after:
+                    log.warning("could not check the workload's access grant; will retry",
+                                extra={"fields": {**fields, "error": str(exc) or "no answer"}})
+                    continue
+                await self._grant_ended(wl, f"access grant {gid[:16]} could not be checked at its expiry "
+                                            f"(failing closed: {exc or 'no answer'})")
+                return
+            else:
+                state = g.state
+                if state == "active":
+                    if g.not_after_unix_ns != not_after:
+                        log.info("access grant extended", extra={"fields": {
+                            **fields, "not_after_unix_ns": g.not_after_unix_ns}})
+                        not_after = g.not_after_unix_ns
+                        with self._lock:
+                            wl.grant_not_after_unix_ns = not_after
+                    continue
+            await self._grant_ended(wl, f"access grant {gid[:16]} {state}")
+            return
+
+    async def _grant_ended(self, wl: Workload, reason: str) -> None:
+        fields = {"workload_id": wl.id, "grant_id": wl.grant_id, "reason": reason}
+        if wl.grant_on_expiry == "run":
+            log.warning("access grant ended; its policy lets the workload run (no new unwrap will succeed)",
+                        extra={"fields": fields})
+            return
+        log.warning("access grant ended: stopping the workload", extra={"fields": fields})
+        await self.stop(wl, reason)
 
     async def stop(self, wl: Workload, reason: str) -> None:
         """Stop one workload (its whole tree) and wait for its clean-up."""
