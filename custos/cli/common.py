@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from custos.client.connection import ClientConfig
 from custos.client.session import Client
 from custos.client.signerkeys import load_private_key
 from custos.core import sshsig
@@ -24,8 +25,9 @@ from custos.errors import (
 def connect(ns: argparse.Namespace) -> Client:
     """A client from the connection flags over the environment. Raises InvalidInput (not configured,
     unreadable certificate or key)."""
-    return Client.from_env(addr=ns.addr, ca=ns.ca, cert=ns.tls_cert, key=ns.tls_key, role=ns.role,
-                           timeout=ns.timeout)
+    config = ClientConfig.from_env(addr=ns.addr, ca=ns.ca, cert=ns.tls_cert, key=ns.tls_key, role=ns.role,
+                                   identity=getattr(ns, "identity", None))
+    return Client(config=config, timeout=ns.timeout)
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:

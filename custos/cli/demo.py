@@ -2,7 +2,9 @@
 
 Starts a dev server (a real `custos server --dev` process), generates
 safetensors weight files for a covered base model and a fine-tuned
-derivative, pushes both encrypted, pulls one back verified, and prints
+derivative, pushes both encrypted, asks for access to the base model's
+weights as one person and approves it as another (the two-person rule),
+pulls it back verified, and prints
 lineage, copies and a passing audit verification — every step a real CLI
 command against the real server.
 """
@@ -115,6 +117,14 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
              "--owner", "applied")
         _run(env, "push", "frontier-chat", str(chat_dir), "--parent", base_id[:12],
              "--relation", "fine-tune")
+        # The two-person rule: nobody unwraps a covered model's keys alone. Ask as the
+        # default dev identity (a person named sec1), approve as another (sec2).
+        asked = _run(env, "access", "request", "--model", "frontier-base", "--artifact", base_id[:12],
+                     "--principal", "dev-security-team", "--for", "1h",
+                     "--reason", "demo: restore the base model to check the backup")
+        request_id = asked.split("request id ", 1)[1].split()[0]
+        _run(env, "--identity", "sec2", "access", "approve", request_id[:16],
+             "--key", str(server_dir / "approvers" / "sec2.key"))
         _run(env, "pull", base_id[:12], str(root / "pulled" / "frontier-base"))
         _run(env, "model", "list")
         _run(env, "lineage", "frontier-base")

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "signer": "custos.cli.signers",
     "order": "custos.cli.orders", "drill": "custos.cli.orders", "drill-register": "custos.cli.drills",
     "audit": "custos.cli.audit",
+    "access": "custos.cli.access",
 }
 """Each top-level command -> the module whose ``add_commands(sub, common)`` declares it.
 The parser is built for the command that runs only (the whole parser for help and
@@ -81,6 +82,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--tls-cert", help="client certificate (env CUSTOS_CERT)")
     g.add_argument("--tls-key", help="client key (env CUSTOS_KEY)")
     g.add_argument("--role", help="pick ROLE.pem/ROLE.key from CUSTOS_CERT_DIR (env CUSTOS_ROLE)")
+    g.add_argument("--identity", help="pick NAME.pem/NAME.key from CUSTOS_CERT_DIR: one person's certificate, "
+                   "e.g. sec2 in dev (env CUSTOS_IDENTITY; --role wins over the env)")
     g.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     command = argv[0] if argv else None
@@ -94,6 +97,29 @@ def _fail(msg: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+GLOBAL_OPTIONS = ("--output", "-o", "--addr", "--ca", "--tls-cert", "--tls-key", "--role", "--identity", "--timeout")
+"""The connection and output options (each takes a value); each command declares them."""
+
+
+def hoist_options(args: list[str]) -> list[str]:
+    """``custos --identity sec2 access approve ID`` as ``custos access approve ID --identity sec2``:
+    connection options written before the command go after it (before a ``--``, whose
+    rest is a workload's command line)."""
+    lead: list[str] = []
+    i = 0
+    while i < len(args) and args[i].split("=", 1)[0] in GLOBAL_OPTIONS:
+        lead.append(args[i])
+        if "=" not in args[i] and i + 1 < len(args):
+            lead.append(args[i + 1])
+            i += 1
+        i += 1
+    if not lead:
+        return args
+    rest = args[i:]
+    cut = rest.index("--") if "--" in rest else len(rest)
+    return rest[:cut] + lead + rest[cut:]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     for i, arg in enumerate(args, 1):
@@ -103,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arg.encode("utf-8")
         except UnicodeEncodeError:
             _fail(f"argument {i} is not valid UTF-8: {arg.encode('utf-8', 'backslashreplace').decode()[:80]}", 2)
+    args = hoist_options(args)
     ns = build_parser(args).parse_args(args)
     out = Out(getattr(ns, "output", "text"))
     try:

@@ -6,6 +6,8 @@ Environment (what `source D/dev.env` sets):
     CUSTOS_CA         CA certificate that signed the server's certificate
     CUSTOS_CERT, CUSTOS_KEY        this caller's client certificate and key, or
     CUSTOS_CERT_DIR + CUSTOS_ROLE  a directory of ROLE.pem / ROLE.key (dev)
+    CUSTOS_IDENTITY   a person's file pair NAME.pem / NAME.key in CUSTOS_CERT_DIR,
+                      over the role's (dev: sec1, sec2 — two people of the security team)
 
 With several addresses, a call goes to the first replica that connects (see
 :class:`FailoverChannel`); an address may also be a DNS name resolving to
@@ -15,6 +17,7 @@ several replicas, which gRPC tries in turn.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from custos.errors import InvalidInput
 CONNECT_TIMEOUT = 5.0  # seconds to give one replica to connect before trying the next
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
 # What gRPC says when a call never left this process: no replica connection to send it on.
+_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a file name in CUSTOS_CERT_DIR, no path
 _NOT_SENT = ("failed to connect to all addresses", "dns resolution failed", "name resolution failure")
 
 
@@ -75,9 +79,26 @@ class ClientConfig:
         cert: str | None = None,
         key: str | None = None,
         role: str | None = None,
+        identity: str | None = None,
     ) -> ClientConfig:
-        """Flags win over environment. Raises InvalidInput naming what is missing."""
+        """Flags win over environment. Raises InvalidInput naming what is missing.
+
+        ``identity`` (env CUSTOS_IDENTITY) picks CUSTOS_CERT_DIR/NAME.pem and NAME.key: one
+        person's certificate, where a role names a kind of caller. Certificate flags win
+        over it; a ``role`` flag wins over CUSTOS_IDENTITY from the environment."""
         env = os.environ
+        if identity is None:
+            identity = "" if role else env.get("CUSTOS_IDENTITY", "")
+        if identity and (not cert or not key):
+            if not _IDENTITY.match(identity):
+                raise InvalidInput(f"bad identity {identity[:64]!r} (--identity): want a file name like sec2")
+            ident_dir = env.get("CUSTOS_CERT_DIR")
+            if not ident_dir:
+                raise InvalidInput(f"--identity {identity} needs CUSTOS_CERT_DIR (the directory of NAME.pem/NAME.key)")
+            if not (Path(ident_dir) / f"{identity}.pem").is_file():
+                raise InvalidInput(f"no identity {identity!r}: {Path(ident_dir) / (identity + '.pem')} does not exist")
+            cert = cert or str(Path(ident_dir) / f"{identity}.pem")
+            key = key or str(Path(ident_dir) / f"{identity}.key")
         addrs = parse_addrs(addr or env.get("CUSTOS_ADDR") or None)
         ca = ca or env.get("CUSTOS_CA")
         role = role or env.get("CUSTOS_ROLE", "")

@@ -45,6 +45,8 @@ def test_halt_lift_destroy(srv: DevServer, tmp_path: Path) -> None:
     chat = json.loads(srv.cli("push", "chat", str(weights(tmp_path / "c", 2)), "--parent", base["id"],
                               "--relation", "fine-tune", "-o", "json", check=True).stdout)
 
+    srv.grant("base")  # access to both (derivatives per the default policy), revoked by the halt
+    srv.cli("pull", base["id"], str(tmp_path / "granted"), check=True)
     oid = srv.propose("halt", "base")
     d = json.loads(srv.cli("order", "status", oid, "-o", "json", check=True).stdout)
     assert d["models"] == ["base", "chat"] and d["artifacts"] == 2  # derivatives resolved
@@ -69,6 +71,10 @@ def test_halt_lift_destroy(srv: DevServer, tmp_path: Path) -> None:
     assert srv.cli("pull", base["id"], str(tmp_path / "still-refused")).returncode == 6
     srv.sign(lift, 1)
     wait_state(srv, lift, "complete")
+    # A lift does not restore the grants the halt revoked: access is asked for again.
+    res = srv.cli("pull", base["id"], str(tmp_path / "after-lift"))
+    assert res.returncode == 4 and "no active access grant" in res.stderr, res.stderr
+    srv.grant("base")
     srv.cli("pull", base["id"], str(tmp_path / "after-lift"), check=True)
 
     destroy = srv.propose("destroy", "chat")

@@ -71,6 +71,7 @@ def test_a_drill_never_halts_a_production_derivative(srv: DevServer, tmp_path: P
     shown = srv.declare_drills("d-drill")
     assert shown["models"] == ["d-drill"] and shown["artifacts"] == [d_art["id"]] and shown["version"] == 1
 
+    srv.grant("p-prod")  # before the drill: a drill revokes no production grant either
     oid = srv.propose("drill", "d-drill")
     d = json.loads(srv.cli("order", "status", oid, "-o", "json", check=True).stdout)
     assert d["models"] == ["d-drill"] and d["artifacts"] == 1  # P is not in the signed scope
