@@ -225,3 +225,25 @@ def test_hoist_options() -> None:
     assert hoist_options(["-o", "json", "--role=auditor", "run", "--model", "m", "--", "x", "-o"]) == \
         ["run", "--model", "m", "-o", "json", "--role=auditor", "--", "x", "-o"]
     assert hoist_options(["model", "list", "-o", "json"]) == ["model", "list", "-o", "json"]
+
+
+def test_who_lists_the_grantee_and_the_puller_over_the_wire(srv: DevServer, tmp_path: Path) -> None:
+    """`custos access who` against the real server: the active grant's principal, then the plaintext
+    copy its pull made; a revoked grant drops out; the local dev keys say they have no Vault policies."""
+    art = push_model(srv, tmp_path, "acc-who", 7)
+    before = json.loads(cli(srv, "access", "who", "acc-who", "-o", "json", check=True).stdout)
+    assert not [h for h in before["holders"] if h["kind"] == "grant"]
+    assert any("no Vault policies" in p for p in before["problems"])
+    rid = request(srv, "acc-who")["id"]
+    cli(srv, "access", "approve", rid, "--key", key(srv, "sec2"), identity="sec2", check=True)
+    srv.cli("pull", art, str(tmp_path / "who-copy"), check=True)
+    d = json.loads(cli(srv, "access", "who", "acc-who", "-o", "json", role="auditor", check=True).stdout)
+    grants = [h for h in d["holders"] if h["kind"] == "grant"]
+    assert [(h["principal"], h["grant_id"]) for h in grants] == [("dev-security-team", rid)]
+    assert d["principals"] >= 1
+    text = cli(srv, "access", "who", "acc-who", check=True).stdout
+    assert "dev-security-team" in text and "can obtain plaintext now" in text
+    cli(srv, "access", "revoke", rid, "--reason", "done", check=True)
+    after = json.loads(cli(srv, "access", "who", "acc-who", "-o", "json", check=True).stdout)
+    assert not [h for h in after["holders"] if h["kind"] == "grant"]
+    refused(cli(srv, "access", "who", "acc-who", role="agent"), 4, "")
