@@ -332,6 +332,8 @@ def test_control_plane_loss_fails_closed_and_restart_recovers(fleet: Fleet) -> N
         return True
 
     wait_until(all_halted, LEASE_TTL + SLACK, "every agent to stop its workloads and wipe their plaintext")
+    # The halt's record is written just after its last wipe: wait for it too, not only for its effects.
+    wait_until(lambda: all(ag.status()["last_halt"] for ag in fleet.agents), SLACK, "every agent's halt record")
     for ag in fleet.agents:
         s = ag.status()
         assert s["failed_closed"] and s["failed_closed"].startswith("custody lease expired at"), s
