@@ -16,16 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import connect, duration, load_signer, read_signature_file
+from custos.cli.common import connect, duration, load_signer, read_exported, read_signature_file, write_exported
 from custos.cli.output import Out, table, ts
 from custos.client import access
 from custos.client.session import Client
-from custos.core.access import APPROVAL_DOMAIN, APPROVAL_NAMESPACE, AccessPolicy, AccessRequest
+from custos.core.access import APPROVAL_DOMAIN, APPROVAL_NAMESPACE, GRANT_STATES, AccessPolicy, AccessRequest
 from custos.core.signers import encode_signatures
 from custos.errors import InvalidInput
 from custos.v1 import access_pb2
-
-STATES = ("pending", "active", "expired", "revoked", "applied", "void")
 
 
 def _for(seconds: int) -> str:
@@ -171,24 +169,16 @@ def cmd_export(ns: argparse.Namespace, out: Out) -> int:
     _, body = access.fetch_request(connect(ns), ns.id)
     data = body.signature_input()
     print("\n".join(body.summary()), file=sys.stderr)
+    write_exported(data, ns.file)
     if ns.file:
-        Path(ns.file).write_bytes(data)
         print(f"signature input written to {ns.file}; sign it with custos access sign-file, or "
               f"ssh-keygen -Y sign -n {APPROVAL_NAMESPACE} -f KEY {ns.file}", file=sys.stderr)
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
     return 0
 
 
 def cmd_sign_file(ns: argparse.Namespace, out: Out) -> int:
-    try:
-        data = Path(ns.file).read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {ns.file}: {exc.strerror}") from None
-    if not data.startswith(APPROVAL_DOMAIN):
-        raise InvalidInput(f"{ns.file} is not an exported access request (custos access export)")
-    body = AccessRequest.decode(data[len(APPROVAL_DOMAIN):])
+    body = AccessRequest.decode(read_exported(ns.file, APPROVAL_DOMAIN,
+                                              "an exported access request (custos access export)"))
     print("approving offline:\n" + "\n".join(body.summary()), file=sys.stderr)
     sig = body.sign(load_signer(ns))
     target = Path(ns.out or f"{ns.file}.sig.json")
@@ -373,7 +363,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     pe.add_argument("--model")
     pe.set_defaults(fn=cmd_pending)
     ls = ac.add_parser("list", parents=[common], help="requests and grants")
-    ls.add_argument("--state", action="append", choices=STATES, help="only these states (repeat)")
+    ls.add_argument("--state", action="append", choices=GRANT_STATES, help="only these states (repeat)")
     ls.add_argument("--model")
     ls.set_defaults(fn=cmd_list)
     ap = ac.add_parser("approve", parents=[common], help="approve: sign the request's canonical bytes and submit")

@@ -75,6 +75,27 @@ def load_signer(ns: argparse.Namespace) -> Ed25519PrivateKey:
     return load_private_key(ns.key, read_passphrase(ns))
 
 
+def write_exported(data: bytes, file: str | None) -> None:
+    """Write a signature input for offline signing to ``file``, or to stdout."""
+    if file:
+        Path(file).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def read_exported(path: str, domain: bytes, what: str) -> bytes:
+    """The body of an exported signature input: the file's bytes after ``domain``.
+    Raises InvalidInput (unreadable, or not ``what``)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    if not data.startswith(domain):
+        raise InvalidInput(f"{path} is not {what}")
+    return data[len(domain):]
+
+
 def read_signature_file(path: str) -> list[Signature]:
     """Signatures from a file: an armored SSHSIG (``ssh-keygen -Y sign``; its key id is
     derived from the public key inside) or a canonical signature list (``sign-file``).

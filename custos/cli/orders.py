@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import connect, duration, load_signer, read_passphrase, read_signature_file
+from custos.cli.common import (
+    connect,
+    duration,
+    load_signer,
+    read_exported,
+    read_passphrase,
+    read_signature_file,
+    write_exported,
+)
 from custos.cli.output import Out, table, ts
 from custos.client import orders
 from custos.client.session import Client
@@ -17,7 +25,6 @@ from custos.client.signerkeys import load_private_key
 from custos.core.orders import ORDER_DOMAIN, Order
 from custos.core.reports import time_to_halt_png
 from custos.core.signers import encode_signatures
-from custos.errors import InvalidInput
 from custos.v1 import orders_pb2
 
 
@@ -67,23 +74,12 @@ def cmd_order_sign(ns: argparse.Namespace, out: Out) -> int:
 
 def cmd_order_export(ns: argparse.Namespace, out: Out) -> int:
     _, order = orders.fetch_order(connect(ns), ns.order)
-    data = order.signature_input()
-    if ns.file:
-        Path(ns.file).write_bytes(data)
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+    write_exported(order.signature_input(), ns.file)
     return 0
 
 
 def cmd_order_sign_file(ns: argparse.Namespace, out: Out) -> int:
-    try:
-        data = Path(ns.file).read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {ns.file}: {exc.strerror}") from None
-    if not data.startswith(ORDER_DOMAIN):
-        raise InvalidInput(f"{ns.file} is not an exported order (custos order export)")
-    order = Order.decode(data[len(ORDER_DOMAIN):])
+    order = Order.decode(read_exported(ns.file, ORDER_DOMAIN, "an exported order (custos order export)"))
     print(f"signing offline: {order.action} of {', '.join(order.models)}; reason: {order.reason}", file=sys.stderr)
     sig = order.sign(load_signer(ns))
     target = Path(ns.out or f"{ns.file}.sig.json")

@@ -43,6 +43,9 @@ APPROVAL_NAMESPACE = "custos-access"  # ssh-keygen -Y sign -n custos-access
 REQUEST_ENCODING = 1
 APPROVER_ROLES = ("security-team", "executive")
 ON_EXPIRY = ("stop", "run")
+# A request's states: pending, then active (a grant) or applied (an extension), until it is
+# expired, revoked, or void (a model it reaches was halted before it was approved).
+GRANT_STATES = ("pending", "active", "expired", "revoked", "applied", "void")
 MIN_LIFETIME = 60
 MAX_LIFETIME = 7 * 24 * 3600
 MAX_PENDING = 7 * 24 * 3600  # a request is approved within a week or asked again

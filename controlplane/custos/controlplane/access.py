@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from custos.controlplane.audit import Caller, Plan
+from custos.controlplane.audit import SYSTEM, Caller, Plan
 from custos.controlplane.registry import ArtifactRecord, Registry
 from custos.controlplane.store.base import Entry, Txn
 from custos.core.access import (
@@ -43,7 +43,7 @@ from custos.core.access import (
     judge_approval,
 )
 from custos.core.canonical import decode_canonical, encode_canonical
-from custos.core.names import HEX64, MODEL_NAME
+from custos.core.names import MODEL_NAME
 from custos.core.signers import Signature
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
 
@@ -52,7 +52,6 @@ APPROVERS = "access/approvers/"
 REQUESTS = "access/requests/"
 GRANTEES = "access/grantee/"
 NS = 1_000_000_000
-STATES = ("pending", "active", "expired", "revoked", "applied", "void")
 
 
 _WHY = {"void": " (a model it reaches was halted since it was made; ask again)"}
@@ -80,17 +79,21 @@ def model_epoch(model_record: Mapping[str, Any]) -> int:
     return int(model_record.get("access_epoch", 0))
 
 
+def _halted_since(recorded: Mapping[str, int], epochs: Mapping[str, int] | None) -> bool:
+    return epochs is not None and any(epochs.get(m, 0) != e for m, e in recorded.items())
+
+
 def effective_state(rec: Mapping[str, Any], now_ns: int, epochs: Mapping[str, int] | None = None) -> str:
-    """A record's state now: ``pending`` and ``active`` lapse by time; an active grant whose
-    models were halted since (their epoch moved) is ``revoked``."""
+    """A record's state now: ``pending`` and ``active`` lapse by time; given the models' current
+    ``epochs``, a pending request whose models were halted since is ``void``, an active grant ``revoked``."""
     state = rec["state"]
-    if state == "pending" and now_ns >= rec["expires_ns"]:
-        return "expired"
-    if state == "pending" and epochs is not None and any(
-            epochs.get(m, 0) != e for m, e in rec.get("request_epochs", {}).items()):
-        return "void"
+    if state == "pending":
+        if now_ns >= rec["expires_ns"]:
+            return "expired"
+        if _halted_since(rec.get("request_epochs", {}), epochs):
+            return "void"
     if state == "active":
-        if epochs is not None and any(epochs.get(m, 0) != e for m, e in rec["epochs"].items()):
+        if _halted_since(rec["epochs"], epochs):
             return "revoked"
         if now_ns >= rec["not_after_ns"]:
             return "expired"
@@ -167,8 +170,6 @@ class AccessService:
 
     async def ensure_approver(self, approver: Approver) -> None:
         """Dev mode: register ``approver`` unless one of that name exists."""
-        from custos.controlplane.audit import SYSTEM
-
         if await self.store.get(f"{APPROVERS}{approver.name}") is None:
             try:
                 await self.add_approver(SYSTEM, approver)
@@ -196,16 +197,28 @@ class AccessService:
             raise FailedPrecondition(f"model {model} has no stored artifact to grant access to")
         return sorted(r.id for r in stored), sorted({r.model for r in stored})
 
-    async def _strictest(self, models: Sequence[str]) -> tuple[AccessPolicy, dict[str, int]]:
-        """The policy a request over ``models`` must meet: the most approvals any asks for,
-        the shortest lifetime; the role of the requested model. Returns also the policy revisions."""
-        policies: list[AccessPolicy] = []
-        revs: dict[str, int] = {}
-        for m in models:
-            p, entry, _ = await self.policy(m)
-            policies.append(p)
-            revs[f"{POLICIES}{m}"] = entry.mod_revision if entry else 0
-        return strictest(policies), revs
+    async def lineage_policy(self, model: str, artifacts: Sequence[str],
+                             model_record: Mapping[str, Any] | None = None) -> tuple[AccessPolicy, dict[str, int]]:
+        """The policy ``artifacts`` of ``model`` are under: the strictest of the policies of their
+        models and of every model they derive from (``strictest``, ``model``'s first), and the
+        revisions of those policy records (0: absent, the model's default). Reads only.
+        Raises NotFound (a model of the lineage is gone), AccessError."""
+        models = [model, *[m for m in await self.lineage_models(artifacts) if m != model]]
+        keys = [f"{POLICIES}{m}" for m in models]
+        found = await self.store.get_many(keys)
+        records = {model: model_record} if model_record is not None else {}
+        missing = [f"models/{m}" for m in models if f"{POLICIES}{m}" not in found and m not in records]
+        for k, e in (await self.store.get_many(missing)).items():
+            records[k[len("models/"):]] = decode_canonical(e.value)
+        policies = []
+        for m, k in zip(models, keys, strict=True):
+            if k in found:
+                policies.append(AccessPolicy.from_json(decode_canonical(found[k].value)["policy"]))
+            elif m in records:
+                policies.append(default_policy(covered=bool(records[m]["covered"])))
+            else:
+                raise NotFound(f"model {m!r} not found")
+        return strictest(policies), {k: found[k].mod_revision if k in found else 0 for k in keys}
 
     async def _check_active_models(self, models: Sequence[str]) -> dict[str, tuple[int, int]]:
         """model -> (record revision, access epoch). Raises FailedPrecondition for a model not active."""
@@ -239,11 +252,9 @@ class AccessService:
             elif caller.role == "agent":
                 raise Unauthorized("an agent may only ask to extend a grant its host holds")
             else:
-                _, _ = await self._model(model)
                 p, _, _ = await self.policy(model)
                 artifacts, models = await self._resolve(model, art, p)
-            lineage = await self.lineage_models(artifacts)
-            policy, _ = await self._strictest([model, *[m for m in lineage if m != model]])
+            policy, _ = await self.lineage_policy(model, artifacts)
             if duration_s > policy.max_lifetime_s:
                 raise AccessError(f"--for {duration_s}s is longer than the policy allows ({policy.max_lifetime_s}s)")
             at_request = await self._check_active_models(models)
@@ -293,21 +304,20 @@ class AccessService:
         return view(rec, self.clock(), await self._epochs(rec))
 
     async def _epochs(self, rec: Mapping[str, Any]) -> dict[str, int]:
-        out = {}
-        for m in {*rec["epochs"], *rec.get("request_epochs", {})}:
-            entry = await self.store.get(f"models/{m}")
-            out[m] = model_epoch(decode_canonical(entry.value)) if entry else -1
-        return out
+        """The current access epoch of each model ``rec`` recorded one for (-1: model gone)."""
+        names = sorted({*rec["epochs"], *rec.get("request_epochs", {})})
+        found = await self.store.get_many([f"models/{m}" for m in names])
+        return {m: model_epoch(decode_canonical(found[f"models/{m}"].value)) if f"models/{m}" in found else -1
+                for m in names}
 
     async def list_requests(self, *, states: Sequence[str] = (), model: str = "") -> list[dict[str, Any]]:
         now = self.clock()
+        epochs = {m["name"]: model_epoch(m) for m in await self.registry.list_models()}  # once, not per record
         out = []
         for e in await self.store.range(REQUESTS):
             rec = decode_canonical(e.value)
-            if model and model not in AccessRequest.decode(rec["body"].encode()).models:
-                continue
-            v = view(rec, now, await self._epochs(rec) if rec["state"] in ("active", "pending") else None)
-            if states and v["state"] not in states:
+            v = view(rec, now, epochs)
+            if (model and model not in v["models"]) or (states and v["state"] not in states):
                 continue
             out.append(v)
         return sorted(out, key=lambda v: v["created_ns"])
@@ -329,8 +339,7 @@ class AccessService:
                 raise FailedPrecondition(f"access request {rid[:16]} is {state}{_WHY.get(state, '')}: "
                                          "nothing to approve")
             req = AccessRequest.decode(rec["body"].encode())
-            lineage = await self.lineage_models(req.artifacts)
-            policy, policy_revs = await self._strictest([req.model, *[m for m in lineage if m != req.model]])
+            policy, policy_revs = await self.lineage_policy(req.model, req.artifacts)
             approvers = await self.approvers()
             approval = Approval(key_id=signature.key_id, sig=signature.sig, principal=caller.principal,
                                 role=caller.role, cert_sha256=caller.cert_sha256, at_ns=now)
@@ -432,8 +441,7 @@ class AccessService:
                 raise AccessError("break-glass does not extend grants: make a new request")
             if req.duration_s > BREAK_GLASS_MAX:
                 raise AccessError(f"a break-glass grant lasts at most {BREAK_GLASS_MAX}s; ask for less (--for)")
-            lineage = await self.lineage_models(req.artifacts)
-            policy, revs = await self._strictest([req.model, *[m for m in lineage if m != req.model]])
+            policy, revs = await self.lineage_policy(req.model, req.artifacts)
             if not policy.break_glass:
                 raise FailedPrecondition(f"the access policy of {req.model} does not allow break-glass")
             approvers = await self.approvers()
@@ -474,21 +482,7 @@ class AccessService:
         (the policy records, the grant), and the grant used (None when no policy in the
         artifact's lineage requires one: a derivative of a model under the two-person rule is
         under it too). Reads only. Raises NoGrant."""
-        models = await self.lineage_models([artifact.id])
-        keys = [f"{POLICIES}{m}" for m in models]
-        found = await self.store.get_many(keys)
-        deps = {k: found[k].mod_revision if k in found else 0 for k in keys}
-        policies = []
-        for m in models:
-            entry = found.get(f"{POLICIES}{m}")
-            if entry is not None:
-                policies.append(AccessPolicy.from_json(decode_canonical(entry.value)["policy"]))
-            elif m == artifact.model:
-                policies.append(default_policy(covered=bool(model_record["covered"])))
-            else:
-                _, rec = await self._model(m)
-                policies.append(default_policy(covered=bool(rec["covered"])))
-        policy = strictest(policies)
+        policy, deps = await self.lineage_policy(artifact.model, [artifact.id], model_record)
         if not policy.required:
             return deps, None
         grantee = f"h:{caller.principal}" if caller.role == "agent" else f"p:{caller.principal}"
@@ -564,7 +558,3 @@ def view(rec: Mapping[str, Any], now_ns: int, epochs: Mapping[str, int] | None =
         "revoked": rec["revoked"], "state": effective_state(rec, now_ns, epochs),
         "approver_role": rec["policy"]["approver_role"], "summary": req.summary(),
     }
-
-
-def is_request_id(text: str) -> bool:
-    return bool(HEX64.match(text))

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from custos.controlplane.access import AccessService
+from custos.controlplane.access import AccessService, view
 from custos.controlplane.audit import current_caller
 from custos.core.access import AccessError, AccessPolicy, Approver
 from custos.core.signers import Signature, SignerKey
@@ -87,8 +87,6 @@ class AccessServicer(access_pb2_grpc.AccessServicer):
 
     async def Request(self, req: access_pb2.RequestAccessRequest,
                       ctx: grpc.aio.ServicerContext) -> access_pb2.AccessGrantResponse:
-        from custos.controlplane.access import view
-
         rec = await self.a.request(current_caller.get(), model=req.model, artifact=req.artifact_id,
                                    principal=req.principal, hosts=list(req.hosts),
                                    duration_s=req.duration_seconds, reason=req.reason,

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from custos.controlplane.access import REQUESTS
 from custos.controlplane.registry import copy_id
 from custos.controlplane.rules.config import RulesConfig
 from custos.controlplane.store.base import MAX_TXN_OPS, Store, Txn
@@ -216,7 +217,7 @@ class RulesEngine:
         used = [e for e in events if is_break_glass(e)]
         if not used or not self.config.enabled("access-break-glass"):
             return []
-        keys = [f"access/requests/{e.object[len('access/'):]}" for e in used]
+        keys = [f"{REQUESTS}{e.object[len('access/'):]}" for e in used]
         requests: dict[str, dict[str, Any]] = {}
         for key, entry in (await self.store.get_many(keys)).items():
             rec = decode_canonical(entry.value)
