@@ -476,6 +476,39 @@ class AccessService:
         recs = await self.store.get_many([f"artifacts/{a}" for a in ids])
         return sorted({decode_canonical(e.value)["model"] for e in recs.values()})
 
+    async def _unproven(self, rec: Mapping[str, Any], artifact: str, grantee: str, policy: AccessPolicy,
+                        approvers: Sequence[Approver]) -> str:
+        """Why the signed request and approvals in ``rec`` do not prove an active grant of
+        ``artifact`` to ``grantee`` under ``policy`` (``""`` if they do): the body hashes to the
+        record's id and names both; the approvals count as the policy asks now (break-glass: the
+        requester's own signature, within BREAK_GLASS_MAX); ``not_after`` lies within what the
+        signed bodies allow (the request's, or an approved extension's, deadline plus duration)."""
+        body = AccessRequest.decode(rec["body"].encode())
+        if body.id != rec["id"] or artifact not in body.artifacts or grantee not in body.grantee.keys():
+            return "does not match its signed request"
+        approvals = [Approval.from_json(a) for a in rec["approvals"]]
+        if rec["break_glass"]:
+            owner = next((a for a in approvers if body.requester in a.principals), None)
+            key = owner.key(approvals[0].key_id) if owner is not None and len(approvals) == 1 else None
+            if (key is None or approvals[0].principal != body.requester or body.duration_s > BREAK_GLASS_MAX
+                    or key.verify(approvals[0].sig, body.signature_input(), namespace=APPROVAL_NAMESPACE)):
+                return "is break-glass without the requester's own signature"
+        elif not count_approvals(body, approvals, approvers, policy).ok:
+            return (f"has fewer approvals than the policy now asks ({policy.approvals} by {policy.approver_role}, "
+                    "each a valid signature over this request)")
+        limit = (body.expires_at + body.duration_s) * NS
+        if rec["not_after_ns"] > limit:
+            for ext_id in rec.get("extended_by", []):
+                entry = await self.store.get(f"{REQUESTS}{ext_id}")
+                ext = json.loads(entry.value) if entry is not None else None
+                if ext is None:
+                    continue
+                ebody = AccessRequest.decode(ext["body"].encode())
+                if (ebody.id == ext_id and ebody.extends == rec["id"] and count_approvals(
+                        ebody, [Approval.from_json(a) for a in ext["approvals"]], approvers, policy).ok):
+                    limit = max(limit, (ebody.expires_at + ebody.duration_s) * NS)
+        return "lasts longer than its signed requests allow" if rec["not_after_ns"] > limit else ""
+
     async def release_grant(self, caller: Caller, artifact: ArtifactRecord,
                             model_record: Mapping[str, Any]) -> tuple[dict[str, int], GrantUse | None]:
         """What a key release of ``artifact`` to ``caller`` depends on: Store key -> revision
@@ -493,31 +526,34 @@ class AccessService:
         ids = [e.key.rsplit("/", 1)[1] for e in index if needle in e.value]
         now = self.clock()
         epoch = model_epoch(model_record)
-        best: GrantUse | None = None
         why = "no grant names it"
+        candidates: list[tuple[dict[str, Any], str, int]] = []
         recs = await self.store.get_many([f"{REQUESTS}{i}" for i in ids])
         for k, entry in recs.items():
             rec = json.loads(entry.value)  # written by this service in canonical form; read on every unwrap
             state = effective_state(rec, now)
             if state != "active":
                 why = f"grant {rec['id'][:16]} is {state}"
-                continue
-            if rec["epochs"].get(artifact.model) != epoch:
+            elif rec["epochs"].get(artifact.model) != epoch:
                 why = f"grant {rec['id'][:16]} was revoked by a halt of {artifact.model}"
-                continue
-            granted = AccessPolicy.from_json(rec["policy"])
-            if rec["model"] != artifact.model and not policy.derivatives:
+            elif rec["model"] != artifact.model and not policy.derivatives:
                 why = f"grant {rec['id'][:16]} is for {rec['model']}; the policy does not extend it to derivatives"
-                continue
-            if not rec["break_glass"] and (len(rec["counted"]) < policy.approvals
-                                           or granted.approver_role != policy.approver_role):
-                why = f"grant {rec['id'][:16]} has fewer approvals than {artifact.model}'s policy now asks"
-                continue
-            if rec["break_glass"] and not policy.break_glass:
+            elif rec["break_glass"] and not policy.break_glass:
                 why = f"grant {rec['id'][:16]} is break-glass and {artifact.model}'s policy no longer allows it"
+            else:
+                candidates.append((rec, k, entry.mod_revision))
+        # The longest-lived grant that its own signatures still prove: the record alone is not
+        # trusted (an edited Store could mark anything active), the signed request and approvals are.
+        best: GrantUse | None = None
+        approvers: list[Approver] | None = None
+        for rec, k, rev in sorted(candidates, key=lambda c: -int(c[0]["not_after_ns"])):
+            approvers = approvers if approvers is not None else await self.approvers()
+            unproven = await self._unproven(rec, artifact.id, grantee, policy, approvers)
+            if unproven:
+                why = f"grant {rec['id'][:16]} {unproven}"
                 continue
-            if best is None or rec["not_after_ns"] > best.not_after_ns:
-                best = GrantUse(rec["id"], rec["not_after_ns"], granted.on_expiry, k, entry.mod_revision)
+            best = GrantUse(rec["id"], rec["not_after_ns"], rec["policy"]["on_expiry"], k, rev)
+            break
         if best is None:
             who = f"host {caller.principal}" if caller.role == "agent" else f"principal {caller.principal}"
             raise NoGrant(f"no active access grant for {who} on artifact {artifact.id[:12]} of model "

@@ -33,6 +33,7 @@ from custos.controlplane.keys.broker import KeyBroker
 from custos.controlplane.orders import OrdersService
 from custos.controlplane.pki import CertificateAuthority
 from custos.controlplane.registry import Registry
+from custos.controlplane.store.base import Txn
 from custos.controlplane.store.sqlite import SQLiteStore
 from custos.core.access import AccessError, AccessPolicy, AccessRequest, Approver
 from custos.core.hosts import cert_fingerprint
@@ -394,12 +395,50 @@ async def agent_extension_of_anothers_grant(p: Plane) -> None:
     assert (await p.access.get(ext["id"]))["state"] == "applied"
 
 
+async def edited_store(p: Plane) -> None:
+    """Someone who can write the Store, but holds no approver's key, marks grants active."""
+    import json as _json
+
+    from custos.core.canonical import encode_canonical
+
+    m, aid = await p.model()
+    model = _json.loads((await p.store.get(f"models/{m}")).value)  # type: ignore[union-attr]
+
+    async def forge(rid: str, **changes: Any) -> None:
+        key = f"access/requests/{rid}"
+        rec = {**_json.loads((await p.store.get(key)).value), **changes}  # type: ignore[union-attr]
+        await p.store.commit(Txn(puts={key: encode_canonical(rec),
+                                       "access/grantee/p:carol/" + rid: encode_canonical({"artifacts": [aid]})}))
+
+    now = p.clock()
+    pending = await p.ask(m, by="bob", principal="carol")
+    await forge(pending, state="active", activated_at_ns=now, not_after_ns=now + 600 * NS,
+                epochs={m: model.get("access_epoch", 0)}, counted=["alice"])
+    await refused(p.unwrap(person("carol"), aid), NoGrant, "fewer approvals", "valid signature")
+    # A real approval moved onto another request does not prove it either.
+    real = await p.ask(m, by="bob", principal="carol")
+    approved = await p.approve(real, "alice")
+    await p.access.revoke(person("bob"), real, "moved")
+    other = await p.ask(m, by="bob", principal="carol")
+    await forge(other, state="active", activated_at_ns=now, not_after_ns=now + 600 * NS,
+                epochs={m: model.get("access_epoch", 0)}, counted=["alice"], approvals=approved["approvals"])
+    await refused(p.unwrap(person("carol"), aid), NoGrant, "fewer approvals", "valid signature")
+    for forged in (pending, other):
+        await p.access.revoke(person("bob"), forged, "forged")
+    # A real grant made to last past what its signed request allows.
+    good = await p.ask(m, by="bob", principal="carol", duration_s=600)
+    g = await p.approve(good, "alice")
+    await p.unwrap(person("carol"), aid)
+    await forge(good, not_after_ns=g["not_after_ns"] + 365 * 86400 * NS)
+    await refused(p.unwrap(person("carol"), aid), NoGrant, "lasts longer than its signed requests allow")
+
+
 CASES: dict[str, Case] = {f.__name__: f for f in (
     self_approval, same_approver_twice, same_person_two_certificates, key_under_someone_elses_certificate,
     wrong_role, grantee_approves_own_access, replayed_signature, expired_grant, host_a_grant_used_from_host_b,
     artifact_x_used_for_y, base_grant_for_fine_tune_per_policy, grant_after_halt, revoked_grant,
     zero_approval_policy_on_covered_model, policy_tightened_after_grant, break_glass_rules,
-    agent_extension_of_anothers_grant)}
+    agent_extension_of_anothers_grant, edited_store)}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
