@@ -80,7 +80,9 @@ class Answer:
 def exchange(port: int, raw: bytes, *, half_close: bool = True) -> Answer:
     """Send ``raw`` to the probe port, read everything it answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        with contextlib.suppress(ConnectionError):
+        # A server that answers at once (503 busy) and closes may be gone before the half-close:
+        # ENOTCONN is an OSError, not a ConnectionError. Its answer is still read below.
+        with contextlib.suppress(ConnectionError, OSError):
             sock.sendall(raw)
             if half_close:
                 sock.shutdown(socket.SHUT_WR)
