@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Host(_message.Message):
-    __slots__ = ("name", "state", "labels", "lease_expires_unix_ns", "lease_state", "last_report_unix_ns", "enrolled_at_unix_ns", "cert_fingerprint", "files", "processes")
+    __slots__ = ("name", "state", "labels", "lease_expires_unix_ns", "lease_state", "last_report_unix_ns", "enrolled_at_unix_ns", "cert_fingerprint", "files", "processes", "guard")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Host(_message.Message):
     CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     labels: _containers.ScalarMap[str, str]
@@ -35,7 +36,8 @@ class Host(_message.Message):
     cert_fingerprint: str
     files: int
     processes: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., lease_expires_unix_ns: _Optional[int] = ..., lease_state: _Optional[str] = ..., last_report_unix_ns: _Optional[int] = ..., enrolled_at_unix_ns: _Optional[int] = ..., cert_fingerprint: _Optional[str] = ..., files: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...
+    guard: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., lease_expires_unix_ns: _Optional[int] = ..., lease_state: _Optional[str] = ..., last_report_unix_ns: _Optional[int] = ..., enrolled_at_unix_ns: _Optional[int] = ..., cert_fingerprint: _Optional[str] = ..., files: _Optional[int] = ..., processes: _Optional[int] = ..., guard: _Optional[str] = ...) -> None: ...
 
 class AddHostRequest(_message.Message):
     __slots__ = ("name", "labels", "token_ttl_seconds")
@@ -207,20 +209,24 @@ class ProcessRecord(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., user: _Optional[str] = ..., cmdline: _Optional[str] = ..., start_time_unix_ns: _Optional[int] = ..., cgroup: _Optional[str] = ..., container_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., how: _Optional[str] = ..., workload_id: _Optional[str] = ...) -> None: ...
 
 class Inventory(_message.Message):
-    __slots__ = ("full", "files", "removed_paths", "processes", "problems", "managed_roots")
+    __slots__ = ("full", "files", "removed_paths", "processes", "problems", "managed_roots", "guard", "canary_paths")
     FULL_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     REMOVED_PATHS_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     MANAGED_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PATHS_FIELD_NUMBER: _ClassVar[int]
     full: bool
     files: _containers.RepeatedCompositeFieldContainer[FileRecord]
     removed_paths: _containers.RepeatedScalarFieldContainer[str]
     processes: _containers.RepeatedCompositeFieldContainer[ProcessRecord]
     problems: _containers.RepeatedScalarFieldContainer[str]
     managed_roots: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, full: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[FileRecord, _Mapping]]] = ..., removed_paths: _Optional[_Iterable[str]] = ..., processes: _Optional[_Iterable[_Union[ProcessRecord, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., managed_roots: _Optional[_Iterable[str]] = ...) -> None: ...
+    guard: str
+    canary_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, full: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[FileRecord, _Mapping]]] = ..., removed_paths: _Optional[_Iterable[str]] = ..., processes: _Optional[_Iterable[_Union[ProcessRecord, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., managed_roots: _Optional[_Iterable[str]] = ..., guard: _Optional[str] = ..., canary_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_unix_ns",)
@@ -229,7 +235,7 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_unix_ns: _Optional[int] = ...) -> None: ...
 
 class OrderAck(_message.Message):
-    __slots__ = ("order_id", "verified", "outcome", "reason", "pids_stopped", "paths_wiped", "remaining", "received_unix_ns", "done_unix_ns", "would_stop")
+    __slots__ = ("order_id", "verified", "outcome", "reason", "pids_stopped", "paths_wiped", "remaining", "received_unix_ns", "done_unix_ns", "would_stop", "evidence", "evidence_signature", "host_certificate")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +246,9 @@ class OrderAck(_message.Message):
     RECEIVED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     DONE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     WOULD_STOP_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    HOST_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     verified: bool
     outcome: str
@@ -250,17 +259,90 @@ class OrderAck(_message.Message):
     received_unix_ns: int
     done_unix_ns: int
     would_stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, order_id: _Optional[str] = ..., verified: _Optional[bool] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., pids_stopped: _Optional[_Iterable[int]] = ..., paths_wiped: _Optional[_Iterable[str]] = ..., remaining: _Optional[_Iterable[str]] = ..., received_unix_ns: _Optional[int] = ..., done_unix_ns: _Optional[int] = ..., would_stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    evidence: bytes
+    evidence_signature: bytes
+    host_certificate: bytes
+    def __init__(self, order_id: _Optional[str] = ..., verified: _Optional[bool] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., pids_stopped: _Optional[_Iterable[int]] = ..., paths_wiped: _Optional[_Iterable[str]] = ..., remaining: _Optional[_Iterable[str]] = ..., received_unix_ns: _Optional[int] = ..., done_unix_ns: _Optional[int] = ..., would_stop: _Optional[_Iterable[str]] = ..., evidence: _Optional[bytes] = ..., evidence_signature: _Optional[bytes] = ..., host_certificate: _Optional[bytes] = ...) -> None: ...
+
+class AccessEvent(_message.Message):
+    __slots__ = ("kind", "mode", "pid", "exe", "exe_sha256", "user", "cgroup", "container_id", "cmdline", "path", "sha256", "artifact_id", "canary_id", "at_unix_ns", "detail")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    EXE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    CANARY_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    mode: str
+    pid: int
+    exe: str
+    exe_sha256: str
+    user: str
+    cgroup: str
+    container_id: str
+    cmdline: str
+    path: str
+    sha256: str
+    artifact_id: str
+    canary_id: str
+    at_unix_ns: int
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., mode: _Optional[str] = ..., pid: _Optional[int] = ..., exe: _Optional[str] = ..., exe_sha256: _Optional[str] = ..., user: _Optional[str] = ..., cgroup: _Optional[str] = ..., container_id: _Optional[str] = ..., cmdline: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., artifact_id: _Optional[str] = ..., canary_id: _Optional[str] = ..., at_unix_ns: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class CanaryFile(_message.Message):
+    __slots__ = ("path", "size", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class CanaryPlanted(_message.Message):
+    __slots__ = ("canary_id", "dir", "files", "error")
+    CANARY_ID_FIELD_NUMBER: _ClassVar[int]
+    DIR_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    canary_id: str
+    dir: str
+    files: _containers.RepeatedCompositeFieldContainer[CanaryFile]
+    error: str
+    def __init__(self, canary_id: _Optional[str] = ..., dir: _Optional[str] = ..., files: _Optional[_Iterable[_Union[CanaryFile, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PlantCanary(_message.Message):
+    __slots__ = ("canary_id", "path", "model")
+    CANARY_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    canary_id: str
+    path: str
+    model: str
+    def __init__(self, canary_id: _Optional[str] = ..., path: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("inventory", "heartbeat", "ack")
+    __slots__ = ("inventory", "heartbeat", "ack", "access", "canary")
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
     inventory: Inventory
     heartbeat: Heartbeat
     ack: OrderAck
-    def __init__(self, inventory: _Optional[_Union[Inventory, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[OrderAck, _Mapping]] = ...) -> None: ...
+    access: AccessEvent
+    canary: CanaryPlanted
+    def __init__(self, inventory: _Optional[_Union[Inventory, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[OrderAck, _Mapping]] = ..., access: _Optional[_Union[AccessEvent, _Mapping]] = ..., canary: _Optional[_Union[CanaryPlanted, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("expires_unix_ns", "ttl_seconds")
@@ -299,14 +381,16 @@ class OrderSignature(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("lease", "order", "notice")
+    __slots__ = ("lease", "order", "notice", "plant_canary")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    PLANT_CANARY_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     order: SignedOrder
     notice: str
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., order: _Optional[_Union[SignedOrder, _Mapping]] = ..., notice: _Optional[str] = ...) -> None: ...
+    plant_canary: PlantCanary
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., order: _Optional[_Union[SignedOrder, _Mapping]] = ..., notice: _Optional[str] = ..., plant_canary: _Optional[_Union[PlantCanary, _Mapping]] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("id", "rule", "severity", "model", "artifact_id", "host", "detail", "at_unix_ns", "state")
