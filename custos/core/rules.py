@@ -71,6 +71,15 @@ RULES: Mapping[str, RuleSpec] = {r.name: r for r in (
              "a break-glass access grant was activated: weights released without a second approver"),
     RuleSpec("access-holders-over-cap", "c3", "medium", "access",
              "more principals, hosts and Vault policies can reach a model's weights than the configured cap"),
+    RuleSpec("open-denied", "c2", "high", "custody",
+             "a process outside the custody policy tried to open a protected plaintext file; the kernel "
+             "refused it (raised by custody from the agent's fanotify guard)"),
+    RuleSpec("weights-read", "c2", "high", "custody",
+             "a process outside the custody policy opened or read registered weights on a scan root "
+             "(raised by custody from the agent's fanotify notifications)"),
+    RuleSpec("canary-opened", "c2", "high", "custody",
+             "a canary (decoy weight file) was opened: someone is looking for weights where none should be "
+             "read (raised by custody)"),
 )}
 
 
