@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,17 @@ async def store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[objec
         s = EtcdStore(server.endpoint, prefix=f"/t{os.getpid()}-{_prefix_counter}/")
     yield s
     await s.close()  # type: ignore[attr-defined]
+
+
+_E2E = Path(__file__).parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every end-to-end test is in the slow group (before ``-m`` deselects)."""
+    for item in items:
+        if item.path.is_relative_to(_E2E):
+            item.add_marker(pytest.mark.slow)
 
 
 _skipped: list[str] = []
