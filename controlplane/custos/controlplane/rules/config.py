@@ -72,6 +72,9 @@ _RULE_KEYS: Mapping[str, frozenset[str]] = {
                                        "exclude_policies", "paths", "key_prefix"}),
     "access_break_glass": frozenset(),
     "access_holders_over_cap": frozenset({"cap", "interval_s"}),
+    "open_denied": frozenset(),
+    "weights_read": frozenset(),
+    "canary_opened": frozenset(),
 }
 _TOP_KEYS = frozenset({"interval_s", "correlation_window_s", "attribution_lookback_s"})
 _ROLES = ("security-team", "agent", "executive", "auditor", "admin", "system")
