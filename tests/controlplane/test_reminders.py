@@ -55,7 +55,7 @@ def delivered(plane: Plane, receiver: Receiver) -> list[tuple[str, dict[str, Any
     seen: set[str] = set()
     for headers, body in receiver.requests:
         verify_webhook(SECRET, body, headers, seen=seen)
-        out.append((headers["X-Custos-Event"], json.loads(body)))
+        out.append((headers["x-custos-event"], json.loads(body)))
     receiver.requests.clear()
     return out
 

@@ -1,30 +1,34 @@
 """Notifications of incidents, access requests and orders: a log sink and signed webhooks,
-from a durable outbox.
+from a durable outbox, with one delivery queue per sink.
 
 An incident change and its notification are written in one Store transaction
 (``notify/outbox/{time}-{id}``), so a notification is never lost to a crash
-and never sent for a change that did not happen. The dispatcher delivers each
-outbox entry to every configured sink and deletes it once all have it.
+and never sent for a change that did not happen. Each sink has its own
+delivery loop over the outbox: it delivers, in order, the entries still pending
+for it and takes itself off each one; an entry is deleted once no sink is
+pending. A dead or slow sink backs off on its own and never delays another.
 
-Webhook: ``POST`` of the JSON body with
+Webhooks follow Standard Webhooks (https://www.standardwebhooks.com, the
+``standardwebhooks`` package signs and verifies): a ``POST`` of the JSON body with
 
     Content-Type: application/json
-    X-Custos-Event: one of EVENT_KINDS (incident.opened, access.requested, order.proposed, ...)
-    X-Custos-Delivery: <id, the same on every retry>
-    X-Custos-Timestamp: <Unix seconds of this attempt>
-    X-Custos-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<delivery>." || body)>
+    webhook-id: <the delivery id, the same on every retry>
+    webhook-timestamp: <Unix seconds of this attempt>
+    webhook-signature: v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>." || body)>
+    X-Custos-Event: one of EVENT_KINDS (also the body's "type", which is signed)
 
-A receiver recomputes the signature (``verify_webhook``), rejects timestamps
-older than its tolerance (replay) and remembers delivery ids within it
-(duplicates: delivery is at least once). 5xx, 408, 429 and connection errors
-are retried with exponential backoff; other 4xx are not (the receiver refuses).
+The secret file holds a ``whsec_<base64>`` secret (or, as before, raw bytes of
+at least 16). A receiver verifies with ``standardwebhooks.Webhook(secret).verify``
+(``verify_webhook`` here), which rejects timestamps more than five minutes off
+(replay), and remembers delivery ids within that window (duplicates: delivery
+is at least once). 5xx, 408, 429 and connection errors are retried with
+exponential backoff; other 4xx are not (the receiver refuses).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import base64
 import json
 import logging
 import re
@@ -35,8 +39,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, MutableSet
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from custos.controlplane.periodic import pause, safe
 from custos.controlplane.store.base import Store, Txn
@@ -151,9 +158,11 @@ def parse_notify_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None 
             raise InvalidInput(f"{where}: secret_file is required (the HMAC key that signs every delivery)")
         p = Path(sf) if Path(sf).is_absolute() else (base_dir or Path.cwd()) / sf
         try:
-            secret = p.read_bytes().strip()
+            secret = webhook_secret(p.read_bytes())
         except OSError as exc:
             raise InvalidInput(f"{where}: cannot read secret_file {p}: {exc.strerror}") from None
+        except ValueError:
+            raise InvalidInput(f"{where}: the whsec_ secret in {p} is not base64") from None
         if len(secret) < 16:
             raise InvalidInput(f"{where}: the secret in {p} is too short (at least 16 bytes)")
         attempts = h.get("max_attempts", 5)
@@ -180,35 +189,36 @@ def parse_notify_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None 
 # -- signatures ------------------------------------------------------------------------
 
 
-def _signed_input(timestamp: int, delivery: str, body: bytes) -> bytes:
-    return f"{timestamp}.{delivery}.".encode() + body
+def webhook_secret(raw: bytes) -> bytes:
+    """The HMAC key in a secret file: ``whsec_<base64>`` (Standard Webhooks) decoded, or the raw
+    bytes. Raises ValueError (not base64)."""
+    raw = raw.strip()
+    if raw.startswith(b"whsec_"):
+        return base64.b64decode(raw[len(b"whsec_"):] + b"==", validate=False)
+    return raw
 
 
 def sign_webhook(secret: bytes, *, timestamp: int, delivery: str, body: bytes) -> str:
-    """The ``X-Custos-Signature`` value."""
-    return "v1=" + hmac.new(secret, _signed_input(timestamp, delivery, body), hashlib.sha256).hexdigest()
+    """The ``webhook-signature`` value (Standard Webhooks ``v1,<base64>``)."""
+    return Webhook(secret).sign(delivery, datetime.fromtimestamp(timestamp, tz=UTC), body.decode())
 
 
-def verify_webhook(secret: bytes, body: bytes, headers: Mapping[str, str], *, now: int | None = None,
-                   tolerance_s: int = 300, seen: MutableSet[str] | None = None) -> str:
-    """Check a delivery as a receiver should. Returns its delivery id.
+def verify_webhook(secret: bytes, body: bytes, headers: Mapping[str, str], *,
+                   seen: MutableSet[str] | None = None) -> str:
+    """Check a delivery as a receiver should, with the Standard Webhooks verifier. Returns its
+    delivery id (``webhook-id``).
 
-    Raises IntegrityError: a missing or bad signature, a timestamp outside the
-    tolerance (a replay, or a clock off by too much), or a delivery id already
-    in ``seen`` (a replay within the tolerance; the id is added otherwise).
+    Raises IntegrityError: missing headers, a bad signature, a timestamp more than five
+    minutes off (a replay, or a clock off by too much), or a delivery id already in
+    ``seen`` (a replay within the window; the id is added otherwise).
     """
-    h = {k.lower(): v for k, v in headers.items()}
     try:
-        ts = int(h["x-custos-timestamp"])
-        delivery = h["x-custos-delivery"]
-        sig = h["x-custos-signature"]
-    except (KeyError, ValueError):
-        raise IntegrityError("webhook: missing or malformed X-Custos-Timestamp/-Delivery/-Signature") from None
-    want = sign_webhook(secret, timestamp=ts, delivery=delivery, body=body)
-    if not hmac.compare_digest(want, sig):
-        raise IntegrityError("webhook: bad signature")
-    if abs((int(time.time()) if now is None else now) - ts) > tolerance_s:
-        raise IntegrityError(f"webhook: timestamp {ts} outside the {tolerance_s}s tolerance (replayed?)")
+        Webhook(secret).verify(body, dict(headers), json_parse=False)
+    except WebhookVerificationError as exc:
+        raise IntegrityError(f"webhook: {exc}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise IntegrityError("webhook: malformed webhook-signature or body") from None
+    delivery = {k.lower(): v for k, v in headers.items()}["webhook-id"]
     if seen is not None:
         if delivery in seen:
             raise IntegrityError(f"webhook: delivery {delivery} already received (replayed)")
@@ -248,9 +258,9 @@ class WebhookSink:
     def _post(self, *, kind: str, delivery: str, body: bytes) -> int:
         ts = int(self.clock())
         req = urllib.request.Request(self.cfg.url, data=body, method="POST", headers={  # noqa: S310 - http(s) only, checked at parse
-            "Content-Type": "application/json", "User-Agent": "custos-notify/1",
-            "X-Custos-Event": kind, "X-Custos-Delivery": delivery, "X-Custos-Timestamp": str(ts),
-            "X-Custos-Signature": sign_webhook(self.cfg.secret, timestamp=ts, delivery=delivery, body=body),
+            "Content-Type": "application/json", "User-Agent": "custos-notify/2", "X-Custos-Event": kind,
+            "webhook-id": delivery, "webhook-timestamp": str(ts),
+            "webhook-signature": sign_webhook(self.cfg.secret, timestamp=ts, delivery=delivery, body=body),
         })
         try:
             with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:  # noqa: S310 - as above
@@ -304,49 +314,96 @@ class Notifier:
         now = self.clock()
         delivery = f"{now:020d}-{secrets.token_hex(6)}"
         body = json.dumps({"type": kind, "delivery": delivery, **payload}, sort_keys=True, separators=(",", ":"))
-        rec = {"attempts": 0, "body": body, "created_ns": now, "delivery": delivery, "kind": kind,
-               "next_ns": 0, "pending": sorted(self.sinks)}
+        rec = {"attempts": {}, "body": body, "created_ns": now, "delivery": delivery, "kind": kind,
+               "next": {}, "pending": sorted(self.sinks)}
         return {f"{OUTBOX_PREFIX}{delivery}": encode_canonical(rec)}
 
     async def dispatch_once(self) -> int:
-        """Deliver what is due. Returns the number of entries finished (delivered or dropped)."""
+        """One round of every sink's queue, the sinks side by side. Returns the number of
+        entries finished (delivered to every sink, or dropped)."""
+        done = await asyncio.gather(*(self.sink_round(name) for name in sorted(self.sinks)))
+        return sum(done)
+
+    async def sink_round(self, name: str) -> int:
+        """Deliver, in order, what is due for sink ``name``; stop at its first failure (it backs
+        off; later entries wait for it, and no other sink waits). Returns the entries this
+        round finished (no sink pending any more, or dropped past ``max_age_s``)."""
+        sink = self.sinks[name]
         done = 0
-        now = self.clock()
         for e in await self.store.range(OUTBOX_PREFIX, limit=200):
-            rec = dict(decode_canonical(e.value))
-            if rec["next_ns"] > now:
+            rec = _record(e.value)
+            for gone in [n for n in rec["pending"] if n not in self.sinks]:
+                done += await self._settle(e.key, gone, delivered=True)  # a sink removed from the config since
+            if name not in rec["pending"]:
                 continue
-            pending = []
-            for name in rec["pending"]:
-                sink = self.sinks.get(name)
-                if sink is None:
-                    continue  # a sink removed from the config since
-                try:
-                    await asyncio.to_thread(sink.deliver, kind=rec["kind"], delivery=rec["delivery"],
-                                            body=rec["body"].encode())
-                    self.delivered += 1
-                except DeliveryFailed as exc:
-                    log.warning("notification %s: %s", rec["delivery"], exc)
-                    pending.append(name)
-            if not pending:
-                await self.store.commit(Txn(checks={e.key: e.mod_revision}, deletes=[e.key]))
-                done += 1
-            elif now - rec["created_ns"] > self.config.max_age_s * 1_000_000_000:
-                log.error("notification %s dropped after %ds undelivered to %s", rec["delivery"],
-                          self.config.max_age_s, pending)
-                self.failed += 1
-                await self.store.commit(Txn(checks={e.key: e.mod_revision}, deletes=[e.key]))
-                done += 1
-            else:
-                rec["pending"] = pending
-                rec["attempts"] += 1
-                backoff = self.config.retry_after_s * 2 ** min(rec["attempts"] - 1, 10)
-                rec["next_ns"] = now + int(min(backoff, 3600) * 1e9)
-                await self.store.commit(Txn(checks={e.key: e.mod_revision}, puts={e.key: encode_canonical(rec)}))
+            now = self.clock()
+            if rec["next"].get(name, 0) > now:
+                break  # this sink is backing off
+            try:
+                await asyncio.to_thread(sink.deliver, kind=rec["kind"], delivery=rec["delivery"],
+                                        body=rec["body"].encode())
+                self.delivered += 1
+                failed = False
+            except DeliveryFailed as exc:
+                log.warning("notification %s: %s", rec["delivery"], exc)
+                failed = True
+            if not failed or now - rec["created_ns"] > self.config.max_age_s * 1_000_000_000:
+                if failed:
+                    log.error("notification %s dropped for %s after %ds undelivered", rec["delivery"], name,
+                              self.config.max_age_s)
+                    self.failed += 1
+                done += await self._settle(e.key, name, delivered=True)
+                continue
+            attempts = rec["attempts"].get(name, 0) + 1
+            backoff = self.config.retry_after_s * 2 ** min(attempts - 1, 10)
+            await self._settle(e.key, name, delivered=False, attempts=attempts,
+                               next_ns=now + int(min(backoff, 3600) * 1e9))
+            break
         return done
 
+    async def _settle(self, key: str, name: str, *, delivered: bool, attempts: int = 0, next_ns: int = 0) -> int:
+        """Take ``name`` off the entry (or record its backoff), under a compare-and-set: another
+        sink's loop may be settling the same entry. Returns 1 if the entry is now finished."""
+        for _ in range(20):
+            e = await self.store.get(key)
+            if e is None:
+                return 0
+            rec = _record(e.value)
+            if delivered:
+                rec["pending"] = [n for n in rec["pending"] if n != name]
+                rec["next"].pop(name, None)
+                rec["attempts"].pop(name, None)
+            else:
+                rec["attempts"][name] = attempts
+                rec["next"][name] = next_ns
+            if delivered and not rec["pending"]:
+                txn = Txn(checks={key: e.mod_revision}, deletes=[key])
+            else:
+                txn = Txn(checks={key: e.mod_revision}, puts={key: encode_canonical(rec)})
+            if await self.store.commit(txn):
+                return 1 if delivered and not rec["pending"] else 0
+        raise BackendUnavailable(f"notification {key}: too much contention settling it")
+
     async def run(self, stop: asyncio.Event, is_leader: Callable[[], bool] = lambda: True) -> None:
-        while not stop.is_set():
-            await pause(self.config.interval_s, stop)
-            if is_leader() and not stop.is_set():
-                await safe(self.dispatch_once(), "notification dispatch")
+        """One delivery loop per sink until ``stop``."""
+
+        async def loop(name: str) -> None:
+            while not stop.is_set():
+                await pause(self.config.interval_s, stop)
+                if is_leader() and not stop.is_set():
+                    await safe(self.sink_round(name), f"notification delivery to {name}")
+
+        await asyncio.gather(*(loop(name) for name in sorted(self.sinks)))
+
+
+def _record(value: bytes) -> dict[str, Any]:
+    """An outbox entry, with per-sink ``attempts`` and ``next`` (entries queued before per-sink
+    queues carry one ``attempts`` count and one ``next_ns`` for every sink)."""
+    rec = dict(decode_canonical(value))
+    if not isinstance(rec.get("attempts"), dict):
+        n, at = int(rec.pop("attempts", 0) or 0), int(rec.pop("next_ns", 0) or 0)
+        rec["attempts"] = {name: n for name in rec["pending"]} if n else {}
+        rec["next"] = {name: at for name in rec["pending"]} if at else {}
+    rec["attempts"] = dict(rec["attempts"])
+    rec["next"] = dict(rec.get("next", {}))
+    return rec

@@ -1,5 +1,7 @@
-"""Notification sinks against a local HTTP receiver: signed webhooks, retries with
-backoff after 5xx, no retry on a refusal, replay protection, the durable outbox."""
+"""Notification sinks against local HTTP receivers: Standard Webhooks signatures checked by
+the standardwebhooks verifier, retries with backoff after 5xx, no retry on a refusal,
+replay protection, the durable outbox, and one delivery queue per sink (a dead sink
+never delays another)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from custos.controlplane.notify import (
     DeliveryFailed,
@@ -40,7 +43,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.requests.append(({k: v for k, v in self.headers.items()}, body))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 status = receiver.script.pop(0) if receiver.script else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -81,9 +84,10 @@ def test_webhook_retries_after_5xx_with_backoff_and_signs_every_attempt(receiver
     assert sleeps == [0.5, 1.0, 1.5], "exponential, capped"
     seen: set[str] = set()
     for headers, got in receiver.requests:
-        assert got == body and headers["Content-Type"] == "application/json"
-        assert headers["X-Custos-Event"] == "incident.opened" and headers["X-Custos-Delivery"] == "d-1"
-        assert verify_webhook(SECRET, got, headers, now=int(time.time())) == "d-1"
+        assert got == body and headers["content-type"] == "application/json"
+        assert headers["x-custos-event"] == "incident.opened" and headers["webhook-id"] == "d-1"
+        Webhook(SECRET).verify(got, headers)  # the reference verifier, as a receiver runs it
+        assert verify_webhook(SECRET, got, headers) == "d-1"
     headers, got = receiver.requests[-1]
     assert verify_webhook(SECRET, got, headers, seen=seen) == "d-1"
     with pytest.raises(IntegrityError, match="already received"):
@@ -114,20 +118,23 @@ def test_webhook_to_nowhere_fails_cleanly() -> None:
 
 
 @pytest.mark.parametrize(("change", "why"), [
-    ({"body": b'{"type":"incident.opened","x":2}'}, "bad signature"),
-    ({"X-Custos-Timestamp": "+1"}, "bad signature"),  # the timestamp is signed
-    ({"X-Custos-Delivery": "d-other"}, "bad signature"),  # so is the delivery id
-    ({"X-Custos-Signature": None}, "missing"),
-    ({"sign_at": -600}, "outside the 300s tolerance"),  # an old, validly signed delivery: a replay
-    ({"secret": b"another-secret-of-enough-length"}, "bad signature"),
+    ({"body": b'{"type":"incident.opened","x":2}'}, "No matching signature"),
+    ({"webhook-timestamp": "+1"}, "No matching signature"),  # the timestamp is signed
+    ({"webhook-id": "d-other"}, "No matching signature"),  # so is the delivery id
+    ({"webhook-signature": None}, "Missing required headers"),
+    ({"webhook-signature": "v1=" + "00" * 32}, "malformed"),  # the old home-made format
+    ({"webhook-signature": "v1,!!!"}, "No matching signature"),
+    ({"webhook-timestamp": "soon"}, "Invalid Signature Headers"),
+    ({"sign_at": -600}, "too old"),  # an old, validly signed delivery: a replay
+    ({"sign_at": 600}, "too new"),
+    ({"secret": b"another-secret-of-enough-length"}, "No matching signature"),
 ])
 def test_signature_check_rejects(change: dict[str, Any], why: str) -> None:
     body = b'{"type":"incident.opened","x":1}'
-    now = 1_800_000_000
-    ts = now + change.get("sign_at", 0)
-    headers: dict[str, Any] = {"X-Custos-Timestamp": str(ts), "X-Custos-Delivery": "d-1",
-                               "X-Custos-Signature": sign_webhook(SECRET, timestamp=ts, delivery="d-1", body=body)}
-    for k in ("X-Custos-Timestamp", "X-Custos-Delivery", "X-Custos-Signature"):
+    ts = int(time.time()) + change.get("sign_at", 0)
+    headers: dict[str, Any] = {"webhook-timestamp": str(ts), "webhook-id": "d-1",
+                               "webhook-signature": sign_webhook(SECRET, timestamp=ts, delivery="d-1", body=body)}
+    for k in ("webhook-timestamp", "webhook-id", "webhook-signature"):
         if k in change:
             if change[k] is None:
                 del headers[k]
@@ -136,7 +143,21 @@ def test_signature_check_rejects(change: dict[str, Any], why: str) -> None:
             else:
                 headers[k] = change[k]
     with pytest.raises(IntegrityError, match=why):
-        verify_webhook(change.get("secret", SECRET), change.get("body", body), headers, now=now)
+        verify_webhook(change.get("secret", SECRET), change.get("body", body), headers)
+
+
+def test_whsec_secret_files_are_decoded(tmp_path: Path) -> None:
+    import base64
+
+    key = b"\x01" * 24
+    (tmp_path / "s").write_text("whsec_" + base64.b64encode(key).decode() + "\n")
+    cfg = parse_notify_config({"webhook": [{"url": "https://a/", "secret_file": "s"}]}, base_dir=tmp_path)
+    assert cfg.webhooks[0].secret == key
+    body = b'{"type":"k"}'
+    headers = {"webhook-id": "d", "webhook-timestamp": str(int(time.time()))}
+    headers["webhook-signature"] = sign_webhook(key, timestamp=int(headers["webhook-timestamp"]), delivery="d",
+                                                body=body)
+    Webhook("whsec_" + base64.b64encode(key).decode()).verify(body, headers)  # what a receiver configures
 
 
 def test_incident_notifications_go_out_through_the_outbox(plane_factory: Any, tmp_path: Path, receiver: Receiver,
@@ -159,7 +180,7 @@ def test_incident_notifications_go_out_through_the_outbox(plane_factory: Any, tm
     [inc] = plane.incidents()
     assert msg["type"] == "incident.opened" and msg["incident"]["id"] == inc["id"]
     assert msg["incident"]["report_deadline"] and msg["alert"]["rule"] == "unregistered-weights"
-    assert msg["delivery"] == headers["X-Custos-Delivery"] == queued.key.rsplit("/", 1)[1]
+    assert msg["delivery"] == headers["webhook-id"] == queued.key.rsplit("/", 1)[1]
     assert any(r.message.startswith("incident.opened: incident") for r in caplog.records), "the log sink"
 
 
@@ -177,7 +198,7 @@ def test_undeliverable_notification_stays_queued_then_expires(plane_factory: Any
     from custos.core.canonical import decode_canonical
 
     rec = decode_canonical(entry.value)
-    assert rec["pending"] == ["webhook-1"] and rec["attempts"] == 1
+    assert rec["pending"] == ["webhook-1"] and rec["attempts"] == {"webhook-1": 1}
     assert plane.run(plane.rt.notifier.dispatch_once()) == 0 and len(receiver.requests) == 1, "not due yet"
     plane.advance(2)  # past the retry time and max_age_s
     assert plane.run(plane.rt.notifier.dispatch_once()) == 1
@@ -212,3 +233,48 @@ def test_bad_notify_config(tmp_path: Path, raw: dict[str, Any], why: str) -> Non
 
     with pytest.raises(InvalidInput, match=why):
         parse_notify_config(raw, base_dir=tmp_path)
+
+
+def test_a_dead_sink_never_delays_the_others(plane_factory: Any, tmp_path: Path) -> None:
+    """Three webhooks, one a black hole (it takes the connection and never answers): the two live
+    ones have every notification while the dead one's first attempt is still hanging; the entry
+    then waits for the dead sink alone, and a later notification reaches the live ones too."""
+    import asyncio
+    import socket
+
+    from custos.core.canonical import decode_canonical
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # the kernel completes the handshake; nobody ever reads or answers
+    live = [Receiver(), Receiver()]
+    try:
+        (tmp_path / "s").write_bytes(SECRET)
+        secret = str(tmp_path / "s")
+        hooks = [{"name": "dead", "url": f"http://127.0.0.1:{hole.getsockname()[1]}/", "secret_file": secret,
+                  "timeout_s": 5, "max_attempts": 1}]
+        hooks += [{"name": f"live-{i}", "url": r.url, "secret_file": secret} for i, r in enumerate(live)]
+        plane: Plane = plane_factory(notify={"log": False, "webhook": hooks})
+        for i, name in enumerate(("gpu-7", "gpu-8")):
+            plane.enroll(name)
+            plane.report(name, {f"/scratch/{i}.safetensors": bytes([i + 4]) * 3000})
+            plane.round()
+            queued = plane.run(plane.store.range("notify/outbox/"))
+            assert queued, "the incident's notification is queued"
+            hanging = asyncio.run_coroutine_threadsafe(plane.rt.notifier.dispatch_once(), plane.loop)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not all(len(r.requests) >= 1 + i for r in live):
+                time.sleep(0.02)
+            assert all(len(r.requests) >= 1 + i for r in live), "the live sinks were served"
+            assert not hanging.done(), "... while the dead sink's attempt still hangs"
+            for e in plane.run(plane.store.range("notify/outbox/")):
+                assert decode_canonical(e.value)["pending"] == ["dead"], "only the dead sink is pending"
+            hanging.cancel()
+        for r in live:
+            seen: set[str] = set()
+            for headers, body in r.requests:
+                verify_webhook(SECRET, body, headers, seen=seen)
+    finally:
+        hole.close()
+        for r in live:
+            r.close()
