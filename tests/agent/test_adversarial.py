@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from custos.core import sshsig
+from custos.core import sshsig, webauthn
 from custos.core.canonical import encode_canonical
 from custos.core.orders import (
     ORDER_ACTIONS,
@@ -156,10 +157,15 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 
 def _mutated_signature(rng: random.Random, sig: Signature) -> Signature:
+    if webauthn.is_webauthn_sig(sig.sig) and rng.random() < 0.75:
+        # Mutate the bytes of one part of the assertion (each is covered by its signature).
+        a = webauthn.Assertion.decode(sig.sig)
+        part = rng.choice(("authenticator_data", "client_data_json", "signature"))
+        return Signature(sig.key_id, replace(a, **{part: mutate(rng, getattr(a, part))}).encode())
     if sig.sig.startswith(sshsig.ARMOR_BEGIN):
         # Mutate the signed blob itself (armor whitespace is not part of the signature).
         return Signature(sig.key_id, sshsig.armor(mutate(rng, sshsig.dearmor(sig.sig))))
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and not webauthn.is_webauthn_sig(sig.sig):
         return Signature(sig.key_id, mutate(rng, bytes.fromhex(sig.sig)).hex())
     return Signature(sig.key_id, mutate(rng, sig.sig.encode()).decode("latin-1"))
 

@@ -16,7 +16,9 @@ against the control plane's order API and against the agent's order handling:
 Every key is derived from a fixed label, and Ed25519 and RFC 6979 ECDSA are
 deterministic, so every case (and the known-answer vectors) is reproducible.
 FIDO security keys are simulated in software by ``sk_sign`` (the token's
-signing rule from openssh PROTOCOL.u2f), since no token is attached in tests.
+signing rule from openssh PROTOCOL.u2f), and passkeys by ``webauthn_sign`` (an
+authenticator's assertion as WebAuthn defines it), since no token is attached in
+tests; the console's browser test signs with Chromium's virtual authenticator.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from custos.core import sshsig
+from custos.core import sshsig, webauthn
 from custos.core.canonical import encode_canonical
 from custos.core.drills import DRILL_REGISTER_DOMAIN, DRILL_REGISTER_NAMESPACE, DrillRegister, verify_register
 from custos.core.orders import (
@@ -111,9 +113,50 @@ def sk_sign(
     )
 
 
+PASSKEY_RP_ID = "console.custos.test"
+PASSKEY_ORIGIN = "https://console.custos.test:8443"
+
+
+def webauthn_sign(
+    private_key: PrivateKey,
+    message: bytes,
+    *,
+    rp_id: str = PASSKEY_RP_ID,
+    origin: str = PASSKEY_ORIGIN,
+    flags: int = webauthn.FLAG_UP | webauthn.FLAG_UV,
+    typ: str = "webauthn.get",
+    challenge: bytes | None = None,
+    counter: int = 7,
+    cross_origin: bool | None = False,
+    extensions: bytes = b"",
+    client_extra: dict[str, Any] | None = None,
+) -> str:
+    """A WebAuthn assertion over ``message`` as a browser and an authenticator make it, in
+    software (deterministic: Ed25519, or RFC 6979 ECDSA)."""
+    client: dict[str, Any] = {"type": typ, "challenge": webauthn.b64url(
+        webauthn.challenge_for(message) if challenge is None else challenge), "origin": origin}
+    if cross_origin is not None:
+        client["crossOrigin"] = cross_origin
+    client.update(client_extra or {})
+    client_json = json.dumps(client, separators=(",", ":")).encode()
+    auth = hashlib.sha256(rp_id.encode()).digest() + bytes([flags]) + counter.to_bytes(4, "big") + extensions
+    signed = auth + hashlib.sha256(client_json).digest()
+    if isinstance(private_key, Ed25519PrivateKey):
+        sig = private_key.sign(signed)
+    else:
+        sig = private_key.sign(signed, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+    return webauthn.Assertion(auth, client_json, sig).encode()
+
+
+def passkey_params(name: str, algorithm: str, *, uv: bool = True) -> webauthn.WebAuthnParams:
+    return webauthn.WebAuthnParams(
+        alg=webauthn.COSE_EDDSA if algorithm == "ed25519" else webauthn.COSE_ES256, rp_id=PASSKEY_RP_ID,
+        origins=(PASSKEY_ORIGIN,), user_verification=uv, credential_id=hashlib.sha256(name.encode()).digest())
+
+
 @dataclass(frozen=True)
 class Signer:
-    """One executive: a key and the way they sign (``raw``, ``ssh`` or ``sk``)."""
+    """One executive: a key and the way they sign (``raw``, ``ssh``, ``sk`` or ``webauthn``)."""
 
     name: str
     mode: str
@@ -126,6 +169,8 @@ class Signer:
             return sign_raw(self.private_key, message)
         if self.mode == "ssh":
             return sign_ssh(self.private_key, message, namespace=namespace)
+        if self.mode == "webauthn":
+            return Signature(self.key.key_id, webauthn_sign(self.private_key, message))
         return Signature(self.key.key_id, sk_sign(self.private_key, "ssh:", message, namespace=namespace))
 
 
@@ -137,7 +182,10 @@ def make_signer(name: str, mode: str, algorithm: str = "ed25519") -> Signer:
     else:
         raw = private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
         keytype = "sk-ecdsa-p256" if mode == "sk" else "ecdsa-p256"
-    key = SignerKey(name=name, keytype=keytype, public=raw, application="ssh:" if mode == "sk" else None)
+    if mode == "webauthn":
+        key = SignerKey.from_webauthn(passkey_params(name, algorithm, uv=not name.endswith("-no-uv")), raw, name=name)
+    else:
+        key = SignerKey(name=name, keytype=keytype, public=raw, application="ssh:" if mode == "sk" else None)
     return Signer(name=name, mode=mode, private_key=private, key=key)
 
 
@@ -173,6 +221,16 @@ MIXED_SIGNERS = (
     make_signer("m-exec4", "ssh", "p256"),
     make_signer("m-exec5", "sk", "p256"),
 )
+# Passkeys first (a halt's threshold is met by passkeys alone): pk-exec1 an ES256 passkey
+# requiring UV, pk-exec2 an Ed25519 passkey not requiring it, pk-exec3 an ES256 passkey,
+# then pk-exec4 raw Ed25519 and pk-exec5 ecdsa-sha2-nistp256.
+PASSKEY_SIGNERS = (
+    make_signer("pk-exec1", "webauthn", "p256"),
+    make_signer("pk-exec2-no-uv", "webauthn"),
+    make_signer("pk-exec3", "webauthn", "p256"),
+    make_signer("pk-exec4", "raw"),
+    make_signer("pk-exec5", "ssh", "p256"),
+)
 OUTSIDER = make_signer("outsider", "raw")
 OUTSIDER_SSH = make_signer("outsider-ssh", "ssh")
 # Successor keys: version 2 keeps the last two executives and adds three.
@@ -181,8 +239,8 @@ NEW_SIGNERS = (make_signer("new6", "raw"), make_signer("new7", "ssh"), make_sign
 
 @cache
 def panel(name: str) -> Panel:
-    """``ed25519`` or ``mixed``: version 1 with DEV_THRESHOLDS."""
-    signers = ED25519_SIGNERS if name == "ed25519" else MIXED_SIGNERS
+    """``ed25519``, ``mixed`` or ``passkey``: version 1 with DEV_THRESHOLDS."""
+    signers = {"ed25519": ED25519_SIGNERS, "mixed": MIXED_SIGNERS, "passkey": PASSKEY_SIGNERS}[name]
     return Panel(name, signers, SignerSet.bootstrap([s.key for s in signers], thresholds=DEV_THRESHOLDS))
 
 
@@ -194,7 +252,7 @@ def panel_v2(name: str) -> Panel:
     return Panel(name + "-v2", signers, v1.signer_set.successor([s.key for s in signers]))
 
 
-PANELS = ("ed25519", "mixed")
+PANELS = ("ed25519", "mixed", "passkey")
 
 
 def make_order(action: str, panel_name: str = "ed25519", **changes: Any) -> Order:
@@ -316,6 +374,8 @@ def _armor_mutate(armored: str, how: str) -> str:
 def _garbage(sig: Signature, variant: str) -> Signature:
     """A broken version of one valid signature."""
     text = sig.sig
+    if webauthn.is_webauthn_sig(text):
+        return _webauthn_garbage(sig, variant)
     armored = text.startswith(sshsig.ARMOR_BEGIN)
     if variant == "empty":
         return replace(sig, sig="")
@@ -348,6 +408,25 @@ def _garbage(sig: Signature, variant: str) -> Signature:
         )
     if variant == "random-bytes":
         return replace(sig, sig=hashlib.sha512(text.encode()).hexdigest())
+    raise AssertionError(variant)
+
+
+def _webauthn_garbage(sig: Signature, variant: str) -> Signature:
+    a = webauthn.Assertion.decode(sig.sig)
+    if variant == "bitflip":
+        return replace(sig, sig=replace(a, signature=a.signature[:-1] + bytes([a.signature[-1] ^ 0x01])).encode())
+    if variant == "no-armor":  # the parts without the prefix
+        return replace(sig, sig=sig.sig[len(webauthn.SIG_PREFIX):])
+    if variant == "bad-base64":
+        return replace(sig, sig=webauthn.SIG_PREFIX + "!!." + sig.sig.split(".", 3)[3])
+    if variant == "truncated":
+        return replace(sig, sig=sig.sig[: len(sig.sig) // 2])
+    if variant == "trailing-garbage":
+        return replace(sig, sig=sig.sig + ".AA")
+    if variant in ("uppercase", "empty", "not-hex", "zeros", "random-bytes"):
+        return replace(sig, sig={"uppercase": sig.sig.upper(), "empty": "", "not-hex": "zz" * 64,
+                                 "zeros": "00" * 64,
+                                 "random-bytes": hashlib.sha512(sig.sig.encode()).hexdigest()}[variant])
     raise AssertionError(variant)
 
 

@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_private_key,
 )
 
-from custos.core import sshsig
+from custos.core import sshsig, webauthn
 from custos.core.canonical import encode_canonical
 from custos.core.signers.base import _HEX128, SIGNER_KEY_DOMAIN, SIGNER_NAME, SignerSetError
+from custos.core.webauthn import WebAuthnParams
 from custos.errors import InvalidInput
 
 KEYTYPE_ED25519 = "ed25519"
@@ -36,6 +37,9 @@ KEYTYPE_ECDSA_P256 = "ecdsa-p256"
 KEYTYPE_SK_ECDSA_P256 = "sk-ecdsa-p256"
 
 
+KEYTYPE_WEBAUTHN = "webauthn"  # a passkey: ES256 or Ed25519, with its rp_id, origins and UV rule
+
+
 _SSH_KEYTYPE = {
     KEYTYPE_ED25519: sshsig.KEY_ED25519,
     KEYTYPE_SK_ED25519: sshsig.KEY_SK_ED25519,
@@ -47,7 +51,9 @@ _SSH_KEYTYPE = {
 _KEYTYPE_FROM_SSH = {v: k for k, v in _SSH_KEYTYPE.items()}
 
 
-KEYTYPES = tuple(_SSH_KEYTYPE)
+KEYTYPES = (*_SSH_KEYTYPE, KEYTYPE_WEBAUTHN)
+
+_WEBAUTHN_SSH = {"ecdsa-p256": sshsig.KEY_ECDSA_P256, "ed25519": sshsig.KEY_ED25519}
 
 
 class KeyFileError(InvalidInput):
@@ -69,8 +75,11 @@ class SignerKey:
     """One executive's public key in a signer set.
 
     ``keytype`` is one of ``ed25519``, ``sk-ed25519``, ``ecdsa-p256``,
-    ``sk-ecdsa-p256``; ``public`` the raw point (32 bytes, or 65 uncompressed
-    for P-256); ``application`` the FIDO application string for ``sk-`` keys.
+    ``sk-ecdsa-p256``, ``webauthn``; ``public`` the raw point (32 bytes, or 65
+    uncompressed for P-256); ``application`` the FIDO application string for
+    ``sk-`` keys; ``webauthn`` a passkey's parameters (custos.core.webauthn), for
+    ``webauthn`` keys only. The key id names the key pair whatever its type, so a
+    passkey and an SSH key with the same point share one vote.
     Raises SignerSetError for a bad name, type or key.
     """
 
@@ -78,6 +87,7 @@ class SignerKey:
     keytype: str
     public: bytes
     application: str | None = None
+    webauthn: WebAuthnParams | None = None
     key_id: str = field(init=False)
     ssh_public_key: sshsig.SshPublicKey = field(init=False, repr=False, compare=False)
 
@@ -87,14 +97,26 @@ class SignerKey:
                 f"bad signer name {str(self.name)[:64]!r}: want 1-128 of a-z 0-9 . _ @ + - "
                 "starting with a letter or digit"
             )
-        if not isinstance(self.keytype, str) or self.keytype not in _SSH_KEYTYPE:
+        if not isinstance(self.keytype, str) or self.keytype not in KEYTYPES:
             raise SignerSetError(f"unsupported signer key type {str(self.keytype)[:32]!r}")
+        if (self.keytype == KEYTYPE_WEBAUTHN) != isinstance(self.webauthn, WebAuthnParams):
+            raise SignerSetError(f"signer {self.name}: webauthn parameters go with, and only with, a webauthn key")
         try:
-            ssh_key = sshsig.SshPublicKey(_SSH_KEYTYPE[self.keytype], self.public, self.application)
-        except sshsig.SshKeyError as exc:
+            if self.webauthn is not None:
+                if self.application is not None:
+                    raise SignerSetError(f"signer {self.name}: a webauthn key has no application")
+                webauthn.check_public_key(self.webauthn.alg, self.public)
+                ssh_key = sshsig.SshPublicKey(_WEBAUTHN_SSH[self.webauthn.algorithm], self.public, None)
+            else:
+                ssh_key = sshsig.SshPublicKey(_SSH_KEYTYPE[self.keytype], self.public, self.application)
+        except (sshsig.SshKeyError, InvalidInput) as exc:
             raise SignerSetError(f"signer {self.name}: {exc}") from None
         object.__setattr__(self, "ssh_public_key", ssh_key)
         object.__setattr__(self, "key_id", key_id_of(ssh_key.algorithm, self.public))
+
+    @classmethod
+    def from_webauthn(cls, params: WebAuthnParams, public: bytes, *, name: str) -> SignerKey:
+        return cls(name=name, keytype=KEYTYPE_WEBAUTHN, public=public, webauthn=params)
 
     # -- import / export
 
@@ -125,10 +147,13 @@ class SignerKey:
     def to_openssh(self) -> str:
         return self.ssh_public_key.to_openssh(self.name)
 
-    def to_json(self) -> dict[str, str]:
-        out = {"key_id": self.key_id, "keytype": self.keytype, "name": self.name, "public": self.public.hex()}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key_id": self.key_id, "keytype": self.keytype, "name": self.name,
+                               "public": self.public.hex()}
         if self.application is not None:
             out["application"] = self.application
+        if self.webauthn is not None:
+            out["webauthn"] = self.webauthn.to_json()
         return out
 
     @classmethod
@@ -139,13 +164,20 @@ class SignerKey:
         fields = {"key_id", "keytype", "name", "public"}
         if obj.get("keytype") in (KEYTYPE_SK_ED25519, KEYTYPE_SK_ECDSA_P256):
             fields.add("application")
+        if obj.get("keytype") == KEYTYPE_WEBAUTHN:
+            fields.add("webauthn")
         if set(obj) != fields:
             raise SignerSetError(f"signer key: want exactly the fields {sorted(fields)}")
         public = obj["public"]
         if not isinstance(public, str) or not re.fullmatch(r"(?:[0-9a-f]{2})+", public):
             raise SignerSetError("signer key: public must be lowercase hex")
+        try:
+            params = WebAuthnParams.from_json(obj["webauthn"]) if "webauthn" in obj else None
+        except InvalidInput as exc:
+            raise SignerSetError(f"signer key {str(obj.get('name'))[:64]}: {exc}") from None
         key = cls(
-            name=obj["name"], keytype=obj["keytype"], public=bytes.fromhex(public), application=obj.get("application")
+            name=obj["name"], keytype=obj["keytype"], public=bytes.fromhex(public), application=obj.get("application"),
+            webauthn=params,
         )
         if obj["key_id"] != key.key_id:
             raise SignerSetError(f"signer key {key.name}: key_id does not match the key")
@@ -160,6 +192,12 @@ class SignerKey:
         never makes one); SSHSIG signatures must carry exactly this key and
         ``namespace``, and for ``sk-`` keys assert user presence.
         """
+        if self.webauthn is not None:
+            if not webauthn.is_webauthn_sig(sig):
+                return "a webauthn key signs only with a WebAuthn assertion"
+            return webauthn.verify_assertion(self.webauthn, self.public, message, sig)
+        if webauthn.is_webauthn_sig(sig):
+            return f"a WebAuthn assertion, but {self.name}'s key is a {self.keytype} key"
         if sig.lstrip().startswith(sshsig.ARMOR_BEGIN):
             try:
                 sshsig.verify(sig, message, namespace=namespace, public_key=self.ssh_public_key)

@@ -45,7 +45,9 @@ class Signature:
 
     @property
     def kind(self) -> str:
-        """``sshsig`` for an armored SSH signature, else ``ed25519``."""
+        """``sshsig`` for an armored SSH signature, ``webauthn`` for a passkey assertion, else ``ed25519``."""
+        if self.sig.startswith("webauthn.v1."):
+            return "webauthn"
         return "sshsig" if self.sig.lstrip().startswith(sshsig.ARMOR_BEGIN) else "ed25519"
 
     def to_json(self) -> dict[str, str]:
