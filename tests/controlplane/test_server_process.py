@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -78,8 +79,23 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "frontier-chat" in res.stdout
     assert "# Drill report: drill drill-model" in res.stdout and "# Order report: halt frontier-base" in res.stdout
     assert "is halted: data keys are refused" in res.stdout
-    assert (tmp_path / "demo" / "drill.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "custos --identity sec2 access approve" in res.stdout and "1/1 counted; grant active until" in res.stdout
+    # The real thing: a dev agent ran a supervised workload and a stray mapped a copy; the halt
+    # stopped both, wiped the workload's plaintext, and the report says what remains.
+    assert re.search(r"supervised workload pid \d+: stopped", res.stdout), res.stdout
+    assert re.search(r"stray process pid \d+: stopped", res.stdout), res.stdout
+    assert "plaintext left in the agent's private directory: 0 file(s)" in res.stdout
+    assert "**incomplete — " in res.stdout and "residual cop" in res.stdout
+    report = tmp_path / "demo" / "report"
+    data = json.loads((report / "halt-report.json").read_text())
+    [host] = [h for h in data["hosts"] if h["host"] == "demo-gpu-1"]
+    assert host["outcome"] == "halted" and host["verified"] and len(host["pids_stopped"]) == 2
+    assert host["seconds_to_halt"] > 0, "measured, not zero"
+    assert any(c["state"] == "wiped" for c in data["copies"])
+    assert (report / "time-to-halt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Time from quorum to halt" in (report / "time-to-halt.svg").read_text()
+    assert "incomplete — " in (report / "halt-report.html").read_text()
+    assert f"are in {report}" in res.stdout
 
 
 @pytest.mark.slow
