@@ -29,20 +29,41 @@ EXIT_BY_ERROR: list[tuple[type[CustosError], int]] = [
 
 
 class Out:
+    """``text`` (for people), ``json`` (for programs) or ``id`` (only the id of what the
+    command made or showed, for a shell variable: ``BASE=$(custos push m ./w -o id)``)."""
+
     def __init__(self, fmt: str) -> None:
-        self.json = fmt == "json"
+        self.json = fmt in ("json", "id")
+        self.id_only = fmt == "id"
 
     def emit(self, data: Any, text: str | Callable[[], str]) -> None:
-        if self.json:
+        if self.id_only:
+            print(id_of(data))
+        elif self.json:
             print(json.dumps(data, indent=2, sort_keys=True, default=str))
         else:
             print(text() if callable(text) else text)
 
 
+def id_of(data: Any) -> str:
+    """The id in a command's JSON result (``id``, or the ``id`` of its one object: ``order``,
+    ``request``, ``grant``, ``artifact``, ``host``). Raises InvalidInput when it has none."""
+    if isinstance(data, dict):
+        if isinstance(data.get("id"), str):
+            return str(data["id"])
+        for key in ("order", "request", "grant", "artifact"):
+            inner = data.get(key)
+            if isinstance(inner, dict) and isinstance(inner.get("id"), str):
+                return str(inner["id"])
+        if isinstance(data.get("name"), str):
+            return str(data["name"])
+    raise InvalidInput("this command's result has no id to print: use -o json")
+
+
 def ts(ns: int) -> str:
     if not ns:
         return "-"
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # RFC 3339
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
