@@ -77,6 +77,27 @@ path "transit/sign/audit-checkpoints" {
   }
 }
 
+# Sign completion reports with the ed25519 key "order-reports" (docs/orders.md, "Signed
+# evidence"), and read its public half. Outside the "custos-" names, like the checkpoint key.
+# The control plane creates it if it is absent, as type ed25519 only (Transit's key path has
+# no existence check, so creating takes "update"; on an existing key that write changes
+# nothing, and every other parameter is denied). The exact path covers none of its
+# sub-paths: the control plane can never rotate, reconfigure, trim, export or delete it.
+# Only the input and the key version may be given to sign: no prehashing, no batch.
+path "transit/keys/order-reports" {
+  capabilities = ["create", "update", "read"]
+  allowed_parameters = {
+    "type" = ["ed25519"]
+  }
+}
+path "transit/sign/order-reports" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "input"       = []
+    "key_version" = []
+  }
+}
+
 # Read the ACL policies, to say which ones reach a model's Transit key (custos access who).
 path "sys/policies/acl" {
   capabilities = ["list"]

@@ -18,7 +18,7 @@ def host_json(h: custody_pb2.Host) -> dict[str, Any]:
     return {"name": h.name, "state": h.state, "labels": dict(h.labels), "lease_state": h.lease_state,
             "lease_expires": ts(h.lease_expires_unix_ns), "last_report": ts(h.last_report_unix_ns),
             "enrolled_at": ts(h.enrolled_at_unix_ns), "cert_fingerprint": h.cert_fingerprint,
-            "files": h.files, "processes": h.processes}
+            "files": h.files, "processes": h.processes, "guard": h.guard}
 
 
 def cmd_host_add(ns: argparse.Namespace, out: Out) -> int:
@@ -72,12 +72,32 @@ def cmd_host_revocations(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+def cmd_host_wait(ns: argparse.Namespace, out: Out) -> int:
+    """Wait until host NAME is enrolled with a live custody lease (an agent just started)."""
+    import time
+
+    from custos.errors import BackendUnavailable
+
+    client = connect(ns)
+    deadline = time.monotonic() + ns.wait_timeout
+    while True:
+        found = [h for h in list_hosts(client) if h.name == ns.name]
+        if found and found[0].lease_state == "live":
+            h = host_json(found[0])
+            out.emit(h, f"host {ns.name}: lease live until {h['lease_expires']}")
+            return 0
+        if time.monotonic() >= deadline:
+            state = f"lease {found[0].lease_state}" if found else "not added"
+            raise BackendUnavailable(f"host {ns.name} has no live custody lease after {ns.wait_timeout:g} s ({state})")
+        time.sleep(0.5)
+
+
 def cmd_hosts(ns: argparse.Namespace, out: Out) -> int:
     hosts = [host_json(h) for h in list_hosts(connect(ns))]
     out.emit(hosts, lambda: table(
         [[h["name"], h["state"], h["lease_state"], h["lease_expires"], h["last_report"], str(h["files"]),
-          str(h["processes"])] for h in hosts],
-        ["HOST", "STATE", "LEASE", "LEASE EXPIRES", "LAST REPORT", "FILES", "PROCS"]))
+          str(h["processes"]), h["guard"] or "-"] for h in hosts],
+        ["HOST", "STATE", "LEASE", "LEASE EXPIRES", "LAST REPORT", "FILES", "PROCS", "GUARD"]))
     return 0
 
 
@@ -94,12 +114,12 @@ def cmd_alerts(ns: argparse.Namespace, out: Out) -> int:
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     h = sub.add_parser("host", help="enrolled hosts").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     ha = h.add_parser("add", parents=[common], help="add a host and print its one-time enrollment token")
-    ha.add_argument("name")
+    ha.add_argument("name", help="the host's name (as the agent will enroll)")
     ha.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
     ha.add_argument("--token-ttl", type=int, default=3600, help="seconds the token stays valid")
     ha.set_defaults(fn=cmd_host_add)
     hr = h.add_parser("remove", parents=[common], help="remove a host: refuse its certificate, revoke its lease")
-    hr.add_argument("name")
+    hr.add_argument("name", help="an enrolled host")
     hr.set_defaults(fn=cmd_host_remove)
     hv = h.add_parser("revoke", parents=[common],
                       help="revoke a host's certificates, or any client certificate: refused everywhere at once")
@@ -108,11 +128,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     hv.add_argument("--fingerprint", help="a certificate's SHA-256 (of its DER, hex) to revoke")
     hv.add_argument("--reason", help="why, for the record")
     hv.set_defaults(fn=cmd_host_revoke)
+    hw = h.add_parser("wait", parents=[common], help="wait until a host has a live custody lease")
+    hw.add_argument("name", help="the host to wait for")
+    hw.add_argument("--for", dest="wait_timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="give up after this many seconds (exit 5; default 60)")
+    hw.set_defaults(fn=cmd_host_wait)
     hl = h.add_parser("revocations", parents=[common], help="revoked certificates")
     hl.set_defaults(fn=cmd_host_revocations)
     hs = sub.add_parser("hosts", parents=[common], help="enrolled hosts, their leases and last reports")
     hs.set_defaults(fn=cmd_hosts)
     alp = sub.add_parser("alerts", parents=[common], help="alerts: unregistered weights, unauthorized copies, ...")
-    alp.add_argument("--host")
-    alp.add_argument("--model")
+    alp.add_argument("--host", help="only this host's alerts")
+    alp.add_argument("--model", help="only this model's alerts")
     alp.set_defaults(fn=cmd_alerts)

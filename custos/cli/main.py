@@ -23,6 +23,8 @@ from custos.errors import CustosError
 
 COMMANDS: dict[str, str] = {
     "demo": "custos.cli.demo",
+    "dev": "custos.cli.dev",
+    "completion": "custos.cli.completion",
     "model": "custos.cli.models",
     "artifact": "custos.cli.artifacts",
     "push": "custos.cli.transfer", "pull": "custos.cli.transfer",
@@ -34,6 +36,8 @@ COMMANDS: dict[str, str] = {
     "order": "custos.cli.orders", "drill": "custos.cli.orders", "drill-register": "custos.cli.drills",
     "audit": "custos.cli.audit",
     "access": "custos.cli.access",
+    "canary": "custos.cli.canaries",
+    "console": "custos.cli.console",
 }
 """Each top-level command -> the module whose ``add_commands(sub, common)`` declares it.
 The parser is built for the command that runs only (the whole parser for help and
@@ -74,9 +78,12 @@ def resolve(fn: str | Callable[[argparse.Namespace, Out], int]) -> Callable[[arg
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv`` (its first word picks the command); None: the whole parser."""
     p = argparse.ArgumentParser(prog="custos", description="Model-weight custody and full-shutdown control plane.")
+    p.add_argument("--version", action="version", version=version_text(),
+                   help="the versions of custos and of the installed control plane and agent")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("connection and output")
-    g.add_argument("--output", "-o", choices=["text", "json"], default=os.environ.get("CUSTOS_OUTPUT", "text"))
+    g.add_argument("--output", "-o", choices=["text", "json", "id"], default=os.environ.get("CUSTOS_OUTPUT", "text"),
+                   help="text for people, json for programs, id: only the id of the result (env CUSTOS_OUTPUT)")
     g.add_argument("--addr", help="control plane host:port (env CUSTOS_ADDR)")
     g.add_argument("--ca", help="CA certificate (env CUSTOS_CA)")
     g.add_argument("--tls-cert", help="client certificate (env CUSTOS_CERT)")
@@ -90,6 +97,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for add in _declarers(command):
         add(sub, common)
     return p
+
+
+def version_text() -> str:
+    """``custos 0.1.0 (controlplane 0.1.0, agent 0.1.0)``: what is installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    parts = [f"{name} {v}" for name, dist in (("controlplane", "custos-controlplane"), ("agent", "custos-agent"))
+             if (v := of(dist)) is not None]
+    return f"custos {of('custos') or '?'}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _fail(msg: str, code: int) -> NoReturn:

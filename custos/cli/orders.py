@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from custos.cli import signed_reports
 from custos.cli.common import (
     connect,
     duration,
@@ -19,12 +20,14 @@ from custos.cli.common import (
     write_exported,
 )
 from custos.cli.output import Out, table, ts
+from custos.cli.publish import add_publish_command
 from custos.client import orders
 from custos.client.session import Client
 from custos.client.signerkeys import load_private_key
 from custos.core.orders import ORDER_DOMAIN, Order
 from custos.core.reports import time_to_halt_png
 from custos.core.signers import encode_signatures
+from custos.errors import InvalidInput
 from custos.v1 import orders_pb2
 
 
@@ -38,17 +41,19 @@ def order_json(o: orders_pb2.OrderInfo) -> dict[str, Any]:
 
 
 def _order_text(d: dict[str, Any]) -> str:
-    expires = dt.datetime.fromtimestamp(d["not_after"], dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    expires = dt.datetime.fromtimestamp(d["not_after"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     lines = [f"order {d['id']}",
              f"  {d['action']}{' (drill)' if d['drill'] else ''} of {', '.join(d['models'])} "
              f"({d['artifacts']} artifacts incl. derivatives)",
              f"  reason: {d['reason']}",
-             f"  state: {d['state']}; signatures {len(d['signed_by'])}/{d['threshold']}"
+             f"  state: {d['state']}; {len(d['signed_by'])} of {d['threshold']} signatures"
              + (f" ({d['missing']} more needed)" if d["state"] == "proposed" else ""),
              f"  expires {expires}; sequence {d['sequence']}, signer set v{d['signer_set_version']}"]
     if d["quorum_at"] != "-":
         lines.append(f"  quorum at {d['quorum_at']}; completed at {d['completed_at']}")
-    lines += [f"  problem: {p}" for p in d["problems"]]
+    # Waiting for signatures is the normal state of a proposed order, not a problem.
+    lines += [f"  problem: {p}" for p in d["problems"]
+              if not (d["state"] == "proposed" and p.startswith("threshold_not_met"))]
     return "\n".join(lines)
 
 
@@ -95,12 +100,30 @@ def cmd_order_attach(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+EXIT_INCOMPLETE = 8
+"""`custos order status ID --wait`: the order executed, but copies remain, hosts did not ack, or
+it expired unsigned (the verdict of custos.core.reports says which)."""
+
+
 def cmd_order_status(ns: argparse.Namespace, out: Out) -> int:
     client = connect(ns)
+    if ns.wait is not None and not ns.order:
+        raise InvalidInput("--wait needs an order id")
     if ns.order:
-        d = order_json(orders.get_order(client, ns.order))
-        out.emit(d, lambda: _order_text(d))
-        return 0
+        info = orders.get_order(client, ns.order)
+        if ns.wait is None:
+            d = order_json(info)
+            out.emit(d, lambda: _order_text(d))
+            return 0
+        from custos.core.reports import verdict
+
+        info = orders.wait(client, info, timeout=ns.wait)
+        d = order_json(info)
+        v = verdict(json.loads(orders.report(client, info.id, "json").content))
+        d["verdict"] = v["text"]
+        d["complete"] = v["complete"]
+        out.emit(d, lambda: _order_text(d) + f"\n  verdict: {v['text']}")
+        return 0 if v["complete"] else EXIT_INCOMPLETE
     rows = [order_json(o) for o in orders.list_orders(client)]
     out.emit(rows, lambda: table(
         [[o["id"][:16], o["action"] + (" (drill)" if o["drill"] else ""), ",".join(o["models"])[:40], o["state"],
@@ -118,6 +141,8 @@ def _print_report(client: Client, order_id: str, fmt: str, png: str | None) -> N
 
 
 def cmd_order_report(ns: argparse.Namespace, out: Out) -> int:
+    if ns.signed:
+        return signed_reports.cmd_signed_report(ns, out)
     _print_report(connect(ns), ns.order, "json" if out.json or ns.format == "json" else "markdown", ns.png)
     return 0
 
@@ -147,48 +172,56 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     od = sub.add_parser("order", help="quorum-signed orders: drill, halt, lift, destroy").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
     op = od.add_parser("propose", parents=[common], help="propose an order; prints its id")
-    op.add_argument("--action", required=True, choices=["drill", "halt", "lift", "destroy"])
+    op.add_argument("--action", required=True, choices=["drill", "halt", "lift", "destroy"], help="what the order does")
     op.add_argument("--model", action="append", required=True, help="model (derivatives are included)")
-    op.add_argument("--reason", required=True)
+    op.add_argument("--reason", required=True, help="why: every signer and every agent sees it")
     op.add_argument("--expires", default="1h", help="e.g. 30m, 1h, 2d (max 7d)")
     op.add_argument("--drill", action="store_true",
                     help="drill: only what the signed drill register declares really halts; the rest is dry-run")
     op.set_defaults(fn=cmd_order_propose)
     osn = od.add_parser("sign", parents=[common], help="sign an order online with a signer key")
-    osn.add_argument("order")
-    osn.add_argument("--key", required=True)
-    osn.add_argument("--passphrase-file")
+    osn.add_argument("order", help="order id or a unique prefix")
+    osn.add_argument("--key", required=True, help="your signer key file")
+    osn.add_argument("--passphrase-file", help="a file with the key's passphrase")
     osn.set_defaults(fn=cmd_order_sign)
     oe = od.add_parser("export", parents=[common], help="write the exact bytes to sign (for offline signing)")
-    oe.add_argument("order")
+    oe.add_argument("order", help="order id or a unique prefix")
     oe.add_argument("--file", help="write here instead of stdout")
     oe.set_defaults(fn=cmd_order_export)
     osf = od.add_parser("sign-file", parents=[common], help="sign an exported order offline")
-    osf.add_argument("file")
-    osf.add_argument("--key", required=True)
+    osf.add_argument("file", help="the exported order file to sign offline")
+    osf.add_argument("--key", required=True, help="your signer key file")
     osf.add_argument("--out", help="signature file (default FILE.sig.json)")
-    osf.add_argument("--passphrase-file")
+    osf.add_argument("--passphrase-file", help="a file with the key's passphrase")
     osf.set_defaults(fn=cmd_order_sign_file)
     oa = od.add_parser("attach", parents=[common],
                        help="attach a signature file (sign-file output or ssh-keygen -Y sign -n custos-order)")
-    oa.add_argument("order")
-    oa.add_argument("sigfile")
+    oa.add_argument("order", help="order id or a unique prefix")
+    oa.add_argument("sigfile", help="the signature file to attach")
     oa.set_defaults(fn=cmd_order_attach)
     ost = od.add_parser("status", parents=[common], help="one order, or all")
-    ost.add_argument("order", nargs="?")
+    ost.add_argument("order", nargs="?", help="an order id or prefix (default: list every order)")
+    ost.add_argument("--wait", type=float, nargs="?", const=60.0, metavar="SECONDS",
+                     help=f"wait while the order is proposed or executing (default 60 s), then give its verdict; "
+                          f"exit {EXIT_INCOMPLETE} unless it is complete (no residual copy, every host acked)")
     ost.set_defaults(fn=cmd_order_status)
     orp = od.add_parser("report", parents=[common], help="completion report (Markdown, or JSON with -o json)")
-    orp.add_argument("order")
-    orp.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    orp.add_argument("order", help="order id or a unique prefix")
+    orp.add_argument("--format", choices=["markdown", "json"], default="markdown", help="markdown (default) or json")
     orp.add_argument("--png", help="also write a time-to-halt plot here")
+    orp.add_argument("--signed", action="store_true",
+                     help="the signed report file (check it offline with `custos order verify-report`)")
+    orp.add_argument("--out", help="with --signed: write the file here instead of stdout")
     orp.set_defaults(fn=cmd_order_report)
+    add_publish_command(od, common)
+    signed_reports.add_commands(od, common)
     dr = sub.add_parser("drill", parents=[common], help="propose, sign and follow a shutdown drill (or halt)")
-    dr.add_argument("--model", action="append", required=True)
-    dr.add_argument("--reason", default="scheduled shutdown drill")
-    dr.add_argument("--action", default="drill", choices=["drill", "halt"])
+    dr.add_argument("--model", action="append", required=True, help="a model in scope (repeat for more)")
+    dr.add_argument("--reason", default="scheduled shutdown drill", help="why: every signer and agent sees it")
+    dr.add_argument("--action", default="drill", choices=["drill", "halt"], help="drill (default) or a real halt")
     dr.add_argument("--key", action="append", help="signer key to sign with (repeat for a quorum)")
-    dr.add_argument("--expires", default="1h")
+    dr.add_argument("--expires", default="1h", help="how long the order may wait for signatures (default 1h)")
     dr.add_argument("--wait", type=float, default=60.0, help="seconds to wait for completion")
     dr.add_argument("--png", help="write a time-to-halt plot here")
-    dr.add_argument("--passphrase-file")
+    dr.add_argument("--passphrase-file", help="a file with the key's passphrase")
     dr.set_defaults(fn=cmd_drill)

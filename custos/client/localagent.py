@@ -9,6 +9,7 @@ Protocol: JSON lines (UTF-8, at most 1 MiB each). The client sends one request:
     {"op": "workloads"}
     {"op": "run", "model": M, "artifact": ID or "", "argv": [...], "cwd": "/abs",
      "env": {...}, "detach": false}
+    {"op": "apply-order"}           with one descriptor: a signed-order file (custos.core.orderfile)
 
 An attached run passes the client's stdin, stdout and stderr as SCM_RIGHTS
 ancillary data with the request, so the workload writes straight to the
@@ -17,6 +18,7 @@ caller's terminal. Replies are one JSON object per line:
     {"event": "status", ...}
     {"event": "started", "workload_id": W, "pid": P, "artifact_id": A, "artifact_dir": D}
     {"event": "exit", "workload_id": W, "exit_code": N or null, "stopped": REASON or null}
+    {"event": "ack", "ack": {...}}  the order's ack (outcome "refused" when it was not acted on)
     {"event": "error", "error": "one line", "error_type": "FailedPrecondition"}
 """
 
@@ -104,3 +106,10 @@ class LocalClient:
         for msg in self.request({"op": "status"}):
             return msg
         raise BackendUnavailable(f"the agent at {self.path} closed the connection")
+
+    def apply_order(self, fd: int) -> dict[str, Any]:
+        """Hand the agent the signed-order file open at ``fd``; the ack it made. Raises CustosError."""
+        for msg in self.request({"op": "apply-order"}, fds=[fd]):
+            if msg.get("event") == "ack" and isinstance(msg.get("ack"), dict):
+                return dict(msg["ack"])
+        raise BackendUnavailable(f"the agent at {self.path} closed the connection without an ack")

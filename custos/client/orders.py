@@ -69,6 +69,16 @@ def report(client: Client, order_id: str, fmt: str) -> orders_pb2.GetReportRespo
                        orders_pb2.GetReportResponse)
 
 
+def signed_report(client: Client, order_id: str) -> bytes:
+    """The order's signed report file (custos.core.evidence; check it with ``verify_report``)."""
+    return report(client, order_id, "signed").content.encode()
+
+
+def report_key(client: Client) -> orders_pb2.ReportKeyInfo:
+    """The public key (PEM), key id and holder of the key that signs completion reports."""
+    return client.call(client.orders.GetReportKey, orders_pb2.GetReportKeyRequest(), orders_pb2.ReportKeyInfo)
+
+
 def wait(client: Client, info: orders_pb2.OrderInfo, *, timeout: float, poll: float = 0.2) -> orders_pb2.OrderInfo:
     """Follow an order while it executes (at most ``timeout`` seconds); its latest state."""
     deadline = time.monotonic() + timeout

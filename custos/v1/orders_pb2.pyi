@@ -150,6 +150,20 @@ class GetReportResponse(_message.Message):
     complete: bool
     def __init__(self, content: _Optional[str] = ..., complete: _Optional[bool] = ...) -> None: ...
 
+class GetReportKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReportKeyInfo(_message.Message):
+    __slots__ = ("public_key_pem", "key_id", "signer")
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    public_key_pem: bytes
+    key_id: str
+    signer: str
+    def __init__(self, public_key_pem: _Optional[bytes] = ..., key_id: _Optional[str] = ..., signer: _Optional[str] = ...) -> None: ...
+
 class DrillRegisterInfo(_message.Message):
     __slots__ = ("body", "signatures", "version", "signer_set_version", "models", "artifacts", "threshold", "signed_by")
     BODY_FIELD_NUMBER: _ClassVar[int]

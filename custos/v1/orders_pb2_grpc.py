@@ -69,6 +69,11 @@ class OrdersStub:
                 request_serializer=custos_dot_v1_dot_orders__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=custos_dot_v1_dot_orders__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.GetReportKey = channel.unary_unary(
+                '/custos.v1.Orders/GetReportKey',
+                request_serializer=custos_dot_v1_dot_orders__pb2.GetReportKeyRequest.SerializeToString,
+                response_deserializer=custos_dot_v1_dot_orders__pb2.ReportKeyInfo.FromString,
+                _registered_method=True)
         self.GetDrillRegister = channel.unary_unary(
                 '/custos.v1.Orders/GetDrillRegister',
                 request_serializer=custos_dot_v1_dot_orders__pb2.GetDrillRegisterRequest.SerializeToString,
@@ -131,6 +136,12 @@ class OrdersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReportKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDrillRegister(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -186,6 +197,11 @@ def add_OrdersServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=custos_dot_v1_dot_orders__pb2.GetReportRequest.FromString,
                     response_serializer=custos_dot_v1_dot_orders__pb2.GetReportResponse.SerializeToString,
+            ),
+            'GetReportKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReportKey,
+                    request_deserializer=custos_dot_v1_dot_orders__pb2.GetReportKeyRequest.FromString,
+                    response_serializer=custos_dot_v1_dot_orders__pb2.ReportKeyInfo.SerializeToString,
             ),
             'GetDrillRegister': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDrillRegister,
@@ -392,6 +408,33 @@ class Orders:
             '/custos.v1.Orders/GetReport',
             custos_dot_v1_dot_orders__pb2.GetReportRequest.SerializeToString,
             custos_dot_v1_dot_orders__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReportKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custos.v1.Orders/GetReportKey',
+            custos_dot_v1_dot_orders__pb2.GetReportKeyRequest.SerializeToString,
+            custos_dot_v1_dot_orders__pb2.ReportKeyInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,7 +4,9 @@ and believes it. It plays a compromised control plane: it keeps each agent's
 custody lease alive (a Lease on the stream's opening and on every heartbeat,
 as the real one sends) and delivers whatever ``SignedOrder`` a test hands it,
 then returns the agent's ack. Orders are valid by their signatures alone, so
-whatever the agent does with them must not depend on who delivered them.
+whatever the agent does with them must not depend on who delivered them. Handed
+nothing, it is the control plane that renews leases but drops every order
+(tests/e2e/test_order_feed.py: the agents halt from the order feed anyway).
 
 Every other RPC is refused: ``Registry.GetArtifact`` with UNAVAILABLE unless a
 test installs ``get_artifact``; anything else with UNIMPLEMENTED. ``calls``

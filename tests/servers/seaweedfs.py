@@ -7,11 +7,13 @@ a port picked free here; WebDAV, the admin UI, the Iceberg/Lance endpoints, the
 embedded IAM API and telemetry are switched off. Logs, option files and the data
 live in one temporary directory that is removed on stop.
 
-Two S3 identities are configured (``identities.json``):
+Three S3 identities are configured (``identities.json``):
 
 * ``admin`` may do everything; only the launcher uses it, to create the bucket.
 * ``custos`` gets ``Read``, ``Write`` and ``List`` on its one bucket and nothing
   else: it cannot create or delete buckets, nor touch another bucket.
+* ``reader`` gets ``Read`` and ``List`` on that bucket only: what an agent holds to
+  pull ciphertext and poll the order feed.
 
 ``weed`` puts its gRPC unix sockets at ``/tmp/seaweedfs-<service>-grpc-<port>.sock``
 (no flag moves them, and they do not follow TMPDIR); :meth:`SeaweedFS.stop` removes
@@ -88,6 +90,7 @@ class SeaweedFS:
     process: subprocess.Popen[bytes]
     startup_seconds: float
     _owns_dir: bool = True
+    reader: S3Identity | None = None  # read and list only (an agent's credentials)
 
     @property
     def log_path(self) -> Path:
@@ -170,7 +173,7 @@ class SeaweedFS:
         self.stop()
 
 
-def _identities(bucket: str) -> tuple[S3Identity, S3Identity, dict[str, object]]:
+def _identities(bucket: str) -> tuple[S3Identity, S3Identity, S3Identity, dict[str, object]]:
     admin = S3Identity("admin", "ADMIN" + secrets.token_hex(8).upper(), secrets.token_hex(20))
     custos = S3Identity("custos", "CUSTOS" + secrets.token_hex(7).upper(), secrets.token_hex(20))
     config: dict[str, object] = {
@@ -189,7 +192,13 @@ def _identities(bucket: str) -> tuple[S3Identity, S3Identity, dict[str, object]]
             },
         ]
     }
-    return admin, custos, config
+    reader = S3Identity("reader", "READER" + secrets.token_hex(7).upper(), secrets.token_hex(20))
+    identities = config["identities"]
+    assert isinstance(identities, list)
+    identities.append({"name": reader.name, "credentials": [{"accessKey": reader.access_key,
+                                                             "secretKey": reader.secret_key}],
+                       "actions": [f"Read:{bucket}", f"List:{bucket}"]})
+    return admin, custos, reader, config
 
 
 def start_seaweedfs(
@@ -247,7 +256,7 @@ def _launch(weed: str, root: Path, bucket: str, timeout: float, owns_dir: bool) 
         shutil.rmtree(root / sub, ignore_errors=True)
         (root / sub).mkdir(mode=0o700)
 
-    admin, custos, ident_cfg = _identities(bucket)
+    admin, custos, reader, ident_cfg = _identities(bucket)
     ident_path = root / "identities.json"
     fd = os.open(ident_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -316,6 +325,7 @@ def _launch(weed: str, root: Path, bucket: str, timeout: float, owns_dir: bool) 
         process=proc,
         startup_seconds=0.0,
         _owns_dir=owns_dir,
+        reader=reader,
     )
     _live.add(server)
     try:

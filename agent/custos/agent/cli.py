@@ -1,4 +1,4 @@
-"""The agent's commands in the `custos` CLI: `custos agent enroll` and `custos agent run`.
+"""The agent's commands in the `custos` CLI: `custos agent enroll`, `run` and `apply-order`.
 
 This distribution registers :func:`add_commands` in the ``custos.commands``
 entry-point group; the CLI calls it to build its parser. It only declares the
@@ -39,3 +39,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     run.add_argument("--socket", help="local socket path (with --dev; default DATA_DIR/agent.sock)")
     run.add_argument("--log-level", help="debug, info, warning, error")
     run.set_defaults(fn=f"{HANDLERS}:cmd_agent_run")
+
+    ap = ag.add_parser("apply-order", parents=[common],
+                       help="apply a signed-order file on this host (air-gapped hosts; exit 7 if refused)")
+    ap.add_argument("file", help="a signed-order file (custos order publish --out, or an object of the feed)")
+    ap.add_argument("--socket", help="the agent's socket (env CUSTOS_AGENT_SOCKET)")
+    ap.add_argument("--drop-dir", help="write the file into this drop directory and wait for its ack instead")
+    ap.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the ack (with --drop-dir)")
+    ap.set_defaults(fn=f"{HANDLERS}:cmd_agent_apply_order")

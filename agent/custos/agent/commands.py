@@ -1,4 +1,4 @@
-"""Handlers of `custos agent enroll` and `custos agent run` (arguments in :mod:`custos.agent.cli`).
+"""Handlers of `custos agent enroll`, `run` and `apply-order` (arguments in :mod:`custos.agent.cli`).
 
 Each handler is ``fn(ns, out) -> int`` and raises custos.errors on bad input; the
 CLI prints the one-line error and picks the exit code.
@@ -16,8 +16,11 @@ from custos import logs
 from custos.agent.config import AgentConfig, default_host_name, dev_config, load_agent_config
 from custos.agent.daemon import Agent
 from custos.agent.enroll import enroll
+from custos.agent.feed import apply_through_drop_dir
 from custos.agent.orders import VerifyingOrderHandler
+from custos.client.localagent import LocalClient
 from custos.core.hosts import validate_host_name
+from custos.core.orderfile import MAX_ORDER_FILE_BYTES
 from custos.errors import InvalidInput
 
 # -- agent enroll ---------------------------------------------------------------------------
@@ -77,3 +80,41 @@ def cmd_agent_run(ns: argparse.Namespace, out: Any) -> int:
         raise InvalidInput(str(exc)) from None
     # Orders are acted on only after this agent's own verification against its pinned signer set.
     return asyncio.run(Agent(cfg, order_handler_factory=VerifyingOrderHandler).run())
+
+
+# -- agent apply-order ----------------------------------------------------------------------
+
+
+def _ack_text(ack: dict[str, Any]) -> str:
+    lines = [f"order {ack.get('order_id') or '(unreadable)'}: {ack.get('outcome', '?')}"
+             + ("" if ack.get("verified") else " (not verified: nothing was done)")]
+    if ack.get("reason"):
+        lines.append(f"  {ack['reason']}")
+    if ack.get("pids_stopped"):
+        lines.append(f"  pids stopped: {', '.join(str(p) for p in ack['pids_stopped'])}")
+    if ack.get("paths_wiped"):
+        lines.append(f"  paths wiped: {len(ack['paths_wiped'])}")
+    lines += [f"  remaining: {r}" for r in ack.get("remaining", [])[:20]]
+    return "\n".join(lines)
+
+
+def cmd_agent_apply_order(ns: argparse.Namespace, out: Any) -> int:
+    """Apply a signed-order file through the running agent; exit 7 when the agent refused it."""
+    path = Path(ns.file)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if ns.drop_dir:
+            data = os.read(fd, MAX_ORDER_FILE_BYTES + 1)
+            if len(data) > MAX_ORDER_FILE_BYTES:
+                raise InvalidInput(f"{path}: larger than an order file may be ({MAX_ORDER_FILE_BYTES} bytes)")
+            ack = apply_through_drop_dir(Path(ns.drop_dir), data, wait=ns.wait)
+        else:
+            sock = ns.socket or os.environ.get("CUSTOS_AGENT_SOCKET") or "/run/custos-agent/agent.sock"
+            ack = LocalClient(Path(sock), timeout=120).apply_order(fd)
+    finally:
+        os.close(fd)
+    out.emit(ack, _ack_text(ack))
+    return 0 if ack.get("verified") else 7

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from custos.agent.canary import CanarySettings, parse_canary_settings
+from custos.agent.guard import AllowEntry, GuardSettings
 from custos.agent.scanner import DEFAULT_EXCLUDE, DEFAULT_MIN_SIZE, WEIGHT_SUFFIXES, ScanConfig
 from custos.client.connection import parse_addrs
+from custos.client.orderfeed import FEED_PREFIX, check_feed_prefix
 from custos.core.hosts import validate_host_name
 from custos.errors import InvalidInput
 
@@ -43,8 +46,12 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "workloads": {"plaintext_dir": (str,), "stop_grace": (int, float), "allowed_uids": (list,),
                   "allowed_gids": (list,), "grant_check_interval": (int, float)},
     "blobs": {"access_key": (str,), "secret_key_file": (str,)},
+    "guard": {"mode": (str,), "protected_paths": (list,), "allow": (list,), "response_timeout_ms": (int,),
+              "protected_fail": (str,), "watch_registered": (bool,), "read_dedupe_s": (int, float)},
     "log": {"level": (str,), "format": (str,)},
     "metrics": {"listen": (str,)},
+    "canary": {"paths": (list,), "model": (str,), "max_bytes": (int,)},
+    "orders": {"feed_url": (str,), "feed_prefix": (str,), "feed_interval": (int, float), "drop_dir": (str,)},
 }
 
 
@@ -89,7 +96,13 @@ class AgentConfig:
     blobs_secret_key_file: Path | None = None
     log_level: str = "info"
     log_format: str = "json"
+    guard: GuardSettings = field(default_factory=GuardSettings)  # [guard]: kernel-checked opens
     metrics_listen: str = ""  # "HOST:PORT" serves Prometheus /metrics; empty: off
+    canary: CanarySettings = field(default_factory=CanarySettings)  # [canary]: decoys planted at start
+    orders_feed_url: str = ""  # blob store URL of the signed-order feed (custos.agent.feed); empty: no feed
+    orders_feed_prefix: str = FEED_PREFIX
+    orders_feed_interval: float = 10.0
+    orders_drop_dir: Path | None = None  # None: STATE_DIR/orders-drop
     dev: bool = False
     # Dev mode only: the security-team credentials used to add this host.
     dev_admin_cert: Path | None = None
@@ -158,6 +171,29 @@ def _positive(path: Path, key: str, value: float, *, low: float, high: float) ->
     return float(value)
 
 
+def _guard_section(path: Path, g: dict[str, Any], p: Any) -> GuardSettings:
+    """The ``[guard]`` section (kernel-checked opens, custos.agent.guard). Raises InvalidInput."""
+    allow = []
+    for i, entry in enumerate(g.get("allow", [])):
+        if not isinstance(entry, dict) or set(entry) != {"path", "sha256"} or \
+                not all(isinstance(v, str) for v in entry.values()):
+            raise InvalidInput(f"config {path}: guard.allow[{i}] must be a table with exactly path and sha256")
+        try:
+            allow.append(AllowEntry(path=entry["path"], sha256=entry["sha256"]))
+        except InvalidInput as exc:
+            raise InvalidInput(f"config {path}: guard.allow[{i}]: {exc}") from None
+    protected = _str_list(path, "guard", "protected_paths", g.get("protected_paths", []))
+    try:
+        return GuardSettings(
+            mode=g.get("mode", "auto"),
+            protected_paths=tuple(os.path.normpath(os.path.abspath(p(x))) for x in protected),
+            allow=tuple(allow), response_timeout_ms=g.get("response_timeout_ms", 250),
+            protected_fail=g.get("protected_fail", "closed"), watch_registered=g.get("watch_registered", True),
+            read_dedupe_s=float(g.get("read_dedupe_s", 60)))
+    except InvalidInput as exc:
+        raise InvalidInput(f"config {path}: {exc}") from None
+
+
 def _control_plane_addrs(path: Path, cp: dict[str, Any]) -> str:
     """``addr`` or ``addrs``, checked, as one comma-separated string ("" if neither). Raises InvalidInput."""
     if "addr" in cp and "addrs" in cp:
@@ -173,6 +209,23 @@ def _control_plane_addrs(path: Path, cp: dict[str, Any]) -> str:
         if not re.fullmatch(r"[^\s/,]+:\d{1,5}", a):
             raise InvalidInput(f"config {path}: control_plane.{key} must be HOST:PORT, got {a!r}")
     return ",".join(addrs)
+
+
+def _orders_section(path: Path, od: dict[str, Any], p: Any) -> dict[str, Any]:
+    """The ``[orders]`` keys as AgentConfig fields: the signed-order feed and the drop
+    directory (custos.agent.feed). Raises InvalidInput."""
+    url = od.get("feed_url", "")
+    if url and not re.fullmatch(r"(file|s3)://\S+", url):
+        raise InvalidInput(f"config {path}: orders.feed_url must be a file:// or s3:// blob store URL")
+    prefix = od.get("feed_prefix", FEED_PREFIX)
+    try:
+        check_feed_prefix(prefix)
+    except InvalidInput as exc:
+        raise InvalidInput(f"config {path}: orders.feed_prefix: {exc}") from None
+    return {"orders_feed_url": url, "orders_feed_prefix": prefix,
+            "orders_feed_interval": _positive(path, "orders.feed_interval", od.get("feed_interval", 10),
+                                              low=0.2, high=3600),
+            "orders_drop_dir": p(od["drop_dir"]) if od.get("drop_dir") else None}
 
 
 def load_agent_config(path: Path, *, dev: bool = False) -> AgentConfig:
@@ -277,7 +330,10 @@ def config_from_dict(raw: dict[str, Any], *, path: Path, dev: bool = False) -> A
         blobs_secret_key_file=p(blobs["secret_key_file"]) if blobs.get("secret_key_file") else None,
         log_level=level,
         log_format=fmt,
+        guard=_guard_section(path, raw.get("guard", {}), p),
         metrics_listen=str(raw.get("metrics", {}).get("listen", "")),
+        canary=parse_canary_settings(path, raw.get("canary", {})),
+        **_orders_section(path, raw.get("orders", {}), p),
         dev=dev,
         extra={"set": sorted(k for k in ("name", "state_dir", "socket") if raw.get(k))},
     )

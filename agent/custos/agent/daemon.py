@@ -21,6 +21,7 @@ threads so heartbeats keep flowing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -32,8 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from custos.agent.calls import AgentCalls
+from custos.agent.canary import Canaries
 from custos.agent.config import AgentConfig
 from custos.agent.enroll import Identity, dev_enroll, load_identity, read_credentials
+from custos.agent.feed import OrderIntake
+from custos.agent.guard import Guard, workload_zones
 from custos.agent.halt import HaltBlocks, Halter, HaltEvidence, ManifestCache, iso_utc
 from custos.agent.inventory import Inventory
 from custos.agent.localapi import LocalApi
@@ -50,6 +54,9 @@ from custos.v1 import custody_pb2
 log = logging.getLogger("custos.agent")
 
 OrderHandlerFactory = Callable[["Agent"], OrderHandler]
+ACCESS_QUEUE = 2000  # access events held while disconnected (the oldest go first)
+ACCESS_RESEND_S = 10.0  # sent this shortly before a disconnect: sent again
+GUARD_TICK_S = 1.0
 
 
 class Agent:
@@ -81,6 +88,12 @@ class Agent:
         self._resuming = False
         self._blobs: dict[str, BlobStore] = {}
         self.started_unix_ns = time.time_ns()
+        # AccessEvents of the guard: queued (bounded) while disconnected; those sent just before a
+        # disconnect are sent again (the control plane's alert ids make a repeat harmless).
+        self._access_q: collections.deque[custody_pb2.AccessEvent] = collections.deque(maxlen=ACCESS_QUEUE)
+        self._access_sent: collections.deque[tuple[float, custody_pb2.AccessEvent]] = collections.deque(maxlen=512)
+        self._access_kick = asyncio.Event()
+        self.access_dropped = 0
 
     # - identity -
 
@@ -222,6 +235,9 @@ class Agent:
             "managed_roots": self.supervisor.managed_roots(),
             "inventory": self.inventory.status(),
             "last_halt": self.last_halt.as_dict() if self.last_halt is not None else None,
+            "guard": {**self.guard.status(), "events_queued": len(self._access_q),
+                      "events_dropped_queue": self.access_dropped},
+            "orders": self.intake.status(),
             "dev": self.cfg.dev,
         }
 
@@ -238,14 +254,43 @@ class Agent:
         self._dirty.set()
 
     def _on_managed_change(self) -> None:
+        guard = getattr(self, "guard", None)
+        if guard is not None:
+            guard.sync_workloads()  # a new run is guarded before its id is handed to anyone
         self._proc_kick.set()
         self._mark(full=True)
 
     async def _initial_messages(self) -> list[custody_pb2.AgentMessage]:
+        # Every canary on every connection: the control plane records what it has not seen.
+        canaries = [custody_pb2.AgentMessage(canary=r) for r in self.canaries.reports()]
         if not self.inventory.ready:
-            return []  # the first full scan sends it when done
+            return canaries  # the first full scan sends the inventory when done
         self._need_full = False
-        return [custody_pb2.AgentMessage(inventory=self.inventory.full_report())]
+        return [*canaries, custody_pb2.AgentMessage(inventory=self.inventory.full_report())]
+
+    # - canaries -
+
+    async def _plant_canary(self, req: custody_pb2.PlantCanary) -> None:
+        res = await asyncio.to_thread(self.canaries.plant, req.canary_id, req.path, req.model)
+        await self._canaries_planted([res])
+
+    async def _plant_configured(self) -> None:
+        reports = await asyncio.to_thread(self.canaries.plant_configured) if self.cfg.canary.paths else []
+        await self._canaries_planted(reports)
+
+    async def _canaries_planted(self, reports: list[custody_pb2.CanaryPlanted]) -> None:
+        """Hash the new decoys into the scan cache (so the scanner does not open them again), then
+        let the guard watch every decoy, then tell the control plane."""
+        paths = [f.path for r in reports for f in r.files]
+        if paths:
+            try:
+                await self.inventory.rescan(paths)
+            except Exception:
+                log.exception("rescanning new canary decoys failed")
+        await asyncio.to_thread(self.guard.set_canaries, self.canaries.watched())
+        for r in reports:
+            self.stream.send(custody_pb2.AgentMessage(canary=r))  # else: sent with the next connection's
+        self._mark(full=True)
 
     def _on_connected(self) -> None:
         # A re-enrollment may have replaced the identity (and the pinned signer set) on disk.
@@ -254,10 +299,50 @@ class Agent:
                 self.identity = load_identity(self.cfg.state_dir, self.cfg.name) or self.identity
             except CustosError as exc:
                 log.warning("cannot re-read this host's identity", extra={"fields": {"error": str(exc)}})
+        self._access_kick.set()
 
     def _on_disconnected(self, reason: str) -> None:
         self.inventory.forget_sent()
         self._need_full = True
+        # Access events written just before the stream broke may not have reached the control plane.
+        now = time.monotonic()
+        for at, ev in reversed(self._access_sent):
+            if now - at < ACCESS_RESEND_S:
+                self._access_q.appendleft(ev)
+        self._access_sent.clear()
+
+    # - kernel-checked opens -
+
+    def _on_access(self, ev: custody_pb2.AccessEvent) -> None:
+        """From the guard's reporter thread: hand the event to the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is gone
+            self._loop.call_soon_threadsafe(self._queue_access, ev)
+
+    def _queue_access(self, ev: custody_pb2.AccessEvent) -> None:
+        if len(self._access_q) == self._access_q.maxlen:
+            self.access_dropped += 1
+        self._access_q.append(ev)
+        self._access_kick.set()
+
+    async def _access_loop(self) -> None:
+        """Send AccessEvents as they come; hold them while the stream is down."""
+        while not self._stop.is_set():
+            await _wait(self._access_kick, 1.0)
+            self._access_kick.clear()
+            while self._access_q and self.stream.connected:
+                ev = self._access_q[0]
+                if not self.stream.send(custody_pb2.AgentMessage(access=ev)):
+                    break
+                self._access_q.popleft()
+                self._access_sent.append((time.monotonic(), ev))
+
+    async def _guard_loop(self) -> None:
+        """Keep the guard's marks in step (new registered weights, protected subdirectories, members)."""
+        while not self._stop.is_set():
+            await _wait(self._stop, GUARD_TICK_S)
+            if not self._stop.is_set():
+                await asyncio.to_thread(self.guard.tick)
+                self.inventory.guard = self.guard.mode_text
 
     async def _reporter(self) -> None:
         while not self._stop.is_set():
@@ -359,7 +444,7 @@ class Agent:
             on_lease=self._on_lease, on_removed=self._on_removed, on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
             heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
-            server_name=cfg.server_name)
+            server_name=cfg.server_name, held_acks=cfg.state_dir / "held-acks.json")
         self.calls = AgentCalls(self.stream)
         self.supervisor = Supervisor(
             name=cfg.name, state_dir=cfg.state_dir, plaintext_dir=cfg.plaintext_dir, calls=self.calls,
@@ -368,14 +453,38 @@ class Agent:
             grant_check_interval=cfg.grant_check_interval)
         bases = tuple(str(b) for b in self.supervisor.bases())
         self.inventory = Inventory(cfg, self.supervisor, hasher=self._hasher, extra_exclude=bases)
+        self.canaries = Canaries(host=cfg.name, state_dir=cfg.state_dir, scan_roots=cfg.scan_roots,
+                                 managed=lambda: [cfg.state_dir, *self.supervisor.bases()], settings=cfg.canary)
+        self.canaries.load()
+        self.inventory.canaries = self.canaries
+        self.stream.on_plant_canary = lambda req: self._spawn(self._plant_canary(req))
+        self._loop = asyncio.get_running_loop()
+        halts = self.blocks.snapshot()
+        self.guard = Guard(cfg.guard, workloads=lambda: workload_zones(self.supervisor),
+                           records=self.inventory.records, manifests=self.manifests,
+                           managed_bases=self.supervisor.bases, on_event=self._on_access,
+                           halted=(halts["all"] is not None, tuple(halts["artifacts"])))
+        # A halt makes the scope's guarded files refuse every opener before any process is signalled.
         self.halter = Halter(supervisor=self.supervisor, blocks=self.blocks, manifests=self.manifests,
-                             records=self.inventory.records, grace_s=cfg.stop_grace)
+                             records=self.inventory.records, grace_s=cfg.stop_grace,
+                             deny_opens=self.guard.deny_all, allow_opens=self.guard.lift)
         self.stream.order_handler = (self._order_handler_factory(self) if self._order_handler_factory
                                      else RefuseUnverifiedOrders())
+        # Orders over any path: the feed, the drop directory, apply-order — the same handler.
+        feed_url = cfg.orders_feed_url
+        self.intake = OrderIntake(
+            handler=self.stream.order_handler, deliver=self.stream.deliver_ack,
+            drop_dir=cfg.orders_drop_dir or cfg.state_dir / "orders-drop",
+            open_feed=(lambda: self._open_blobs(feed_url)) if feed_url else None,
+            feed_prefix=cfg.orders_feed_prefix, feed_interval=cfg.orders_feed_interval)
         await asyncio.to_thread(self.supervisor.cleanup_leftovers)
+        await asyncio.to_thread(self.guard.start)  # FailedPrecondition: fanotify required and not there
+        self.inventory.guard = self.guard.mode_text
         self.api = LocalApi(cfg.socket_path, status=self.status, supervisor=self.supervisor,
-                            allowed_uids=cfg.allowed_uids, allowed_gids=cfg.allowed_gids)
+                            allowed_uids=cfg.allowed_uids, allowed_gids=cfg.allowed_gids,
+                            apply_order=self.intake.apply_fd)
         await self.api.start()
+        self._spawn(self._plant_configured())  # also hands the guard the canaries planted before
         self.metrics_port = 0
         if cfg.metrics_listen:
             from custos.agent.metrics import start_metrics  # optional: prometheus-client, the metrics extra
@@ -391,7 +500,8 @@ class Agent:
             "host": cfg.name, "addr": cfg.addr, "roots": [str(r) for r in cfg.scan_roots],
             "socket": str(cfg.socket_path), "state_dir": str(cfg.state_dir), "pid": os.getpid()}})
         for coro in (self.stream.run(self._stop), self._watchdog(), self._reporter(), self._scan_loop(),
-                     self._process_loop(), self._watch_loop()):
+                     self._process_loop(), self._watch_loop(), self.intake.run(self._stop), self._guard_loop(),
+                     self._access_loop()):
             self._spawn(coro)
         if cfg.cert_file is None:  # an enrolled identity renews itself; an operator's certificate is theirs
             self.renewal = CertificateRenewal(identity_dir=cfg.state_dir / "identity", name=cfg.name,
@@ -421,6 +531,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.supervisor.close()
+        await asyncio.to_thread(self.guard.close)  # after the halt above: its wipes were still guarded
         self.inventory.close()
         for b in self._blobs.values():
             with contextlib.suppress(Exception):

@@ -120,18 +120,24 @@ class Halter:
     """Executes local halts. Thread-safe; :meth:`halt_local` blocks (run it off the event loop).
 
     ``records`` returns the inventory's current file records (for copies the
-    agent does not manage).
+    agent does not manage). ``deny_opens(scope, drill)`` (the guard's deny-all) runs as
+    soon as the scope is refused, before any process is signalled; ``allow_opens(scope)``
+    when it is lifted. Neither may raise.
     """
 
     def __init__(self, *, supervisor: Supervisor, blocks: HaltBlocks, manifests: ManifestCache,
                  records: Callable[[], list[FileRecord]], grace_s: float = 10.0,
-                 kill_wait_s: float = 5.0) -> None:
+                 kill_wait_s: float = 5.0,
+                 deny_opens: Callable[[frozenset[str] | None, bool], None] | None = None,
+                 allow_opens: Callable[[frozenset[str] | None], None] | None = None) -> None:
         self.supervisor = supervisor
         self.blocks = blocks
         self.manifests = manifests
         self.records = records
         self.grace_s = grace_s
         self.kill_wait_s = kill_wait_s
+        self.deny_opens = deny_opens
+        self.allow_opens = allow_opens
         self._lock = threading.Lock()
 
     def halt_local(self, scope: Collection[str] | None, *, reason: str, dry_run: bool = False,
@@ -153,6 +159,8 @@ class Halter:
         with self._lock:
             if not dry_run:
                 self.blocks.block(s, reason)
+                if self.deny_opens is not None:
+                    self.deny_opens(s, drill)  # kernel-checked opens of the scope refused from here on
                 self.supervisor.zeroize_keys(s)
                 self.supervisor.mark_stopping(s, reason)
             plan = self._plan(s, drill=drill)
@@ -196,6 +204,8 @@ class Halter:
         """
         s = _check_scope(scope)
         self.blocks.unblock(s)
+        if self.allow_opens is not None:
+            self.allow_opens(s)
         log.info("local halt lifted", extra={"fields": {"scope": _scope_text(s)}})
 
     def _plan(self, scope: frozenset[str] | None, *, drill: bool = False) -> _Plan:

@@ -13,6 +13,7 @@ import pwd
 import threading
 from typing import Any
 
+from custos.agent.canary import Canaries
 from custos.agent.config import AgentConfig
 from custos.agent.processes import inspect_holders
 from custos.agent.scanner import FileRecord, Hasher, Scanner, ScanProblem
@@ -56,6 +57,8 @@ class Inventory:
         self._sent_files: dict[str, tuple[int, str, str]] | None = None
         self._sent_procs: frozenset[Any] | None = None
         self._sent_roots: tuple[str, ...] | None = None
+        self.guard = "off"  # how opens are checked (custos.agent.guard): fanotify | inotify (degraded) | off
+        self.canaries: Canaries | None = None  # decoys as planted are left out (custos.agent.canary)
 
     def close(self) -> None:
         self.scanner.close()
@@ -66,7 +69,8 @@ class Inventory:
             merged = dict(self._files)
         for r in self.supervisor.managed_records():
             merged[r.path] = r
-        return list(merged.values())
+        decoys = self.canaries
+        return [r for r in merged.values() if decoys is None or not decoys.hides(r.path, r.sha256)]
 
     # - scanning -
 
@@ -159,7 +163,8 @@ class Inventory:
             full=True,
             files=[custody_pb2.FileRecord(path=r.path, size=r.size, sha256=r.sha256, form=r.form)
                    for r in sorted(records, key=lambda r: r.path)],
-            processes=list(self.processes), problems=self._problem_list(), managed_roots=list(roots))
+            processes=list(self.processes), problems=self._problem_list(), managed_roots=list(roots),
+            canary_paths=self.canaries.paths() if self.canaries is not None else [], guard=self.guard)
         self._sent_files = {r.path: (r.size, r.sha256, r.form) for r in records}
         self._sent_procs = self._proc_key()
         self._sent_roots = roots
@@ -189,7 +194,7 @@ class Inventory:
             files=[custody_pb2.FileRecord(path=r.path, size=r.size, sha256=r.sha256, form=r.form)
                    for r in sorted(changed, key=lambda r: r.path)],
             removed_paths=removed, processes=list(self.processes), problems=self._problem_list(),
-            managed_roots=list(roots))
+            managed_roots=list(roots), guard=self.guard)
 
     def forget_sent(self) -> None:
         """After a disconnect: the next report is a full one."""

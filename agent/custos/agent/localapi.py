@@ -23,7 +23,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,10 @@ class LocalApi:
     """Serves the local socket on the running event loop."""
 
     def __init__(self, path: Path, *, status: Callable[[], dict[str, Any]], supervisor: Supervisor,
-                 allowed_uids: tuple[int, ...] = (), allowed_gids: tuple[int, ...] = ()) -> None:
+                 allowed_uids: tuple[int, ...] = (), allowed_gids: tuple[int, ...] = (),
+                 apply_order: Callable[[int], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.path = path
+        self.apply_order = apply_order  # `custos agent apply-order`: fd of a signed-order file -> the ack
         self.status = status
         self.supervisor = supervisor
         self.allowed_uids = set(allowed_uids)
@@ -164,6 +166,11 @@ class LocalApi:
             elif op == "run":
                 await self._run(loop, conn, req, fds, uid, gid)
                 fds = []
+            elif op == "apply-order" and self.apply_order is not None:
+                if len(fds) != 1:
+                    raise InvalidInput("apply-order passes exactly one descriptor: the order file's")
+                log.warning("apply-order from the local socket", extra={"fields": {"uid": uid, "pid": pid}})
+                await _send(loop, conn, {"event": "ack", "ack": await self.apply_order(fds[0])})
             else:
                 await _send(loop, conn, error_event(InvalidInput(f"unknown op {op!r}")))
         except (ConnectionError, BrokenPipeError):

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from custos.errors import InvalidInput
 
 LEASE_STATES = ("live", "expired", "none", "removed")
+GUARD_MODES = ("fanotify", "inotify (degraded)", "off")
 
 
 class AgentCollector:
@@ -49,6 +50,33 @@ class AgentCollector:
         halt = s.get("last_halt") or {}
         yield GaugeMetricFamily("custos_agent_last_halt_timestamp_seconds", "When the last local halt finished.",
                                 value=float(halt.get("done_unix_ns", 0)) / 1e9)
+        if s.get("guard"):
+            yield from _guard_metrics(s["guard"])
+
+
+def _guard_metrics(g: dict[str, Any]) -> Iterator[Any]:
+    """Kernel-checked opens (custos.agent.guard): the mode, answers, refusals, response times."""
+    mode = GaugeMetricFamily("custos_agent_guard", "How this host checks opens of plaintext weights (1 = current; "
+                             "inotify is degraded: no pid, nothing refused).", labels=["mode"])
+    for m in GUARD_MODES:
+        mode.add_metric([m], 1.0 if g["mode"] == m else 0.0)
+    yield mode
+    for key, name, doc in (
+            ("answered", "answered", "Opens of guarded files answered."),
+            ("denied", "denied", "Opens of guarded files refused (EPERM)."),
+            ("defaults", "defaults", "Opens answered with their zone's default: no decision within the bound."),
+            ("watchdog_takeovers", "watchdog_takeovers", "Times the watchdog found the responder stalled.")):
+        yield CounterMetricFamily(f"custos_agent_guard_{name}", doc, value=float(g.get(key, 0)))
+    yield CounterMetricFamily("custos_agent_guard_events", "Access events reported (denied, read, canary).",
+                              value=float(g.get("events", {}).get("reported", 0)))
+    yield GaugeMetricFamily("custos_agent_guard_max_response_seconds", "Longest time to answer an open.",
+                            value=float(g.get("max_response_ms", 0.0)) / 1000)
+    buckets = g.get("response_buckets")
+    if buckets:
+        yield HistogramMetricFamily(
+            "custos_agent_guard_response_seconds", "Time from a permission event to its answer.",
+            buckets=[(b if isinstance(b, str) else repr(float(b)), float(c)) for b, c in buckets],
+            sum_value=float(g.get("response_seconds_sum", 0.0)))
 
 
 def start_metrics(listen: str, status: Callable[[], dict[str, Any]]) -> tuple[Any, int]:

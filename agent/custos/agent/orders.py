@@ -22,7 +22,8 @@ Two promises the agent keeps from signed data alone, whatever the control plane 
 - destroy is final: the models and artifacts of every destroy are kept apart from the
   replay state (``destroyed``, ``destroyed_artifacts``); no later lift reaches them.
 
-Every order, verified or not, gets an ack with the evidence.
+Every order, verified or not, gets an ack with the evidence, signed by the host key
+(custos.agent.evidence; refusals and already-executed replays too).
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from custos.core.canonical import decode_canonical
+from custos.agent.evidence import AckSigner
 from custos.core.drills import DrillRegister, verify_register
 from custos.core.manifest import decode_manifest
 from custos.core.names import HEX64
+from custos.core.orderfile import follow_chain
 from custos.core.orders import (
     ExecutedOrders,
     Order,
@@ -48,8 +50,8 @@ from custos.core.orders import (
     order_id_of,
     verify_order,
 )
-from custos.core.signers import Signature, SignerSet, TrustedSignerSets, decode_signatures, encode_signatures
-from custos.errors import CustosError, InvalidInput
+from custos.core.signers import Signature, TrustedSignerSets, decode_signatures, encode_signatures
+from custos.errors import CustosError
 from custos.fs.private import write_private
 from custos.v1 import custody_pb2
 
@@ -97,6 +99,7 @@ class VerifyingOrderHandler:
         self.state = AgentOrderState(state_dir / "orders.json")
         self.trusted_path = state_dir / "trusted-signer-set.bin"
         self.register_path = state_dir / "drill-register.json"
+        self.signer = AckSigner.for_agent(agent)
         self._lock = asyncio.Lock()
 
     def _trusted(self) -> TrustedSignerSets | None:
@@ -110,18 +113,7 @@ class VerifyingOrderHandler:
     def _advance(self, trusted: TrustedSignerSets, chain: list[bytes]) -> TrustedSignerSets:
         """Follow signed rotations past the pinned version. Raises RotationRejected."""
 
-        moved = False
-        for item in chain:
-            rec = decode_canonical(bytes(item))
-            if (not isinstance(rec, dict) or set(rec) != {"set", "signatures"}
-                    or not all(isinstance(v, str) for v in rec.values())):
-                raise InvalidInput("a rotation-chain entry wants exactly the strings set and signatures")
-            candidate = SignerSet.decode(rec["set"].encode())
-            if candidate.version <= trusted.version:
-                continue
-            trusted.update(rec["set"].encode(), decode_signatures(rec["signatures"].encode()))
-            moved = True
-        if moved:
+        if follow_chain(trusted, chain):
             write_private(self.trusted_path, trusted.current.encode())
             log.warning("signer set advanced", extra={"fields": {"version": trusted.version}})
         return trusted
@@ -157,7 +149,7 @@ class VerifyingOrderHandler:
 
     async def handle(self, order: custody_pb2.SignedOrder, *, received_unix_ns: int) -> custody_pb2.OrderAck:
         async with self._lock:
-            return await self._handle(order, received_unix_ns)
+            return self.signer.sign(await self._handle(order, received_unix_ns))
 
     async def _handle(self, order: custody_pb2.SignedOrder, received: int) -> custody_pb2.OrderAck:
         body = bytes(order.body)

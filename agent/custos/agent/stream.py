@@ -34,10 +34,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 
+from custos.agent.heldacks import HeldAcks
 from custos.client.connection import parse_addrs
 from custos.client.status import error_for
 from custos.core.orders import order_id_of
@@ -198,6 +200,7 @@ class CustodyStream:
         reconnect_max: float = 30.0,
         server_name: str = "",
         identity_poll: float = 2.0,
+        held_acks: Path | None = None,
     ) -> None:
         self.addrs = parse_addrs(addr, "control-plane address") if addr else ("",)
         self._addr_index = 0
@@ -208,6 +211,9 @@ class CustodyStream:
         self._on_connected = on_connected or (lambda: None)
         self._on_disconnected = on_disconnected or (lambda reason: None)
         self.order_handler: OrderHandler = order_handler or RefuseUnverifiedOrders()
+        # PlantCanary from the control plane (custos.agent.canary); set by the daemon. It answers
+        # with CanaryPlanted on its own, so it must not block the reader.
+        self.on_plant_canary: Callable[[custody_pb2.PlantCanary], None] | None = None
         self.heartbeat_interval = heartbeat_interval
         self.backoff = Backoff(base=reconnect_base, cap=reconnect_max)
         self.server_name = server_name
@@ -222,7 +228,8 @@ class CustodyStream:
         self._conn_leases = 0
         self._tasks: set[asyncio.Task[Any]] = set()  # this connection's: cancelled when it ends
         self._order_tasks: set[asyncio.Task[Any]] = set()  # orders being executed: never cancelled by a reconnect
-        self._held: list[custody_pb2.AgentMessage] = []  # acks waiting for a connection
+        self._kept = HeldAcks(held_acks)  # the held acks on disk: they survive a restart
+        self._held: list[custody_pb2.AgentMessage] = self._kept.load()  # acks waiting for a connection
 
     @property
     def addr(self) -> str:
@@ -238,12 +245,18 @@ class CustodyStream:
         self._out.put_nowait(msg)
         return True
 
+    def deliver_ack(self, ack: custody_pb2.OrderAck) -> None:
+        """Send an ack made off the stream (an order from the feed, the drop directory or
+        apply-order): now if a stream is open, else on the next one, even after a restart."""
+        self._deliver_ack(custody_pb2.AgentMessage(ack=ack))
+
     def _deliver_ack(self, msg: custody_pb2.AgentMessage) -> None:
         """An ack goes on the open stream (leased or not), else waits for the next one."""
         if self._out is not None:
             self._out.put_nowait(msg)
         else:
             self._held.append(msg)
+            self._kept.add(msg)
 
     def _flush_held(self, out: asyncio.Queue[custody_pb2.AgentMessage | None]) -> None:
         held, self._held = self._held, []
@@ -334,6 +347,7 @@ class CustodyStream:
             msg = out.get_nowait()
             if msg is not None and msg.WhichOneof("msg") == "ack":
                 self._held.append(msg)  # not written before the stream ended: sent on the next one
+                self._kept.add(msg)
         ch, self.channel = self.channel, None
         if ch is not None:
             try:
@@ -481,6 +495,8 @@ class CustodyStream:
             if msg.WhichOneof("msg") == "heartbeat":
                 self._pending_sent.append(time.monotonic())
             await call.write(msg)
+            if msg.WhichOneof("msg") == "ack":
+                self._kept.written(msg)
 
     async def _heartbeats(self, out: asyncio.Queue[custody_pb2.AgentMessage | None], every: float,
                           ttl: int) -> None:
@@ -506,6 +522,12 @@ class CustodyStream:
                 self._dispatch(msg.order)
                 if orders is not None:
                     orders[0] += 1
+            elif kind == "plant_canary":
+                if self.on_plant_canary is not None:
+                    self.on_plant_canary(msg.plant_canary)
+                else:
+                    log.warning("canary request ignored: this agent plants no canaries",
+                                extra={"fields": {"canary_id": msg.plant_canary.canary_id[:40]}})
 
     def _dispatch(self, order: custody_pb2.SignedOrder) -> None:
         t = asyncio.create_task(self._order(order))

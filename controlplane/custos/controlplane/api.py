@@ -250,7 +250,8 @@ def host_pb(h: dict[str, Any]) -> custody_pb2.Host:
         name=h["name"], state=h["state"], labels=h.get("labels", {}),
         lease_expires_unix_ns=h.get("lease_expires_ns", 0), lease_state=h.get("lease_state", "none"),
         last_report_unix_ns=h.get("last_report_ns", 0), enrolled_at_unix_ns=h.get("enrolled_at_ns", 0),
-        cert_fingerprint=h.get("cert_fingerprint", ""), files=h.get("files", 0), processes=h.get("processes", 0))
+        cert_fingerprint=h.get("cert_fingerprint", ""), files=h.get("files", 0), processes=h.get("processes", 0),
+        guard=h.get("guard", ""))
 
 
 class CustodyServicer(custody_pb2_grpc.CustodyServicer):
@@ -309,6 +310,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
             if expires is not None:
                 yield custody_pb2.ControlMessage(lease=custody_pb2.Lease(
                     expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl)))
+                if self.c.on_leased is not None:
+                    self.c.on_leased(host, q)  # after the lease went out: canaries may follow it
             reader = asyncio.create_task(self._read(request_iterator, host, caller, q))
             while True:
                 item = await q.get()
@@ -339,6 +342,10 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                     await self.c.ingest(host, msg.inventory)
                 elif kind == "ack" and self.c.on_ack is not None:
                     await self.c.on_ack(host, msg.ack, received)
+                elif kind == "access":
+                    await self.c.on_access(host, msg.access)
+                elif kind == "canary" and self.c.on_canary is not None:
+                    await self.c.on_canary(host, msg.canary, caller)
         except CustosError as exc:
             log.warning("custody stream of %s: %s", host, exc)
             q.put_nowait(("notice", str(exc)))
@@ -448,6 +455,10 @@ class OrdersServicer(orders_pb2_grpc.OrdersServicer):
 
     async def GetReport(self, req: orders_pb2.GetReportRequest,
                         ctx: grpc.aio.ServicerContext) -> orders_pb2.GetReportResponse:
+        if req.format == "signed":
+            signed = await self.o.signed_report(req.order_id)
+            complete = json.loads(json.loads(signed)["body"])["verdict"] == "complete"
+            return orders_pb2.GetReportResponse(content=signed.decode(), complete=complete)
         data = await self.o.report(req.order_id)
         if req.format in ("", "json"):
 
@@ -455,8 +466,13 @@ class OrdersServicer(orders_pb2_grpc.OrdersServicer):
         elif req.format == "markdown":
             content = order_report_markdown(data)
         else:
-            raise InvalidInput("format must be json or markdown")
+            raise InvalidInput("format must be json, markdown or signed")
         return orders_pb2.GetReportResponse(content=content, complete=data["state"] == "complete")
+
+    async def GetReportKey(self, req: orders_pb2.GetReportKeyRequest,
+                           ctx: grpc.aio.ServicerContext) -> orders_pb2.ReportKeyInfo:
+        pem, key_id, label = await self.o.report_key()
+        return orders_pb2.ReportKeyInfo(public_key_pem=pem, key_id=key_id, signer=label)
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):

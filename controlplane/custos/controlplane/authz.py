@@ -61,6 +61,10 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Custody/RevokeCertificate": frozenset({SECURITY, ADMIN}),
     "/custos.v1.Custody/ListRevocations": frozenset({SECURITY, AUDITOR, ADMIN}),
     "/custos.v1.Alerts/ListAlerts": frozenset({SECURITY, AUDITOR, ADMIN}),
+    # Canaries (decoy weight files on hosts): the security team and admins plant and remove; auditors list.
+    "/custos.v1.Canaries/Plant": frozenset({SECURITY, ADMIN}),
+    "/custos.v1.Canaries/Remove": frozenset({SECURITY, ADMIN}),
+    "/custos.v1.Canaries/List": frozenset({SECURITY, AUDITOR, ADMIN}),
     # Orders: executives propose and sign; everyone who reads the registry may
     # follow an order and its report. Rotation is signed by a threshold anyway.
     "/custos.v1.Orders/GetSignerSet": frozenset({SECURITY, EXECUTIVE, AUDITOR, ADMIN, AGENT}),
@@ -70,6 +74,7 @@ POLICY: dict[str, frozenset[str]] = {
     "/custos.v1.Orders/GetOrder": _READERS,
     "/custos.v1.Orders/ListOrders": _READERS,
     "/custos.v1.Orders/GetReport": _READERS,
+    "/custos.v1.Orders/GetReportKey": _READERS,
     # The drill register: executives sign it (a rotate threshold, like the signer set).
     "/custos.v1.Orders/GetDrillRegister": _READERS,
     "/custos.v1.Orders/PrepareDrillRegister": frozenset({EXECUTIVE, ADMIN}),

@@ -11,6 +11,7 @@ Example (deploy/controlplane.example.toml):
     [keys]  provider = "vault", url = ..., token_file = ..., mount = "transit"
             auth = "token_file" | "approle" (role_id[_file], secret_id_file) | "jwt" (role, jwt_file)
             checkpoint_key = "audit-checkpoints"   # audit checkpoints signed in Transit (docs/keys.md)
+            report_key = "order-reports"           # completion reports signed in Transit (docs/orders.md)
             (or provider = "local", path = ..., dev_only = true — development only)
     [blobs] url = "s3://bucket/prefix?endpoint=...", access_key = ..., secret_key_file = ...
             (or url = "file:///var/lib/custos/blobs")
@@ -20,6 +21,8 @@ Example (deploy/controlplane.example.toml):
     enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
     [server] probe_listen = "0.0.0.0:8080"   # unauthenticated HTTP /healthz, /readyz (off when absent)
     [orders] signer_set_file = ...   # canonical bytes of signer set v1, installed once
+             feed_prefix = "orders/feed/"   # orders at quorum published to the blob store ("" = off)
+             report_key_file = ...   # DEVELOPMENT ONLY: a local key signs reports ([keys] report_key: Transit)
     [rules], [notify], [metrics]     # anomaly rules, webhooks, Prometheus (docs/incidents.md)
     [log]   level = "info"
 """
@@ -44,10 +47,11 @@ _KNOWN = {
          "rules", "notify", "metrics", "server"},
     "server": {"probe_listen"},
     "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key", "agent_cert_ttl", "revocation_poll"},
-    "orders": {"signer_set_file"},
+    "orders": {"signer_set_file", "report_key_file", "feed_prefix"},
     "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify",
              "auth", "auth_mount", "role_id", "role_id_file", "secret_id_file", "role", "jwt_file",
-             "health_interval", "checkpoint_key", "checkpoint_key_version", "checkpoint_public_key_file"},
+             "health_interval", "checkpoint_key", "checkpoint_key_version", "checkpoint_public_key_file",
+             "report_key"},
     "blobs": {"url", "access_key", "secret_key_file"},
     "tls": {"ca_file", "cert_file", "key_file"},
     "store": {"url", "ca_file", "cert_file", "key_file"},
@@ -74,6 +78,8 @@ class ServerConfig:
     dev: bool = False
     enroll_listen: str = ""
     signer_set_file: Path | None = None
+    feed_prefix: str = "orders/feed/"  # orders at quorum are published here in the blob store; "" = off
+    report_key_file: Path | None = None  # dev only: reports signed by a local key ([keys] report_key: Transit)
     lease_ttl: float = 30.0
     sweep_interval: float = 1.0
     ca_cert: Path | None = None
@@ -159,6 +165,11 @@ def load_config(path: Path | None) -> ServerConfig:
                            "revocation_poll 0..60 s")
     cfg.agent_cert_ttl, cfg.revocation_poll = float(ttl), float(poll)
     cfg.signer_set_file = p(raw.get("orders", {}).get("signer_set_file"))
+    feed_prefix = raw.get("orders", {}).get("feed_prefix", cfg.feed_prefix)
+    if not isinstance(feed_prefix, str) or (feed_prefix and not feed_prefix.endswith("/")):
+        raise InvalidInput(f"config {path}: [orders] feed_prefix must be a key prefix ending in '/' (\"\" = off)")
+    cfg.feed_prefix = feed_prefix
+    cfg.report_key_file = p(raw.get("orders", {}).get("report_key_file"))
     cfg.keys = dict(raw.get("keys", {}))
     for k in ("token_file", "path", "role_id_file", "secret_id_file", "jwt_file", "checkpoint_public_key_file"):
         if isinstance(cfg.keys.get(k), str):

@@ -48,8 +48,9 @@ from custos.controlplane.revocations import POLL, RevocationList
 from custos.controlplane.store.base import MAX_TXN_OPS, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.hosts import validate_host_name
-from custos.core.manifest import decode_manifest
+from custos.core.manifest import decode_manifest, is_artifact_id
 from custos.core.matching import HashedFile, HostCopy, ManifestIndex, UnregisteredWeights, weight_like_name
+from custos.core.rules import RULES
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, Unauthorized
 
 log = logging.getLogger("custos.custody")
@@ -59,6 +60,10 @@ STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report
 # Agents hash every file from 1 MiB up to find renamed copies; one that matches nothing
 # alerts only if it is named like weights or is this large (the agent's old size rule).
 LARGE_UNREGISTERED = 256 << 20
+# What an agent's AccessEvent kind becomes (custos.core.rules), and how many such alerts one host may
+# write a minute (a flood of opens by new pids must not fill the Store).
+ACCESS_RULES = {"denied": "open-denied", "read": "weights-read", "canary": "canary-opened"}
+ACCESS_ALERTS_PER_MINUTE = 600
 
 
 def _token_hash(token: str) -> str:
@@ -106,6 +111,13 @@ class Custody:
         self.on_ack: Callable[[str, Any, int], Any] | None = None
         self.on_attach: Callable[[str], Any] | None = None
         self.on_inventory: Callable[[str, Any], Awaitable[Any]] | None = None  # the rules engine's hook
+        self.on_alert: Callable[[dict[str, Any]], Awaitable[Any]] | None = None  # a new access alert was written
+        self._access_budget: dict[str, tuple[int, int]] = {}  # host -> (minute, access alerts written)
+        # Canaries (custos.controlplane.canaries): a stream got its lease, an agent's CanaryPlanted,
+        # and the decoys ingestion skips (returning alerts for decoys whose bytes changed).
+        self.on_leased: Callable[[str, asyncio.Queue[Any]], Any] | None = None
+        self.on_canary: Callable[[str, Any, Caller], Awaitable[Any]] | None = None
+        self.screen_decoys: Callable[[str, dict[str, dict[str, Any]], Any], list[dict[str, Any]]] | None = None
 
     # -- hosts -------------------------------------------------------------------
 
@@ -190,6 +202,7 @@ class Custody:
             h["last_report_ns"] = summary.get("at_ns", 0)
             h["files"] = summary.get("files", 0)
             h["processes"] = summary.get("processes", 0)
+            h["guard"] = summary.get("guard", "")
             h["connected"] = h["name"] in self.streams
             out.append(h)
         return out
@@ -398,6 +411,8 @@ class Custody:
                     or not f.path.startswith("/") or "\x00" in f.path):
                 continue  # a copy's location is cut from an absolute host path
             files[f.path] = {"form": f.form, "sha256": f.sha256, "size": int(f.size)}
+        # Canary decoys as planted are no copies; one whose bytes changed stays, with an alert.
+        decoy_alerts = self.screen_decoys(host, files, index) if self.screen_decoys is not None else []
         self._files[host] = files
         # An unchanged report (same files, processes and managed roots, same registry)
         # changes nothing but the report time: skip the matching and the writes.
@@ -406,7 +421,7 @@ class Custody:
             "procs": sorted([p.pid, p.how, p.workload_id, sorted(p.paths)] for p in inv.processes),
         })).hexdigest()
         summary = {"at_ns": time.time_ns(), "files": len(files), "processes": len(inv.processes),
-                   "problems": list(inv.problems)[:50]}
+                   "problems": list(inv.problems)[:50], "guard": str(getattr(inv, "guard", ""))[:64]}
         if self._digests.get(host) == digest:
             self._summaries[host] = summary  # written by flush_summaries, batched
             return {"copies": -1, "alerts": 0, "unregistered": 0}
@@ -426,6 +441,7 @@ class Custody:
         # Build every record first, read what exists in one round trip, then write in batches.
         found: list[tuple[str, dict[str, Any], bool]] = []  # (copy key, record, keeps residual)
         alerts: list[dict[str, Any]] = []
+        alerts += decoy_alerts
         managed = {p.rstrip("/") for p in getattr(inv, "managed_roots", [])}
         for c in match.copies:
             if c.covered_by:
@@ -501,6 +517,57 @@ class Custody:
         self._digests[host] = digest
         return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}
 
+    # -- kernel-checked opens ------------------------------------------------------------------
+
+    async def on_access(self, host: str, ev: Any) -> dict[str, Any] | None:
+        """An agent saw a guarded open (an ``AccessEvent``): write its alert — ``open-denied``,
+        ``weights-read`` or ``canary-opened`` — once per (host, pid, path, kind); a new pid is a
+        new alert. Without a pid (inotify), once per path and 10 minutes. A malformed event, or one
+        past the host's budget, is logged and changes nothing. Returns the new alert, or None."""
+        rule = ACCESS_RULES.get(ev.kind)
+        path = ev.path
+        if rule is None or not path.startswith("/") or "\x00" in path or len(path) > 4096 or ev.pid < 0:
+            log.warning("custody stream of %s: ignoring a malformed access event (kind %r, path %r)",
+                        host, ev.kind[:20], path[:80])
+            return None
+        minute = int(time.time() // 60)
+        at_minute, used = self._access_budget.get(host, (minute, 0))
+        used = used + 1 if at_minute == minute else 1
+        self._access_budget[host] = (minute, used)
+        if used > ACCESS_ALERTS_PER_MINUTE:
+            if used == ACCESS_ALERTS_PER_MINUTE + 1:
+                log.error("host %s reports more than %d guarded opens a minute: the rest of this minute's are "
+                          "dropped", host, ACCESS_ALERTS_PER_MINUTE)
+            return None
+        index, models = await self._manifest_index()
+        artifact = ev.artifact_id if is_artifact_id(ev.artifact_id) else ""
+        sha = ev.sha256 if re.fullmatch(r"[0-9a-f]{64}", ev.sha256) else ""
+        if not artifact and sha:
+            refs = index.refs(sha)
+            artifact = refs[0][0] if refs else ""
+        model = models.get(artifact, "")
+        who = (f"pid {ev.pid}, exe {_clip(ev.exe, 300) or '?'} (sha256 {ev.exe_sha256[:16] or '?'}), "
+               f"user {_clip(ev.user, 64) or '?'}, cgroup {_clip(ev.cgroup, 300) or '-'}, "
+               f"container {_clip(ev.container_id, 64) or '-'}, cmdline {_clip(ev.cmdline, 300)!r}"
+               if ev.pid else "an unknown process (inotify, degraded: no pid)")
+        what = {"open-denied": "open refused (EPERM)", "weights-read": "registered weights opened",
+                "canary-opened": f"canary {_clip(ev.canary_id, 64) or '?'} opened"}[rule]
+        detail = (f"{what}: {_clip(path, 1024)} by {who}"
+                  f"{'; sha256 ' + sha[:16] if sha else ''}; seen by {_clip(ev.mode, 32) or '?'}"
+                  f"{': ' + _clip(ev.detail, 300) if ev.detail else ''}")
+        bucket = "" if ev.pid else str(max(0, ev.at_unix_ns) // 600_000_000_000)
+        aid = hashlib.sha256(f"access\x00{rule}\x00{host}\x00{ev.pid}\x00{path}\x00{bucket}".encode()).hexdigest()[:24]
+        alert = {"artifact_id": artifact, "at_ns": time.time_ns(), "detail": detail, "host": host, "id": aid,
+                 "model": model, "rule": rule, "severity": RULES[rule].severity, "state": "open"}
+        key = f"alerts/{aid}"
+        if not await self.store.commit(Txn(checks={key: 0}, puts={key: encode_canonical(alert)})):
+            return None  # this open is already an alert
+        log.warning("guarded open on %s: %s", host, detail[:300],
+                    extra={"fields": {"alert": aid, "rule": rule, "host": host, "pid": ev.pid, "path": path[:300]}})
+        if self.on_alert is not None:
+            await self.on_alert(alert)
+        return alert
+
     async def write_batches(self, puts: dict[str, bytes]) -> None:
         """Many puts in as few transactions as the Store allows (not atomic as a whole)."""
         items = list(puts.items())
@@ -547,6 +614,11 @@ class Custody:
                 continue
             out.append(a)
         return sorted(out, key=lambda a: a["at_ns"])
+
+
+def _clip(text: str, n: int) -> str:
+    """An agent's string for an alert's detail: bounded, one line."""
+    return " ".join(text.split())[:n]
 
 
 def _authorized(model: dict[str, Any], host: str, path: str) -> bool:

@@ -19,12 +19,20 @@ log = logging.getLogger("custos.periodic")
 _rules_logger = logging.getLogger("custos.rules")
 
 
-async def pause(interval: float, stop: asyncio.Event) -> None:
-    """Wait ``interval`` seconds, or less if ``stop`` is set meanwhile."""
+async def pause(interval: float, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
+    """Wait ``interval`` seconds, or less if ``stop`` (or ``wake``) is set meanwhile."""
+    if wake is None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+        return
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
     try:
-        await asyncio.wait_for(stop.wait(), timeout=interval)
-    except TimeoutError:
-        pass
+        await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 async def every(interval: float, stop: asyncio.Event, round_: Callable[[], Awaitable[object]], what: str,

@@ -37,6 +37,7 @@ from custos.controlplane.api import (
     RegistryServicer,
 )
 from custos.controlplane.audit import AuditLog, CheckpointSigner, LocalCheckpointSigner, load_or_create_signing_key
+from custos.controlplane.canaries import CanariesServicer, CanaryService
 from custos.controlplane.config import ServerConfig
 from custos.controlplane.custody import Custody
 from custos.controlplane.guard import GuardInterceptor
@@ -49,6 +50,8 @@ from custos.controlplane.keys.transit_signer import TransitCheckpointSigner, pub
 from custos.controlplane.keys.vault import VaultTransitProvider
 from custos.controlplane.keys.vault_auth import auth_from_config
 from custos.controlplane.orders import OrdersService, bootstrap_dev_signers
+from custos.controlplane.orders.feed import OrderFeedCollector
+from custos.controlplane.orders.report_signer import DEV_REPORT_KEY_FILE, open_report_signer
 from custos.controlplane.pki import CertificateAuthority, dev_approvers, ensure_dev_pki
 from custos.controlplane.probes import ProbeServer, readiness_checks
 from custos.controlplane.registry import Registry
@@ -63,6 +66,8 @@ from custos.v1 import (
     access_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    canaries_pb2,
+    canaries_pb2_grpc,
     custody_pb2,
     custody_pb2_grpc,
     incidents_pb2,
@@ -86,6 +91,7 @@ SERVICE_NAMES = (
     orders_pb2.DESCRIPTOR.services_by_name["Orders"].full_name,
     incidents_pb2.DESCRIPTOR.services_by_name["Incidents"].full_name,
     access_pb2.DESCRIPTOR.services_by_name["Access"].full_name,
+    canaries_pb2.DESCRIPTOR.services_by_name["Canaries"].full_name,
 )
 
 GRPC_OPTIONS = [
@@ -117,6 +123,7 @@ def prepare_dev(cfg: ServerConfig) -> None:
     cfg.tls_ca, cfg.tls_cert, cfg.tls_key = pki.ca_cert, pki.server_cert, pki.server_key
     cfg.store_url = cfg.store_url or f"sqlite://{cfg.data_dir / 'custos.db'}"
     cfg.audit_key = cfg.audit_key or cfg.data_dir / "audit-signing.key"
+    cfg.report_key_file = cfg.report_key_file or cfg.data_dir / DEV_REPORT_KEY_FILE
     cfg.enroll_listen = cfg.enroll_listen or "127.0.0.1:0"
     cfg.ca_cert = cfg.ca_cert or pki.ca_cert
     cfg.ca_key = cfg.ca_key or pki.ca_key
@@ -256,10 +263,14 @@ class ControlPlane:
         self.custody = Custody(self.registry, ca=enroll_ca, lease_ttl=cfg.lease_ttl,
                               agent_cert_ttl=cfg.agent_cert_ttl, revocation_poll=cfg.revocation_poll)
         self.access = AccessService(self.registry)
+        self.canaries = CanaryService(self.registry, self.custody)
+        await self.canaries.load()
         self.broker = KeyBroker(self.registry, self.keys, self.blobs, blob_url, custody=self.custody,
                                 access=self.access)
 
-        self.orders = OrdersService(self.registry, self.custody, keys=self.keys, blobs=self.blobs)
+        self.orders = OrdersService(self.registry, self.custody, keys=self.keys, blobs=self.blobs, agent_ca_pem=ca,
+                                    report_signer=open_report_signer(cfg.keys, self.keys, cfg.report_key_file,
+                                                                     dev=cfg.dev))
         if cfg.dev and cfg.data_dir is not None:
             await self.orders.install_bootstrap(bootstrap_dev_signers(cfg.data_dir / "signers"))
         elif cfg.signer_set_file is not None:
@@ -267,6 +278,8 @@ class ControlPlane:
             await self.orders.install_bootstrap(SignerSet.decode(_read(cfg.signer_set_file, "signer set")))
         await self.orders.refresh_pinned()
         await self.orders.refresh_chain()
+        if cfg.feed_prefix:  # orders at quorum also go to the order feed in the blob store
+            self.orders.enable_feed(self.blobs, cfg.feed_prefix)
 
 
         self.incidents = await attach_incidents(
@@ -283,6 +296,8 @@ class ControlPlane:
         if self.incidents.metrics is not None:
             # Loud when Vault cannot be reached or authenticated: custos_keys_ready, token TTL.
             self.incidents.metrics.extra.append(KeyHealthCollector(self.keys))
+            if self.orders.feed is not None:
+                self.incidents.metrics.extra.append(OrderFeedCollector(self.orders.feed))
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit, self.custody)], options=GRPC_OPTIONS)
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryServicer(self.registry, self.broker, self.custody), self.server)
@@ -293,6 +308,7 @@ class ControlPlane:
         access_pb2_grpc.add_AccessServicer_to_server(AccessServicer(self.access, who=self.who.who), self.server)
         incidents_pb2_grpc.add_IncidentsServicer_to_server(self.incidents.servicer, self.server)
         audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
+        canaries_pb2_grpc.add_CanariesServicer_to_server(CanariesServicer(self.canaries), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
@@ -328,6 +344,8 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_fanout(self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_ack_worker(self._stop)))
+        # Canaries planted on other replicas reach hosts here; a canary-opened alert correlates at once.
+        self._tasks.append(asyncio.create_task(self.canaries.run(self._stop, kick=self.incidents.kick)))
         await self.orders.resume_pending()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

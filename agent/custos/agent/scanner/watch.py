@@ -24,6 +24,7 @@ from custos.errors import InvalidInput
 log = logging.getLogger("custos.agent.scanner")
 
 IN_CLOSE_WRITE = 0x00000008
+IN_OPEN = 0x00000020
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
@@ -56,8 +57,8 @@ class _WatchBudget(Exception):
     """inotify cannot take another watch (system limit or our own budget)."""
 
 
-class _Inotify:
-    """The three inotify calls through ctypes. Raises OSError if unavailable."""
+class Inotify:
+    """The three inotify calls through ctypes (also the agent's guard fallback). Raises OSError if unavailable."""
 
     def __init__(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)  # the C library is already loaded
@@ -75,8 +76,8 @@ class _Inotify:
             raise OSError(e, os.strerror(e))
         self.fd: int = fd
 
-    def add(self, path: str) -> int:
-        wd = self._add(self.fd, os.fsencode(path), _WATCH_MASK)
+    def add(self, path: str, mask: int = _WATCH_MASK) -> int:
+        wd = self._add(self.fd, os.fsencode(path), mask)
         if wd < 0:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e), path)
@@ -139,7 +140,7 @@ class Watcher:
         self.max_watches = max_watches
         self.mode: Literal["inotify", "polling"] = "polling"
         self.fallback_reason: str | None = None
-        self._ino: _Inotify | None = None
+        self._ino: Inotify | None = None
         self._wds: dict[int, str] = {}
         self._pending: set[str] = set()
         self._snapshot: dict[str, tuple[int, int, int, int]] = {}
@@ -149,7 +150,7 @@ class Watcher:
             self._fall_back("inotify disabled by configuration", report=False)
             return
         try:
-            self._ino = _Inotify()
+            self._ino = Inotify()
         except OSError as exc:
             self._fall_back(f"inotify unavailable: {exc.strerror or exc}", report=False)
             return

@@ -28,6 +28,7 @@ from custos.controlplane.store.base import Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
 
 LEADER_KEY = "meta/rules-leader"
+KICK_SPACING_S = 0.2  # rounds asked for at once (kick) are at least this far apart
 
 
 class IncidentsRuntime:
@@ -47,6 +48,7 @@ class IncidentsRuntime:
         self.tasks: list[asyncio.Task[None]] = []
         self.owner = uuid.uuid4().hex
         self.leader = False
+        self._kicked = asyncio.Event()
 
     @property
     def servicer(self) -> IncidentsServicer:
@@ -78,11 +80,20 @@ class IncidentsRuntime:
             self.engine.forget()
         return self.leader
 
+    def kick(self) -> None:
+        """Run the next round now, not at the end of the interval (an alert that must become an
+        incident at once: custos.controlplane.canaries PROMPT_RULES). Rounds still run one at a time."""
+        self._kicked.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._kicked.clear()
             if await safe(self.lead(), "rules lease"):
                 await safe(self.round(), "rules round")
-            await pause(self.rules.interval_s, stop)
+            if self._kicked.is_set():  # kicked during the round: again soon, but never in a tight loop
+                await pause(min(KICK_SPACING_S, self.rules.interval_s), stop)
+            else:
+                await pause(self.rules.interval_s, stop, self._kicked)
 
     async def start(self, stop: asyncio.Event) -> None:
         """Bind ``/metrics`` (if configured) and start the loops. Raises InvalidInput."""

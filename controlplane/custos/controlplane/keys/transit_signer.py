@@ -46,6 +46,39 @@ _MOUNT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9][A-Za-z0-
 _SIGNATURE = re.compile(r"vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})")
 
 
+def ed25519_public_of(data: dict[str, Any], name: str, version: Any) -> Ed25519PublicKey:
+    """The public key of ``version`` in Transit's description of key ``name``. Raises BackendUnavailable."""
+    keys = data.get("keys")
+    entry = keys.get(str(version)) if isinstance(keys, dict) else None
+    try:
+        raw = base64.b64decode(entry["public_key"] if isinstance(entry, dict) else "", validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (TypeError, KeyError, ValueError, binascii.Error) as exc:
+        raise BackendUnavailable(f"Transit key {name!r} has no public key for version {version}") from exc
+
+
+def transit_sign(request: Callable[[str, Callable[[hvac.Client], Any]], Any], *, mount: str, key: str,
+                 version: int, public: Ed25519PublicKey, message: bytes, what: str) -> bytes:
+    """Sign ``message`` with version ``version`` of Transit key ``mount/key`` (through ``request``, the
+    caller's error-mapping call) and check the signature under ``public`` before it is used.
+
+    Raises BackendUnavailable (an unexpected answer), IntegrityError (signed with another key:
+    refusing ``what``)."""
+    answer = request("signing", lambda c: c.adapter.post(
+        f"/v1/{mount}/sign/{key}", json={"input": base64.b64encode(message).decode("ascii"), "key_version": version}))
+    data = answer.get("data") if isinstance(answer, dict) else None
+    match = _SIGNATURE.fullmatch(data.get("signature", "")) if isinstance(data, dict) else None
+    if match is None or int(match.group(1)) != version:
+        raise BackendUnavailable(f"unexpected answer signing with Transit key {key!r}")
+    signature = base64.b64decode(match.group(2))
+    try:
+        public.verify(signature, message)
+    except InvalidSignature:
+        raise IntegrityError(f"Transit key {mount}/{key} version {version} signed with another key than its "
+                             f"published one: refusing {what}") from None
+    return signature
+
+
 def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
     """The PEM (SubjectPublicKeyInfo) form that ``custos audit verify --key`` reads."""
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -120,13 +153,7 @@ class TransitCheckpointSigner(CheckpointSigner):
                               f"{' (derived)' if data.get('derived') else ''}: audit checkpoints need a "
                               "non-derived ed25519 key")
         version = self._version or data.get("latest_version")
-        keys = data.get("keys")
-        entry = keys.get(str(version)) if isinstance(keys, dict) else None
-        try:
-            raw = base64.b64decode(entry["public_key"] if isinstance(entry, dict) else "", validate=True)
-            public = Ed25519PublicKey.from_public_bytes(raw)
-        except (TypeError, KeyError, ValueError, binascii.Error) as exc:
-            raise BackendUnavailable(f"Transit key {self.key!r} has no public key for version {version}") from exc
+        public = ed25519_public_of(data, self.key, version)
         if self._pinned is not None and self._pinned != public:
             raise IntegrityError(
                 f"Transit key {self.mount}/{self.key} version {version} (key id {key_id(public)}) is not the "
@@ -154,17 +181,5 @@ class TransitCheckpointSigner(CheckpointSigner):
         if public is None:
             public = self.load()
             version = self._version
-        answer = self._request("signing", lambda c: c.adapter.post(
-            f"/v1/{self.mount}/sign/{self.key}",
-            json={"input": base64.b64encode(message).decode("ascii"), "key_version": version}))
-        data = answer.get("data") if isinstance(answer, dict) else None
-        match = _SIGNATURE.fullmatch(data.get("signature", "")) if isinstance(data, dict) else None
-        if match is None or int(match.group(1)) != version:
-            raise BackendUnavailable(f"unexpected answer signing with Transit key {self.key!r}")
-        signature = base64.b64decode(match.group(2))
-        try:
-            public.verify(signature, message)
-        except InvalidSignature:
-            raise IntegrityError(f"Transit key {self.mount}/{self.key} version {version} signed with another key "
-                                 "than its published one: refusing the checkpoint") from None
-        return signature
+        return transit_sign(self._request, mount=self.mount, key=self.key, version=int(version or 0),
+                            public=public, message=message, what="the checkpoint")

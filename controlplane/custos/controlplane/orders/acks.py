@@ -1,6 +1,14 @@
 """Acks: agents' acks of orders, stored per host, and their evidence applied to that
 host's copies.
 
+Each ack's signed evidence (custos.core.evidence) is checked on arrival: against the CA
+that issues agent certificates, and the certificate must be one the host's record
+accepts (its enrolled one, or the one it renewed from) and not revoked. The evidence,
+its signature and the certificate are stored with the ack, with whether they verified
+and why not; an unsigned or badly signed ack is recorded as such, and the signed report
+does not count it as evidence (its copies are still brought to a final state: the ack
+came over the host's own mTLS stream).
+
 Store keys:
     orderacks/{id}/{host}       an agent's ack with evidence
 """
@@ -8,14 +16,17 @@ Store keys:
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from typing import Any
 
+from custos.controlplane.certificates import accepted_until
 from custos.controlplane.custody import Custody
 from custos.controlplane.orders.book import OrderBook
 from custos.controlplane.store.base import Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
+from custos.core.evidence import AckCheck, load_ca_certificates, verify_ack
 from custos.core.orders import Order
 from custos.errors import CustosError
 
@@ -40,11 +51,32 @@ class Acks:
     appending to the serialized audit chain, so 10,000 agents can ack within seconds.
     """
 
-    def __init__(self, store: Store, custody: Custody, book: OrderBook) -> None:
+    def __init__(self, store: Store, custody: Custody, book: OrderBook, *, agent_ca_pem: bytes = b"") -> None:
         self.store = store
         self.custody = custody
         self.book = book
         self._queue: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
+        self.agent_cas = load_ca_certificates(agent_ca_pem) if agent_ca_pem else []
+
+    async def check_evidence(self, host: str, oid: str, ack: Any) -> AckCheck:
+        """The ack's signed evidence checked against the CA, the host's accepted certificates
+        and the revocation list. Never raises for a bad ack."""
+        check = verify_ack(bytes(ack.evidence), bytes(ack.evidence_signature), bytes(ack.host_certificate),
+                           self.agent_cas, host=host, order_id=oid)
+        if not self.agent_cas and ack.evidence:
+            return AckCheck(check.evidence, "no CA configured to check agent certificates against")
+        if not check or check.evidence is None:
+            return check
+        fp = check.evidence.cert_sha256
+        try:
+            record = await self.custody.get_host(host)
+        except CustosError:
+            return AckCheck(check.evidence, "the host is not known to the control plane")
+        if accepted_until(record, fp) is None:
+            return AckCheck(check.evidence, "signed with a certificate the host's record does not accept")
+        if self.custody.revocations.is_revoked(fp):
+            return AckCheck(check.evidence, "signed with a revoked certificate")
+        return check
 
     async def enqueue(self, host: str, ack: Any, received_ns: int) -> None:
         """Called from stream readers: acks are recorded by one worker, so a flood
@@ -69,16 +101,34 @@ class Acks:
             log.warning("ack from %s for unknown order %s", host, ack.order_id[:16])
             return
         now = received_ns or time.time_ns()  # when the ack reached the control plane
-        value = {
-            "done_ns": ack.done_unix_ns or now, "host": host, "outcome": ack.outcome[:32],
-            "paths_wiped": list(ack.paths_wiped)[:10_000], "pids_stopped": list(ack.pids_stopped)[:10_000],
-            "reason": ack.reason[:2000], "received_ns": ack.received_unix_ns, "recorded_ns": now,
-            "remaining": list(ack.remaining)[:1000], "verified": bool(ack.verified),
-            "would_stop": list(ack.would_stop)[:1000],
-        }
         key = ack_key(record["id"], host)
         if await self.store.get(key) is not None:
             return  # the first ack of a host stands; a resent order is re-acked
+        check = await self.check_evidence(host, record["id"], ack)
+        ev = check.evidence if check else None
+        if ev is not None:  # what the host signed, not the unsigned fields beside it
+            value: dict[str, Any] = {
+                "done_ns": ev.done_ns, "host": host, "outcome": ev.outcome, "paths_wiped": list(ev.paths_wiped),
+                "pids_stopped": list(ev.pids_stopped), "reason": ev.reason, "received_ns": ev.received_ns,
+                "recorded_ns": now, "remaining": list(ev.remaining), "verified": ev.verified,
+                "would_stop": list(ev.would_stop)}
+        else:
+            value = {
+                "done_ns": ack.done_unix_ns or now, "host": host, "outcome": ack.outcome[:32],
+                "paths_wiped": list(ack.paths_wiped)[:10_000], "pids_stopped": list(ack.pids_stopped)[:10_000],
+                "reason": ack.reason[:2000], "received_ns": ack.received_unix_ns, "recorded_ns": now,
+                "remaining": list(ack.remaining)[:1000], "verified": bool(ack.verified),
+                "would_stop": list(ack.would_stop)[:1000],
+            }
+        # Evidence that decodes is kept, verified or not (for the record); undecodable bytes are not.
+        kept = check.evidence is not None
+        value.update(evidence=bytes(ack.evidence).decode() if kept else "",
+                     evidence_signature=bytes(ack.evidence_signature).hex()[:1024] if kept else "",
+                     host_certificate=base64.b64encode(bytes(ack.host_certificate)[:16384]).decode() if kept else "",
+                     evidence_verified=bool(check), evidence_problem=check.problem[:500])
+        if not check:
+            log.warning("ack without verified evidence", extra={"fields": {
+                "host": host, "order_id": record["id"][:16], "problem": check.problem[:200]}})
         await self.store.commit(Txn(checks={key: 0}, puts={key: encode_canonical(value)}))
         async with self.custody.host_lock(host):
             await self._apply_to_copies(record, host, value)

@@ -22,6 +22,7 @@ from custos.controlplane.keys.base import KeyDestroyed, KeyProvider
 from custos.controlplane.orders.book import OrderBook
 from custos.controlplane.orders.completion import Completion
 from custos.controlplane.orders.fanout import Fanout
+from custos.controlplane.orders.feed import OrderFeed
 from custos.controlplane.orders.fleet import enrolled_hosts, hosts_with_copies
 from custos.controlplane.registry import Registry
 from custos.controlplane.store.base import Store, Txn
@@ -51,6 +52,7 @@ class Effects:
         self.book = book
         self.fanout = fanout
         self.completion = completion
+        self.feed: OrderFeed | None = None  # the order feed in the blob store (set by the orders service)
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, oid: str) -> None:
@@ -65,6 +67,8 @@ class Effects:
             # Agents first: each verifies the order itself, so nothing below needs to
             # happen before they can start stopping processes.
             await self.fanout.push(record)
+            if self.feed is not None:
+                self.feed.publish(record)  # in the background: never holds the order up
             real = set(order.models)  # every model in the signed scope really changes state
             failing = await self._change_keys(oid, order, list(order.models), attempt=1)
             if order.action == "destroy":

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from custos.blobs.base import BlobStore
+from custos.client.orderfeed import FEED_PREFIX
 from custos.controlplane.audit import Caller
 from custos.controlplane.custody import Custody
 from custos.controlplane.keys.base import KeyProvider
@@ -36,18 +37,22 @@ from custos.controlplane.orders.chain import SignerChain
 from custos.controlplane.orders.completion import Completion
 from custos.controlplane.orders.effects import Effects
 from custos.controlplane.orders.fanout import Fanout
-from custos.controlplane.orders.report import order_report
+from custos.controlplane.orders.feed import OrderFeed
+from custos.controlplane.orders.report import order_report, signed_report
+from custos.controlplane.orders.report_signer import ReportSigner
 from custos.controlplane.orders.sweep import CompletionSweep
 from custos.controlplane.registry import Registry
 from custos.core.orders import OrderVerification
 from custos.core.signers import SignerSet
+from custos.errors import FailedPrecondition
 
 
 class OrdersService:
     """Builds the parts and hooks them into Custody (acks, stream attach, the pinned set)."""
 
     def __init__(self, registry: Registry, custody: Custody, *, keys: KeyProvider, blobs: BlobStore,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, agent_ca_pem: bytes = b"",
+                 report_signer: ReportSigner | None = None) -> None:
         store, audit = registry.store, registry.audit
         self.signers = SignerChain(store, audit)
         self.book = OrderBook(store, registry, audit, self.signers, clock=clock)
@@ -56,9 +61,11 @@ class OrdersService:
         self.effects = Effects(store, registry, audit, custody, keys=keys, blobs=blobs, book=self.book,
                                fanout=self.fanout, completion=self.completion)
         self.sweep = CompletionSweep(store, self.effects, self.completion)
-        self.acks = Acks(store, custody, self.book)
+        self.acks = Acks(store, custody, self.book, agent_ca_pem=agent_ca_pem)  # the CA acks are checked against
+        self.report_signer = report_signer
         self.store = store
         self.custody = custody
+        self.feed: OrderFeed | None = None  # the order feed, once enable_feed is called
         custody.on_ack = self.acks.enqueue
         custody.on_attach = self.fanout.on_attach
         custody.signer_set = self.signers.pinned
@@ -140,6 +147,13 @@ class OrdersService:
 
     # -- effects, fan-out, completion -------------------------------------------------
 
+    def enable_feed(self, blobs: BlobStore, prefix: str = FEED_PREFIX) -> OrderFeed:
+        """Publish every order that becomes executing to the order feed under ``prefix`` of
+        ``blobs`` (orders.feed). Raises InvalidInput (a bad prefix)."""
+        self.feed = OrderFeed(blobs, signed_message=self.fanout.signed_message, prefix=prefix)
+        self.effects.feed = self.feed
+        return self.feed
+
     def start_effects(self, oid: str) -> None:
         """Run the side effects of an executing order unless they are running here already."""
         self.effects.start(oid)
@@ -185,3 +199,17 @@ class OrdersService:
     async def report(self, order_id: str) -> dict[str, Any]:
         """Everything the completion report needs, as data. Raises InvalidInput, NotFound."""
         return await order_report(self.store, self.custody, self.book, order_id)
+
+    async def signed_report(self, order_id: str) -> bytes:
+        """The signed report file (custos.core.evidence). Raises InvalidInput, NotFound,
+        FailedPrecondition, BackendUnavailable."""
+        return await signed_report(self.store, self.custody, self.book, self.signers, self.report_signer, order_id)
+
+    async def report_key(self) -> tuple[bytes, str, str]:
+        """The report key: (public key PEM, key id, what holds it). Raises FailedPrecondition
+        (none configured), BackendUnavailable (Transit unreachable since start)."""
+        signer = self.report_signer
+        if signer is None:
+            raise FailedPrecondition("no report key is configured on this control plane ([keys] report_key)")
+        pem = await asyncio.to_thread(signer.public_key_pem)  # Transit: may have to read the key
+        return pem, signer.key_id(), signer.label
