@@ -1,4 +1,4 @@
-"""`custos artifact register|show`: weight artifacts by manifest."""
+"""`custos artifact register|list|show`: weight artifacts by manifest."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from custos.cli.common import connect
 from custos.cli.output import Out, size, table, ts
-from custos.client.registry import get_artifact, register_artifact, resolve_parents
+from custos.client.registry import get_artifact, list_artifacts, list_models, register_artifact, resolve_parents
 from custos.client.wire import RELATION_FROM_PB, RELATIONS
 from custos.errors import InvalidInput
 from custos.fs.hashing import build_manifest
@@ -79,17 +79,38 @@ def cmd_artifact_show(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+def cmd_artifact_list(ns: argparse.Namespace, out: Out) -> int:
+    client = connect(ns)
+    models = [ns.model] if ns.model else sorted(m.name for m in list_models(client))
+    rows = []
+    for m in models:
+        for a in list_artifacts(client, m):
+            d = artifact_json(a)
+            d["stored"] = a.stored
+            rows.append(d)
+    rows.sort(key=lambda d: (d["created_at"], d["id"]))
+    out.emit(rows, lambda: table(
+        [[d["id"][:16], d["model"], str(len(d["files"])), size(d["total_size"]), "yes" if d["stored"] else "no",
+          ", ".join(f"{p['relation']} of {p['artifact_id'][:12]}" for p in d["parents"]) or "-",
+          d["created_at"], d["created_by"]] for d in rows],
+        ["ARTIFACT", "MODEL", "FILES", "SIZE", "STORED", "PARENTS", "CREATED", "BY"]))
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     a = sub.add_parser("artifact", help="weight artifacts (manifests)").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND")
     ar = a.add_parser("register", parents=[common], help="hash DIR and register it as an artifact of MODEL")
-    ar.add_argument("model")
-    ar.add_argument("dir")
+    ar.add_argument("model", help="the registered model the artifact belongs to")
+    ar.add_argument("dir", help="the directory of weight files to hash")
     ar.add_argument("--parent", action="append", help="parent artifact id (repeat for merges)")
     ar.add_argument("--relation", action="append", help=f"relation to the parent: {', '.join(RELATIONS)}")
     ar.add_argument("--no-record-copy", action="store_true",
                     help="do not record DIR on this host as a plaintext copy")
     ar.set_defaults(fn=cmd_artifact_register)
+    al = a.add_parser("list", parents=[common], help="every artifact (of one model with --model)")
+    al.add_argument("--model", help="only this model's artifacts")
+    al.set_defaults(fn=cmd_artifact_list)
     ash = a.add_parser("show", parents=[common], help="show an artifact and its manifest")
-    ash.add_argument("id")
+    ash.add_argument("id", help="artifact id or a unique prefix")
     ash.set_defaults(fn=cmd_artifact_show)

@@ -78,12 +78,12 @@ def cmd_copies(ns: argparse.Namespace, out: Out) -> int:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     lg = sub.add_parser("lineage", parents=[common], help="ancestors and descendants of a model or artifact")
-    lg.add_argument("subject", metavar="MODEL|ARTIFACT")
-    lg.add_argument("--ancestors", action="store_true")
-    lg.add_argument("--descendants", action="store_true")
+    lg.add_argument("subject", metavar="MODEL|ARTIFACT", help="a model name, or an artifact id or prefix")
+    lg.add_argument("--ancestors", action="store_true", help="only what it derives from")
+    lg.add_argument("--descendants", action="store_true", help="only what derives from it")
     lg.set_defaults(fn=cmd_lineage)
 
     cp = sub.add_parser("copies", parents=[common], help="every known copy of a model and its derivatives")
-    cp.add_argument("model")
+    cp.add_argument("model", help="a model: its copies and its derivatives' copies")
     cp.add_argument("--no-derivatives", action="store_true", help="only the model's own artifacts")
     cp.set_defaults(fn=cmd_copies)

@@ -59,8 +59,11 @@ def create_data_key(client: Client, model: str, manifest: Manifest,
 
 def push(client: Client, model: str, root: str | os.PathLike[str], *, parents: Sequence[tuple[str, str]] = (),
          blobs: str | None = None, state_dir: str | os.PathLike[str] | None = None,
-         progress: Progress | None = None) -> PushResult:
+         progress: Progress | None = None, hash_progress: Progress | None = None) -> PushResult:
     """Encrypt the directory ``root`` here and upload it as an artifact of ``model``.
+
+    ``hash_progress`` follows the hashing before anything is sent, ``progress`` the
+    encryption and upload (each gets bytes done and bytes in all).
 
     ``parents``: (artifact id or prefix, relation) pairs; ``blobs``: a blob store URL
     instead of CUSTOS_BLOBS or the one the control plane advertises; ``state_dir``:
@@ -71,7 +74,13 @@ def push(client: Client, model: str, root: str | os.PathLike[str], *, parents: S
     """
     refs = resolve_parents(client, parents)
     path = Path(root)
-    manifest = build_manifest(path)
+    if hash_progress is not None:
+        from custos.fs.hashing import plan_directory
+
+        tally = ProgressTally(sum(_size(p.abspath) for p in plan_directory(path)), hash_progress)
+        manifest = build_manifest(path, progress=tally)
+    else:
+        manifest = build_manifest(path)
     resp = create_data_key(client, model, manifest, refs)
     aid = resp.artifact_id
     key = bytearray(resp.data_key)
@@ -88,3 +97,10 @@ def push(client: Client, model: str, root: str | os.PathLike[str], *, parents: S
     artifact = register_stored(client, aid)
     state.clear()
     return PushResult(artifact=artifact, resumed=resp.resumed, stats=stats)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -43,6 +43,12 @@ def list_models(client: Client) -> list[registry_pb2.Model]:
                             registry_pb2.ListModelsResponse).models)
 
 
+def list_artifacts(client: Client, model: str) -> list[registry_pb2.Artifact]:
+    """Every artifact of ``model``, oldest first. Raises NotFound (the model)."""
+    return list(client.call(client.registry.ListArtifacts, registry_pb2.ListArtifactsRequest(model=model),
+                            registry_pb2.ListArtifactsResponse).artifacts)
+
+
 def set_custody_policy(client: Client, model: str, *, hosts: Sequence[str] = (),
                        paths: Sequence[str] = ()) -> registry_pb2.Model:
     """Where copies of ``model`` may live: host-name and path patterns (fnmatch)."""

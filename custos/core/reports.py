@@ -60,10 +60,17 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
     if unverified or refused:
         n = len(set(unverified) | set(refused))
         parts.append(f"{n} host{'' if n == 1 else 's'} refused or did not verify the order")
+    # What an acking host says remains (a process it could not stop or inspect, a file it could
+    # not wipe): the signed report counts each line as residual too (custos.core.evidence).
+    left = [h["host"] for h in data["hosts"] if h.get("acked") and h.get("outcome") != "refused"
+            and h.get("remaining")]
+    if left:
+        n = sum(len(h["remaining"]) for h in data["hosts"] if h["host"] in set(left))
+        parts.append(f"{n} item{'' if n == 1 else 's'} remaining on {len(left)} host{'' if len(left) == 1 else 's'}")
     if data.get("state") == "executing" and not parts:
         parts.append("still executing")
     return {"complete": not parts, "text": "complete" if not parts else "incomplete — " + ", ".join(parts),
-            "residual": len(residual), "unreachable": len(st["unreachable"]),
+            "residual": len(residual), "unreachable": len(st["unreachable"]), "hosts_with_remaining": len(left),
             "unverified": len(set(unverified) | set(refused))}
 
 

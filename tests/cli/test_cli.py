@@ -64,6 +64,14 @@ def test_derivative_lineage_and_copies(srv: DevServer, tmp_path: Path) -> None:
     assert a["id"] in [n["artifact_id"] for n in up["nodes"]]
     tree = srv.cli("lineage", "lin-base", check=True).stdout
     assert "[fine-tune]" in tree and "lin-ft" in tree
+    listed = json.loads(srv.cli("artifact", "list", "--model", "lin-ft", "-o", "json", check=True).stdout)
+    assert [x["id"] for x in listed] == [b["id"]] and listed[0]["parents"][0]["relation"] == "fine-tune"
+    every = json.loads(srv.cli("artifact", "list", "-o", "json", check=True).stdout)
+    assert {a["id"], b["id"]} <= {x["id"] for x in every}
+    assert b["id"][:16] in srv.cli("artifact", "list", check=True).stdout
+    assert srv.cli("artifact", "register", "lin-ft", str(tmp_path / "b"), "-o", "id", check=True).stdout.strip() \
+        == b["id"], "-o id prints only the id"
+    one_line_error(srv.cli("artifact", "list", "--model", "no-such-model"), 3, "no-such-model")
     copies = json.loads(srv.cli("copies", "lin-base", "-o", "json", check=True).stdout)
     assert set(copies["models"]) == {"lin-base", "lin-ft"}
     assert {c["artifact_id"] for c in copies["copies"]} == {a["id"], b["id"]}

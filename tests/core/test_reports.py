@@ -56,6 +56,8 @@ def report(hosts: list[dict[str, Any]], copies: list[dict[str, Any]], state: str
     ([host("a")], [], "expired", "incomplete — order expired"),
     ([host("a", None), host("b", None)], [copy_row("residual")], "complete",
      "incomplete — 1 residual copy, 2 hosts without an ack"),
+    ([host("a", remaining=["pid 9: still running", "not wiped: /x"]), host("b")], [], "complete",
+     "incomplete — 2 items remaining on 1 host"),
 ])
 def test_verdict(hosts: list[dict[str, Any]], copies: list[dict[str, Any]], state: str, want: str) -> None:
     data = report(hosts, copies, state)

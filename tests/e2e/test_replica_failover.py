@@ -127,7 +127,7 @@ def test_kill9_of_the_replica_holding_the_streams_after_quorum_loses_no_ack(
         states = {(c["host"], c["location_kind"], c["state"]) for c in report["copies"]}
         assert all(s in ("wiped", "stopped", "gone", "key-suspended") for _, _, s in states), states
         text = b.cli("order", "report", halt, check=True).stdout
-        assert "state: **complete**" in text and "unreachable hosts: none" in text
+        assert "state: **complete**" in text and "hosts without an ack: none" in text
         for ag in agents:
             wait_until(lambda ag=ag: last_stream_addr(ag) == addr_b and ag.lease_live(),  # type: ignore[misc]
                        30, f"{ag.name} to hold a live lease from B")
