@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -30,10 +29,13 @@ from custos.core.signers import encode_signatures
 from custos.errors import InvalidInput
 from custos.v1 import orders_pb2
 
+NS = 1_000_000_000
+
 
 def order_json(o: orders_pb2.OrderInfo) -> dict[str, Any]:
     return {"id": o.id, "action": o.action, "models": list(o.models), "artifacts": len(o.artifacts),
-            "reason": o.reason, "issued_at": o.issued_at, "not_after": o.not_after, "sequence": o.sequence,
+            "reason": o.reason, "issued_at": ts(o.issued_at * NS), "not_after": ts(o.not_after * NS),
+            "issued_at_unix": o.issued_at, "not_after_unix": o.not_after, "sequence": o.sequence,
             "signer_set_version": o.signer_set_version, "drill": o.drill, "state": o.state,
             "signed_by": list(o.signed_by), "threshold": o.threshold, "missing": o.missing,
             "proposed_by": o.proposed_by, "quorum_at": ts(o.quorum_at_unix_ns),
@@ -41,7 +43,7 @@ def order_json(o: orders_pb2.OrderInfo) -> dict[str, Any]:
 
 
 def _order_text(d: dict[str, Any]) -> str:
-    expires = dt.datetime.fromtimestamp(d["not_after"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = d["not_after"]
     lines = [f"order {d['id']}",
              f"  {d['action']}{' (drill)' if d['drill'] else ''} of {', '.join(d['models'])} "
              f"({d['artifacts']} artifacts incl. derivatives)",
