@@ -24,7 +24,7 @@ from custos.client import orders
 from custos.client.session import Client
 from custos.client.signerkeys import load_private_key
 from custos.core.orders import ORDER_DOMAIN, Order
-from custos.core.reports import time_to_halt_png
+from custos.core.reports import order_report_html, time_to_halt_png, time_to_halt_svg
 from custos.core.signers import encode_signatures
 from custos.errors import InvalidInput
 from custos.v1 import orders_pb2
@@ -134,18 +134,32 @@ def cmd_order_status(ns: argparse.Namespace, out: Out) -> int:
     return 0
 
 
-def _print_report(client: Client, order_id: str, fmt: str, png: str | None) -> None:
-    """Print the order's report; write its time-to-halt plot to ``png`` when asked."""
-    content = orders.report(client, order_id, fmt).content
-    if png:
-        Path(png).write_bytes(time_to_halt_png(json.loads(orders.report(client, order_id, "json").content)))
+def _print_report(client: Client, order_id: str, fmt: str, png: str | None, svg: str | None = None) -> None:
+    """Print the order's report (markdown, json, or html rendered here); write its time-to-halt
+    plot to ``png`` / ``svg`` when asked."""
+    data: dict[str, Any] | None = None
+
+    def as_data() -> dict[str, Any]:
+        nonlocal data
+        if data is None:
+            data = json.loads(orders.report(client, order_id, "json").content)
+        return data
+
+    content = order_report_html(as_data()) if fmt == "html" else orders.report(client, order_id, fmt).content
+    try:
+        if png:
+            Path(png).write_bytes(time_to_halt_png(as_data()))
+        if svg:
+            Path(svg).write_text(time_to_halt_svg(as_data()), encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the plot: {exc.strerror}: {exc.filename}") from None
     print(content)
 
 
 def cmd_order_report(ns: argparse.Namespace, out: Out) -> int:
     if ns.signed:
         return signed_reports.cmd_signed_report(ns, out)
-    _print_report(connect(ns), ns.order, "json" if out.json or ns.format == "json" else "markdown", ns.png)
+    _print_report(connect(ns), ns.order, "json" if out.json else ns.format, ns.png, ns.svg)
     return 0
 
 
@@ -209,8 +223,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     ost.set_defaults(fn=cmd_order_status)
     orp = od.add_parser("report", parents=[common], help="completion report (Markdown, or JSON with -o json)")
     orp.add_argument("order", help="order id or a unique prefix")
-    orp.add_argument("--format", choices=["markdown", "json"], default="markdown", help="markdown (default) or json")
-    orp.add_argument("--png", help="also write a time-to-halt plot here")
+    orp.add_argument("--format", choices=["markdown", "json", "html"], default="markdown",
+                     help="markdown (default), json, or one self-contained html page with the plot")
+    orp.add_argument("--png", help="also write a time-to-halt plot here (PNG)")
+    orp.add_argument("--svg", help="also write a time-to-halt plot here (SVG: title, axes, one mark per host)")
     orp.add_argument("--signed", action="store_true",
                      help="the signed report file (check it offline with `custos order verify-report`)")
     orp.add_argument("--out", help="with --signed: write the file here instead of stdout")

@@ -70,6 +70,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         assert "# Order report: halt frontier-base" in text and "**incomplete — " in text
         assert "verdict: incomplete" in text
         assert "audit log OK" in text
+        assert "incomplete — " in (tmp_path / "halt.html").read_text()
+        assert "Time from quorum to halt" in (tmp_path / "halt.svg").read_text()
     finally:
         if shell is not None and shell.poll() is None:
             shell.kill()
