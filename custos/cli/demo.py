@@ -252,7 +252,7 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
                               "-o", "json", "--", sys.executable, str(hold), show=False))
         workload_pid = int(run["pid"])
         print(f"\n$ custos run --model frontier-chat --detach -- python hold.py\n"
-              f"supervised workload {run.get('id', '?')} pid {workload_pid}: the agent unwrapped the key, "
+              f"supervised workload {run.get('workload_id', '?')} pid {workload_pid}: the agent unwrapped the key, "
               "decrypted into its private directory, and memory-maps the weights")
         stray = subprocess.Popen([sys.executable, str(hold), str(root / "pulled" / "frontier-base")],
                                  stdout=subprocess.PIPE, start_new_session=True)

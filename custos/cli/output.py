@@ -51,6 +51,8 @@ def id_of(data: Any) -> str:
     if isinstance(data, dict):
         if isinstance(data.get("id"), str):
             return str(data["id"])
+        if isinstance(data.get("workload_id"), str):
+            return str(data["workload_id"])
         for key in ("order", "request", "grant", "artifact"):
             inner = data.get(key)
             if isinstance(inner, dict) and isinstance(inner.get("id"), str):
