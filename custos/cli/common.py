@@ -84,6 +84,19 @@ def write_exported(data: bytes, file: str | None) -> None:
         sys.stdout.flush()
 
 
+def read_bounded(path: str | Path, what: str, limit: int) -> bytes:
+    """A file's bytes, at most ``limit`` of them (a bigger one is refused unread past the limit).
+    Raises InvalidInput naming ``what``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise InvalidInput(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
 def read_exported(path: str, domain: bytes, what: str) -> bytes:
     """The body of an exported signature input: the file's bytes after ``domain``.
     Raises InvalidInput (unreadable, or not ``what``)."""

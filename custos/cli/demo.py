@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from custos.cli.output import Out
+from custos.client.connection import parse_dev_env
 from custos.errors import BackendUnavailable
 
 
@@ -182,10 +183,7 @@ def run_demo(*, data_dir: Path | None, keep: bool, out: Any) -> int:
             time.sleep(0.05)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOS_")}
         env["CUSTOS_STATE_DIR"] = str(root / "state")
-        for line in env_file.read_text().splitlines():
-            if line.startswith("export "):
-                k, _, v = line[len("export "):].partition("=")
-                env[k] = shlex.split(v)[0]
+        env.update(parse_dev_env(env_file))
         print(f"dev server pid {proc.pid} at {env['CUSTOS_ADDR']}", flush=True)
 
         # A dev host agent: it scans the demo's copies, supervises workloads, verifies orders.

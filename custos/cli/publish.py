@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from custos.cli.common import connect, read_signature_file
+from custos.cli.common import connect, read_bounded, read_signature_file
 from custos.cli.output import Out
 from custos.client.orderfeed import FEED_PREFIX, check_feed_prefix
 from custos.client.publish import check, order_file_from_control_plane, publish_to, with_signatures
@@ -20,17 +20,6 @@ from custos.errors import IntegrityError, InvalidInput
 from custos.fs.private import write_private
 
 
-def _read_bounded(path: Path, what: str, limit: int) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise InvalidInput(f"{path} is larger than {what} may be ({limit} bytes)")
-    return data
-
-
 def cmd_order_publish(ns: argparse.Namespace, out: Out) -> int:
     if not ns.to and not ns.out:
         raise InvalidInput("say where to: --to URL (a feed) and/or --out FILE (for the drop directory or apply-order)")
@@ -39,7 +28,7 @@ def cmd_order_publish(ns: argparse.Namespace, out: Out) -> int:
     client = None
     source = Path(ns.order)
     if source.is_file():
-        f = with_signatures(OrderFile.decode(_read_bounded(source, "an order file", MAX_ORDER_FILE_BYTES)), sigs)
+        f = with_signatures(OrderFile.decode(read_bounded(source, "an order file", MAX_ORDER_FILE_BYTES)), sigs)
     else:
         if not sigs and not ns.force:
             raise InvalidInput("the control plane does not hand out an order's signatures: give them with --sig "
@@ -47,7 +36,7 @@ def cmd_order_publish(ns: argparse.Namespace, out: Out) -> int:
         client = connect(ns)
         f = order_file_from_control_plane(client, ns.order, sigs)
     if ns.signer_set:
-        trusted = _read_bounded(Path(ns.signer_set), "a signer set", MAX_ORDER_FILE_BYTES)
+        trusted = read_bounded(Path(ns.signer_set), "a signer set", MAX_ORDER_FILE_BYTES)
         against = str(ns.signer_set)
     else:
         trusted = bytes(get_signer_set(client or connect(ns)).signer_set)

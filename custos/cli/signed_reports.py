@@ -12,24 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from custos.cli.common import connect
+from custos.cli.common import connect, read_bounded
 from custos.cli.output import Out
 from custos.client import orders
 from custos.core.evidence import ReportVerification, load_report_public_key, verify_report
 from custos.errors import InvalidInput
 
 EXIT_REJECTED = 7  # as for every failed verification (IntegrityError)
-
-
-def _read(path: str, what: str, limit: int = 64 << 20) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise InvalidInput(f"{what} {path} is larger than {limit} bytes")
-    return data
 
 
 def cmd_signed_report(ns: argparse.Namespace, out: Out) -> int:
@@ -71,12 +60,12 @@ def cmd_verify_report(ns: argparse.Namespace, out: Out) -> int:
     ca_path = ns.ca or os.environ.get("CUSTOS_CA")
     if not ca_path:
         raise InvalidInput("--ca CA_PEM is required: the CA that issues agent certificates")
-    data = _read(ns.file, "report")
+    data = read_bounded(ns.file, "report", 64 << 20)
     if data.endswith(b"\n"):
         data = data[:-1]  # as `custos order report --signed` prints it to a terminal
-    key = load_report_public_key(_read(ns.report_key, "report key", 1 << 16))
-    pinned = _read(ns.signer_set, "signer set", 1 << 20) if ns.signer_set else None
-    v = verify_report(data, _read(ca_path, "CA", 1 << 20), key, pinned_signer_set=pinned)
+    key = load_report_public_key(read_bounded(ns.report_key, "report key", 1 << 16))
+    pinned = read_bounded(ns.signer_set, "signer set", 1 << 20) if ns.signer_set else None
+    v = verify_report(data, read_bounded(ca_path, "CA", 1 << 20), key, pinned_signer_set=pinned)
     if out.json:
         out.emit(result_json(v), "")
     elif v:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -299,3 +300,22 @@ class _FailoverUnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  
 
     def future(self, request: Any, timeout: float | None = None, **kw: Any) -> Any:
         return self._on(self._failover._channel(self._failover.current)).future(request, timeout=timeout, **kw)
+
+
+def parse_dev_env(path: Path) -> dict[str, str]:
+    """The ``export K=V`` lines of a dev server's dev.env (what `source D/dev.env` sets).
+    Raises InvalidInput."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path} ({exc.strerror}): is `custos server --dev` running "
+                           "with this --data-dir?") from None
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            k, _, v = line[len("export "):].partition("=")
+            try:
+                env[k] = shlex.split(v)[0] if v else ""
+            except (ValueError, IndexError):
+                env[k] = ""
+    return env

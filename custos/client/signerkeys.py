@@ -58,3 +58,13 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None) -> 
     finally:
         os.close(fd)
         zeroize(data)
+
+
+def dev_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """DEVELOPMENT ONLY: the unencrypted Ed25519 key at ``path``, made there first if absent.
+    Raises KeyFileError, Conflict."""
+    if os.path.exists(path):
+        return load_private_key(path, None)
+    key = Ed25519PrivateKey.generate()
+    save_private_key(path, key, None)
+    return key

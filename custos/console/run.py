@@ -11,12 +11,11 @@ state directory D/console.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from custos.client.connection import parse_addrs
+from custos.client.connection import parse_addrs, parse_dev_env
 from custos.console import tls
 from custos.console.app import ConsoleApp, ConsoleConfig
 from custos.console.backend import ControlPlane, ControlPlaneConfig
@@ -44,30 +43,12 @@ class Setup:
         return UserStore(self.state_dir / "users.json")
 
 
-def read_dev_env(path: Path) -> dict[str, str]:
-    """The ``export K=V`` lines of a dev server's dev.env. Raises InvalidInput."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path} ({exc.strerror}): is `custos server --dev` running with this "
-                           "--data-dir?") from None
-    env = {}
-    for line in text.splitlines():
-        if line.startswith("export "):
-            k, _, v = line[len("export "):].partition("=")
-            try:
-                env[k] = shlex.split(v)[0] if v else ""
-            except (ValueError, IndexError):
-                env[k] = ""
-    return env
-
-
 def dev_setup(data_dir: Path, *, listen: str | None = None, need_server: bool = True) -> Setup:
     """A development console beside ``custos server --dev --data-dir data_dir``. Raises InvalidInput."""
     state = data_dir / "console"
     if not need_server:
         return Setup(state_dir=state)
-    env = read_dev_env(data_dir / "dev.env")
+    env = parse_dev_env(data_dir / "dev.env")
     for k in ("CUSTOS_ADDR", "CUSTOS_CA", "CUSTOS_CERT_DIR"):
         if not env.get(k):
             raise InvalidInput(f"{data_dir / 'dev.env'} has no {k}: is it a dev server's data dir?")

@@ -62,10 +62,9 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
         parts.append(f"{n} host{'' if n == 1 else 's'} refused or did not verify the order")
     # What an acking host says remains (a process it could not stop or inspect, a file it could
     # not wipe): the signed report counts each line as residual too (custos.core.evidence).
-    left = [h["host"] for h in data["hosts"] if h.get("acked") and h.get("outcome") != "refused"
-            and h.get("remaining")]
+    left = [h for h in data["hosts"] if h.get("acked") and h.get("outcome") != "refused" and h.get("remaining")]
     if left:
-        n = sum(len(h["remaining"]) for h in data["hosts"] if h["host"] in set(left))
+        n = sum(len(h["remaining"]) for h in left)
         parts.append(f"{n} item{'' if n == 1 else 's'} remaining on {len(left)} host{'' if len(left) == 1 else 's'}")
     if data.get("state") == "executing" and not parts:
         parts.append("still executing")

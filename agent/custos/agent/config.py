@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shlex
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -26,7 +25,7 @@ from typing import Any
 from custos.agent.canary import CanarySettings, parse_canary_settings
 from custos.agent.guard import AllowEntry, GuardSettings
 from custos.agent.scanner import DEFAULT_EXCLUDE, DEFAULT_MIN_SIZE, WEIGHT_SUFFIXES, ScanConfig
-from custos.client.connection import parse_addrs
+from custos.client.connection import parse_addrs, parse_dev_env
 from custos.client.orderfeed import FEED_PREFIX, check_feed_prefix
 from custos.core.hosts import validate_host_name
 from custos.errors import InvalidInput
@@ -340,25 +339,6 @@ def config_from_dict(raw: dict[str, Any], *, path: Path, dev: bool = False) -> A
     if roots:
         cfg.scan_config()  # the scanner's own checks (patterns), now rather than at the first scan
     return cfg
-
-
-def parse_dev_env(path: Path) -> dict[str, str]:
-    """The ``export K=V`` lines of a dev server's dev.env. Raises InvalidInput."""
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path} ({exc.strerror}): is `custos server --dev` running "
-                           "with this --data-dir?") from None
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("export "):
-            k, _, v = line[len("export "):].partition("=")
-            try:
-                env[k] = shlex.split(v)[0] if v else ""
-            except (ValueError, IndexError):
-                env[k] = ""
-    return env
 
 
 def dev_config(data_dir: Path, *, scan: list[str], name: str | None, base: AgentConfig | None = None,

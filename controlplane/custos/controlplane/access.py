@@ -322,6 +322,20 @@ class AccessService:
             out.append(v)
         return sorted(out, key=lambda v: v["created_ns"])
 
+    async def _current(self, key: str, rid: str, allowed: tuple[str, ...],
+                       refusal: str) -> tuple[Entry, dict[str, Any], int, AccessRequest, str]:
+        """The request record at ``key`` as it is now (entry, record, now, signed body, state), if its
+        effective state is one of ``allowed``. Raises FailedPrecondition saying ``refusal``."""
+        entry = await self.store.get(key)
+        assert entry is not None
+        rec = dict(decode_canonical(entry.value))
+        now = self.clock()
+        state = effective_state(rec, now, await self._epochs(rec))
+        if state not in allowed:
+            why = _WHY.get(state, "") if allowed == ("pending",) else ""
+            raise FailedPrecondition(f"access request {rid[:16]} is {state}{why}: {refusal}")
+        return entry, rec, now, AccessRequest.decode(rec["body"].encode()), state
+
     async def approve(self, caller: Caller, ref: str, signature: Signature) -> dict[str, Any]:
         """Add ``caller``'s approval; at enough approvals the grant is active (an extension moves its
         grant's ``not_after``). Raises AccessError (the approval does not count, and why),
@@ -330,15 +344,7 @@ class AccessService:
         key = f"{REQUESTS}{rid}"
 
         async def plan() -> tuple[Plan, dict[str, Any]]:
-            entry = await self.store.get(key)
-            assert entry is not None
-            rec = dict(decode_canonical(entry.value))
-            now = self.clock()
-            state = effective_state(rec, now, await self._epochs(rec))
-            if state != "pending":
-                raise FailedPrecondition(f"access request {rid[:16]} is {state}{_WHY.get(state, '')}: "
-                                         "nothing to approve")
-            req = AccessRequest.decode(rec["body"].encode())
+            entry, rec, now, req, _ = await self._current(key, rid, ("pending",), "nothing to approve")
             policy, policy_revs = await self.lineage_policy(req.model, req.artifacts)
             approvers = await self.approvers()
             approval = Approval(key_id=signature.key_id, sig=signature.sig, principal=caller.principal,
@@ -400,14 +406,8 @@ class AccessService:
         check_reason(reason)
 
         async def plan() -> tuple[Plan, dict[str, Any]]:
-            entry = await self.store.get(key)
-            assert entry is not None
-            rec = dict(decode_canonical(entry.value))
-            now = self.clock()
-            state = effective_state(rec, now, await self._epochs(rec))
-            if state not in ("pending", "active"):
-                raise FailedPrecondition(f"access request {rid[:16]} is {state}: nothing to revoke")
-            req = AccessRequest.decode(rec["body"].encode())
+            entry, rec, now, req, state = await self._current(key, rid, ("pending", "active"),
+                                                              "nothing to revoke")
             rec.update(state="revoked", revoked={"at_ns": now, "by": caller.principal, "reason": reason})
             txn = Txn(checks={key: entry.mod_revision}, puts={key: encode_canonical(rec)},
                       deletes=[f"{GRANTEES}{g}/{rid}" for g in req.grantee.keys()])
@@ -426,15 +426,8 @@ class AccessService:
         key = f"{REQUESTS}{rid}"
 
         async def plan() -> tuple[Plan, dict[str, Any]]:
-            entry = await self.store.get(key)
-            assert entry is not None
-            rec = dict(decode_canonical(entry.value))
-            now = self.clock()
-            state = effective_state(rec, now, await self._epochs(rec))
-            if state != "pending":
-                raise FailedPrecondition(f"access request {rid[:16]} is {state}{_WHY.get(state, '')}: "
-                                         "break-glass activates a pending one")
-            req = AccessRequest.decode(rec["body"].encode())
+            entry, rec, now, req, _ = await self._current(key, rid, ("pending",),
+                                                          "break-glass activates a pending one")
             if req.requester != caller.principal:
                 raise AccessError("break-glass: only the requester may break the glass on their own request")
             if req.extends:

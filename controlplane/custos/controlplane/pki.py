@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from custos.client.signerkeys import load_private_key, save_private_key
+from custos.client.signerkeys import dev_private_key
 from custos.core.access import Approver
-from custos.core.signers import SignerKey, generate_ed25519
+from custos.core.signers import SignerKey
 from custos.errors import InvalidInput
 from custos.fs.private import private_dir, write_private
 
@@ -268,11 +268,7 @@ def dev_approvers(data_dir: Path) -> list[Approver]:
     out = []
     for name in DEV_APPROVERS:
         path = directory / f"{name}.key"
-        if path.exists():
-            priv = load_private_key(path, None)
-        else:
-            priv = generate_ed25519()
-            save_private_key(path, priv, None)
+        priv = dev_private_key(path)
         principals = (name, "dev-security-team") if name == "sec1" else (name,)
         out.append(Approver(name=name, principals=principals,
                             keys=(SignerKey.from_ed25519(priv.public_key(), name=name),)))

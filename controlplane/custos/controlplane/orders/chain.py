@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from custos.client.signerkeys import load_private_key, save_private_key
+from custos.client.signerkeys import dev_private_key
 from custos.controlplane.audit import SYSTEM, AuditLog, Caller, Plan
 from custos.controlplane.store.base import Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
@@ -19,7 +19,6 @@ from custos.core.signers import (
     SignerSet,
     decode_signatures,
     encode_signatures,
-    generate_ed25519,
     verify_rotation,
 )
 from custos.errors import Conflict, FailedPrecondition, InvalidInput
@@ -38,11 +37,7 @@ def bootstrap_dev_signers(directory: Path) -> SignerSet:
     keys = []
     for name in DEV_SIGNER_NAMES:
         path = directory / f"{name}.key"
-        if path.exists():
-            priv = load_private_key(path, None)
-        else:
-            priv = generate_ed25519()
-            save_private_key(path, priv, None)
+        priv = dev_private_key(path)
         keys.append(SignerKey.from_ed25519(priv.public_key(), name=name))
     return SignerSet.bootstrap(keys, thresholds=DEV_THRESHOLDS)
 
