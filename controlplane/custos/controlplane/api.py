@@ -17,7 +17,7 @@ from custos.client.status import status_for
 from custos.client.wire import RELATION_TO_PB, relation_from_pb
 from custos.controlplane.audit import AuditLog, Caller, current_caller
 from custos.controlplane.custody import Custody
-from custos.controlplane.guard import bounded_details, peer_host
+from custos.controlplane.guard import bounded_details, decoded, peer_host
 from custos.controlplane.keys.broker import KeyBroker
 from custos.controlplane.orders import NoSignerSet, OrdersService
 from custos.controlplane.registry import ArtifactRecord, Registry
@@ -299,7 +299,10 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
             revoked_at_unix_ns=e["revoked_at_ns"], revoked_by=e["revoked_by"], not_after_unix_ns=e["not_after_ns"])
 
     async def Stream(self, request_iterator: AsyncIterator[custody_pb2.AgentMessage],
-                     ctx: grpc.aio.ServicerContext) -> AsyncIterator[custody_pb2.ControlMessage]:
+                     ctx: grpc.aio.ServicerContext) -> None:
+        """The custody stream, on gRPC's reader/writer API: a message down the stream is one
+        ``write`` of it (of its bytes, for an order serialized once for every stream), with no
+        generator layers per message — at a halt this runs once per host."""
         caller = current_caller.get()
         await self.c.check_agent(caller, need_lease=False)
         host = caller.principal
@@ -308,29 +311,29 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
         try:
             expires = await self.c.renew_lease(host)
             if expires is not None:
-                yield custody_pb2.ControlMessage(lease=custody_pb2.Lease(
-                    expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl)))
+                await ctx.write(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                    expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
                 if self.c.on_leased is not None:
                     self.c.on_leased(host, q)  # after the lease went out: canaries may follow it
-            reader = asyncio.create_task(self._read(request_iterator, host, caller, q))
+            reader = asyncio.create_task(self._read(ctx, host, caller, q))
             while True:
                 item = await q.get()
                 if item is None:
                     return
                 if isinstance(item, tuple) and item[0] == "notice":
-                    yield custody_pb2.ControlMessage(notice=item[1])
+                    await ctx.write(custody_pb2.ControlMessage(notice=item[1]))
                 else:
-                    yield item
+                    await ctx.write(item)
         finally:
             if reader is not None:
                 reader.cancel()
             self.c.detach(host, q)
 
-    async def _read(self, it: AsyncIterator[custody_pb2.AgentMessage], host: str, caller: Caller,
-                    q: asyncio.Queue[Any]) -> None:
+    async def _read(self, ctx: grpc.aio.ServicerContext, host: str, caller: Caller, q: asyncio.Queue[Any]) -> None:
         try:
-            async for msg in it:
+            while (msg := await ctx.read()) is not grpc.aio.EOF:
                 received = time.time_ns()
+                msg = decoded(msg)
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":
                     await self.c.check_agent(caller, need_lease=False)
@@ -349,6 +352,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
         except CustosError as exc:
             log.warning("custody stream of %s: %s", host, exc)
             q.put_nowait(("notice", str(exc)))
+        except grpc.aio.AbortError:
+            pass
         except Exception:
             log.exception("custody stream of %s failed", host)
         finally:

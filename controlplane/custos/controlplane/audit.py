@@ -142,6 +142,12 @@ class AuditLog:
         # flight). Queue them here; the head check still orders replicas.
         self._local = asyncio.Lock()
         self._refused_logged = float("-inf")  # monotonic time of the last "checkpoint refused" line
+        # Refusals recorded after their reply (record_soon): written in batches by one writer.
+        self._soon: list[tuple[Caller, str, str, str]] = []
+        self._soon_wake = asyncio.Event()
+        self._soon_writer: asyncio.Task[None] | None = None
+        self._soon_idle = asyncio.Event()
+        self._soon_idle.set()
 
     @property
     def public_key_raw(self) -> bytes:
@@ -195,6 +201,62 @@ class AuditLog:
             return Plan(result=result), None
 
         await self.mutate(caller, action, obj, plan)
+
+    def record_soon(self, caller: Caller, action: str, obj: str, result: str) -> None:
+        """Append an event that changes nothing and hands nothing out (a refusal) without waiting
+        for it: a writer appends the queued events in batches, one transaction each, so a storm
+        of refused unwraps at a halt neither waits for the chain nor fills it one commit at a time.
+        ``flush`` waits until they are written."""
+        self._soon.append((caller, action, obj, result))
+        self._soon_idle.clear()
+        self._soon_wake.set()
+        if self._soon_writer is None or self._soon_writer.done():
+            self._soon_writer = asyncio.get_running_loop().create_task(self._write_soon())
+
+    async def flush(self) -> None:
+        """Wait until every event of ``record_soon`` is in the chain."""
+        if self._soon_writer is not None and not self._soon_writer.done():
+            await self._soon_idle.wait()
+
+    async def _write_soon(self) -> None:
+        while True:
+            if not self._soon:
+                self._soon_idle.set()
+                self._soon_wake.clear()
+                await self._soon_wake.wait()
+                continue
+            try:
+                await self._append_batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the writer outlives a store outage
+                log.error("writing %d refusal events to the audit chain failed, retrying: %s", len(self._soon), exc)
+                await asyncio.sleep(0.5)
+
+    async def _append_batch(self) -> None:
+        async with self._local:
+            for attempt in range(200):
+                head_entry, seq, prev = await self._head()
+                if seq - self._seen_checkpoint[0] >= self.policy.max_events:
+                    await self._checkpoint_before_append(seq, prev)
+                # No batch carries the chain past the checkpoint spacing.
+                room = max(1, self.policy.max_events - (seq - self._seen_checkpoint[0]))
+                batch = self._soon[:min(100, room)]
+                txn = Txn()
+                for caller, action, obj, result in batch:
+                    _, stored = new_event(seq=seq + 1, prev=prev, time_ns=time.time_ns(), principal=caller.principal,
+                                          role=caller.role, host=caller.host, action=action, object=obj,
+                                          result=result[:1000], request_id=caller.request_id)
+                    seq += 1
+                    _, prev = parse_stored(stored)
+                    txn.puts[event_key(seq)] = stored
+                txn.checks[HEAD_KEY] = head_entry.mod_revision if head_entry else 0
+                txn.puts[HEAD_KEY] = encode_canonical({"hash": prev, "seq": seq})
+                if await self.store.commit(txn):
+                    del self._soon[:len(batch)]
+                    return
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))  # noqa: S311
+            raise BackendUnavailable("store too contended: could not commit after 200 attempts")
 
     async def _commit(
         self,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from custos import logs
 from custos.controlplane.config import load_config
-from custos.controlplane.server import run
+from custos.controlplane.server import run, run_loop
 from custos.errors import InvalidInput
 
 
@@ -34,5 +33,5 @@ def cmd_server(ns: argparse.Namespace, out: Any) -> int:
         logs.setup(cfg.log_level, json_format=cfg.log_format == "json")
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    asyncio.run(run(cfg))
+    run_loop(run(cfg))
     return 0

@@ -16,6 +16,7 @@ the log, never to the caller.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import re
 import time
@@ -87,8 +88,21 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
-def _decoded(request: Any) -> Any:
-    """Raises InvalidInput for a request that did not parse."""
+def _passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A response serializer that sends bytes as they are: a message serialized once (an
+    order going down every custody stream) is not serialized again per stream."""
+    if serializer is None:
+        return None
+
+    def encode(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serializer(message)
+
+    return encode
+
+
+def decoded(request: Any) -> Any:
+    """A request as the guard's tolerant deserializer gave it; raises InvalidInput for one that did
+    not parse. (Handlers on the reader API, ``context.read()``, call it on what they read.)"""
     if isinstance(request, _Undecodable):
         raise InvalidInput(f"the request does not decode: {request.reason}")
     return request
@@ -96,7 +110,7 @@ def _decoded(request: Any) -> Any:
 
 async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
-        yield _decoded(request)
+        yield decoded(request)
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
@@ -122,22 +136,30 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         guard = self._guard
         decode = _tolerant(handler.request_deserializer)
+        encode = _passthrough(handler.response_serializer)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await guard(method, context, lambda: inner_uu(_decoded(request), context))
+                return await guard(method, context, lambda: inner_uu(decoded(request), context))
 
-            return grpc.unary_unary_rpc_method_handler(uu, decode, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(uu, decode, encode)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
 
             async def us(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async for item in guard_stream(method, context, lambda: inner_us(_decoded(request), context)):
+                async for item in guard_stream(method, context, lambda: inner_us(decoded(request), context)):
                     yield item
 
             guard_stream = self._guard_stream
-            return grpc.unary_stream_rpc_method_handler(us, decode, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(us, decode, encode)
+        if handler.stream_stream is not None and inspect.iscoroutinefunction(handler.stream_stream):
+            inner_rw = handler.stream_stream  # the reader/writer API: it reads with decoded()
+
+            async def rw(request_iter: Any, context: grpc.aio.ServicerContext) -> None:
+                await guard(method, context, lambda: inner_rw(request_iter, context))
+
+            return grpc.stream_stream_rpc_method_handler(rw, decode, encode)
         if handler.stream_stream is not None:
             inner_ss = handler.stream_stream
 
@@ -146,13 +168,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                                                      lambda: inner_ss(_decoded_stream(request_iter), context)):
                     yield item
 
-            return grpc.stream_stream_rpc_method_handler(ss, decode, handler.response_serializer)
+            return grpc.stream_stream_rpc_method_handler(ss, decode, encode)
         inner_su = handler.stream_unary
 
         async def su(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
             return await guard(method, context, lambda: inner_su(_decoded_stream(request_iter), context))
 
-        return grpc.stream_unary_rpc_method_handler(su, decode, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(su, decode, encode)
 
     async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
         md = dict(context.invocation_metadata() or ())

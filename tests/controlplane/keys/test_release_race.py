@@ -243,7 +243,9 @@ async def run(h: HandOut, rid: str) -> Outcome:
 
 async def check_linearized(p: Plane, outcomes: list[Outcome], handed_before: int = 0) -> None:
     """Every key returned was released (``ok`` event) while the model was active in the
-    chain's order; every refusal is audited and left no key unzeroized."""
+    chain's order; every refusal is audited and left no key unzeroized. (A halted model's
+    refusal is written just after its reply: ``flush`` waits for it.)"""
+    await p.audit.flush()
     events = [event_fields(v) for v in await p.audit.stored_events()]
     by_rid: dict[str, list[dict[str, Any]]] = {}
     state, active_at = "active", {}

@@ -38,6 +38,7 @@ from custos.controlplane.store.base import Entry, Txn
 from custos.core import chunked
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.manifest import decode_manifest
+from custos.core.orders import Order
 from custos.errors import Conflict, CustosError, FailedPrecondition, IntegrityError, NotFound
 
 K = TypeVar("K", bytearray, DataKey)
@@ -113,6 +114,32 @@ class KeyBroker:
         self.keys = keys
         self.blobs = blobs
         self.blob_url = blob_url
+        self._models_of: dict[str, tuple[str, str]] = {}  # artifact as asked for -> (its id, its model)
+        self._states: dict[str, tuple[int, str]] = {}  # model -> (sequence, state) of the newest order
+
+    # -- what executed orders say, for refusing fast --------------------------------
+
+    def learn_order(self, order: Order) -> None:
+        """An order executed (on any replica): the states it gives its models, newest order first,
+        for ``halted_hint``."""
+        # As the order book has it (orders.book.model_states); a lift never clears a destroy, as the
+        # Store's check behind this one refuses what was destroyed whatever this says.
+        state = {"lift": "active", "destroy": "destroyed"}.get(order.action, "halted")
+        for model in order.models:
+            if self._states.get(model, (0, ""))[0] < order.sequence:
+                self._states[model] = (order.sequence, state)
+
+    def halted_hint(self, artifact: str) -> tuple[str, ModelNotActive] | None:
+        """(artifact id, the refusal) if an executed order known here halted or destroyed the
+        model of ``artifact`` (as named before), else None: then the Store decides."""
+        known = self._models_of.get(artifact)
+        if known is None:
+            return None
+        aid, model = known
+        state = self._states.get(model, (0, "active"))[1]
+        if state == "active":
+            return None
+        return aid, ModelNotActive(f"model {model!r} is {state}: data keys are refused")
 
     # -- the checks a release depends on -------------------------------------------
 
@@ -163,6 +190,11 @@ class KeyBroker:
         """``check``'s basis; a refusal is audited and re-raised."""
         try:
             return await check
+        except ModelNotActive as exc:
+            # A halted model's refusal hands nothing out: it is answered at once and audited just
+            # after, in batches, so the storm of retries a halt causes never queues on the chain.
+            self.registry.audit.record_soon(caller, action, obj, f"error: {type(exc).__name__}: {exc}")
+            raise
         except CustosError as exc:
             await self.registry.audit.record(caller, action, obj, f"error: {type(exc).__name__}: {exc}")
             raise
@@ -327,7 +359,17 @@ class KeyBroker:
         # anything about the artifact is looked up.
         host = await self._checked(caller, "UnwrapDataKey", f"artifact/{artifact[:64]}",
                                    self._host_basis(caller))
+        halted = self.halted_hint(artifact)
+        if halted is not None:
+            # Known halted here (its order went down this replica's streams): refused at once,
+            # without a Store read queued behind the halt's own writes. Only ever a refusal: a
+            # release is checked against the Store whatever this says.
+            aid, exc = halted
+            self.registry.audit.record_soon(caller, "UnwrapDataKey", f"artifact/{aid}",
+                                            f"error: {type(exc).__name__}: {exc}")
+            raise exc
         rec = await self.registry.get_artifact(artifact)
+        self._models_of[artifact] = (rec.id, rec.model)  # an artifact's model never changes
         obj = f"artifact/{rec.id}"
         if rec.storage is None:
             raise FailedPrecondition(f"artifact {rec.id[:12]} has no stored ciphertext (push it first)")

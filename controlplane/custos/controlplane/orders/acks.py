@@ -24,13 +24,16 @@ from typing import Any
 from custos.controlplane.certificates import accepted_until
 from custos.controlplane.custody import Custody
 from custos.controlplane.orders.book import OrderBook
-from custos.controlplane.store.base import Store, Txn
+from custos.controlplane.orders.fleet import copy_states
+from custos.controlplane.store.base import MAX_TXN_OPS, Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.evidence import AckCheck, load_ca_certificates, verify_ack
 from custos.core.orders import Order
 from custos.errors import CustosError
 
 log = logging.getLogger("custos.orders")
+
+ACK_BATCH = 512  # acks recorded together: one read and a few transactions for them all
 
 
 def acks_prefix(oid: str) -> str:
@@ -58,9 +61,11 @@ class Acks:
         self._queue: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
         self.agent_cas = load_ca_certificates(agent_ca_pem) if agent_ca_pem else []
 
-    async def check_evidence(self, host: str, oid: str, ack: Any) -> AckCheck:
+    async def check_evidence(self, host: str, oid: str, ack: Any,
+                             record: dict[str, Any] | None = None) -> AckCheck:
         """The ack's signed evidence checked against the CA, the host's accepted certificates
-        and the revocation list. Never raises for a bad ack."""
+        (``record``: the host's record, if already read) and the revocation list. Never raises
+        for a bad ack."""
         check = verify_ack(bytes(ack.evidence), bytes(ack.evidence_signature), bytes(ack.host_certificate),
                            self.agent_cas, host=host, order_id=oid)
         if not self.agent_cas and ack.evidence:
@@ -68,10 +73,11 @@ class Acks:
         if not check or check.evidence is None:
             return check
         fp = check.evidence.cert_sha256
-        try:
-            record = await self.custody.get_host(host)
-        except CustosError:
-            return AckCheck(check.evidence, "the host is not known to the control plane")
+        if record is None:
+            try:
+                record = await self.custody.get_host(host)
+            except CustosError:
+                return AckCheck(check.evidence, "the host is not known to the control plane")
         if accepted_until(record, fp) is None:
             return AckCheck(check.evidence, "signed with a certificate the host's record does not accept")
         if self.custody.revocations.is_revoked(fp):
@@ -84,27 +90,65 @@ class Acks:
         self._queue.put_nowait((host, ack, received_ns))
 
     async def run_worker(self, stop: asyncio.Event) -> None:
-        """Record queued acks until ``stop``; a failing one is logged, never fatal."""
+        """Record queued acks until ``stop``, as many at a time as have queued (up to
+        ACK_BATCH): one read and one transaction per batch, not per ack. A failing batch is
+        logged, never fatal."""
         while not stop.is_set():
-            host, ack, received = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < ACK_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await self.record(host, ack, received)
+                await self.record_many(batch)
             except Exception:
-                log.exception("recording the ack of %s failed", host)
+                log.exception("recording %d acks failed", len(batch))
 
     async def record(self, host: str, ack: Any, received_ns: int = 0) -> None:
         """Store an agent's ack (the first of a host stands) and apply its evidence
         to that host's copies. An ack for an unknown order is logged and dropped."""
-        try:
-            record = await self.book.get(ack.order_id)
-        except CustosError:
-            log.warning("ack from %s for unknown order %s", host, ack.order_id[:16])
-            return
-        now = received_ns or time.time_ns()  # when the ack reached the control plane
-        key = ack_key(record["id"], host)
-        if await self.store.get(key) is not None:
-            return  # the first ack of a host stands; a resent order is re-acked
-        check = await self.check_evidence(host, record["id"], ack)
+        await self.record_many([(host, ack, received_ns)])
+
+    async def record_many(self, items: list[tuple[str, Any, int]]) -> None:
+        """Store many acks: per order, the first ack of each host stands (in the batch and in
+        the Store), written in as few transactions as the Store allows, each conditioned on
+        no ack of those hosts existing yet; then their evidence is applied to the copies."""
+        records: dict[str, dict[str, Any] | None] = {}
+        by_order: dict[str, dict[str, tuple[Any, int]]] = {}
+        for host, ack, received in items:
+            oid = ack.order_id
+            if oid not in records:
+                try:
+                    records[oid] = await self.book.get(oid)
+                except CustosError:
+                    log.warning("ack from %s for unknown order %s", host, oid[:16])
+                    records[oid] = None
+            rec = records[oid]
+            if rec is not None:
+                by_order.setdefault(rec["id"], {}).setdefault(host, (ack, received or time.time_ns()))
+        for oid, acks in by_order.items():
+            record = records.get(oid) or await self.book.get(oid)
+            existing = await self.store.get_many([ack_key(oid, h) for h in acks])
+            fresh = {h: a for h, a in acks.items() if ack_key(oid, h) not in existing}
+            signed = [h for h, (ack, _) in fresh.items() if ack.evidence]
+            hosts = {k[len("hosts/"):]: dict(decode_canonical(e.value))
+                     for k, e in (await self.store.get_many([f"hosts/{h}" for h in signed])).items()}
+            values: dict[str, dict[str, Any]] = {}
+            for h, (ack, received) in fresh.items():
+                host_record = hosts.get(h)
+                if ack.evidence and host_record is None:
+                    check = AckCheck(None, "the host is not known to the control plane")
+                else:
+                    check = await self.check_evidence(h, oid, ack, host_record)
+                values[h] = self._ack_value(h, oid, ack, received, check)
+            unverified = sorted(h for h, v in values.items() if not v["evidence_verified"])
+            if unverified:  # one line per batch, not one per ack of a fleet
+                log.warning("%d acks without verified evidence", len(unverified), extra={"fields": {
+                    "order_id": oid[:16], "hosts": unverified[:20],
+                    "problem": values[unverified[0]]["evidence_problem"][:200]}})
+            stored = await self._commit_new(oid, values)
+            await self._apply_many(record, {h: values[h] for h in stored})
+
+    def _ack_value(self, host: str, oid: str, ack: Any, now: int, check: AckCheck) -> dict[str, Any]:
+        """What is stored of an ack: what the host signed if it verified, else its fields, bounded."""
         ev = check.evidence if check else None
         if ev is not None:  # what the host signed, not the unsigned fields beside it
             value: dict[str, Any] = {
@@ -126,23 +170,45 @@ class Acks:
                      evidence_signature=bytes(ack.evidence_signature).hex()[:1024] if kept else "",
                      host_certificate=base64.b64encode(bytes(ack.host_certificate)[:16384]).decode() if kept else "",
                      evidence_verified=bool(check), evidence_problem=check.problem[:500])
-        if not check:
-            log.warning("ack without verified evidence", extra={"fields": {
-                "host": host, "order_id": record["id"][:16], "problem": check.problem[:200]}})
-        await self.store.commit(Txn(checks={key: 0}, puts={key: encode_canonical(value)}))
-        async with self.custody.host_lock(host):
-            await self._apply_to_copies(record, host, value)
+        return value
 
-    async def _apply_to_copies(self, record: dict[str, Any], host: str, ack: dict[str, Any]) -> None:
+    async def _commit_new(self, oid: str, values: dict[str, dict[str, Any]]) -> list[str]:
+        """Write the acks of hosts that have none yet; the hosts whose ack this call stored.
+        A chunk whose condition fails (another replica stored one meanwhile) goes one by one."""
+        items = [(h, ack_key(oid, h), encode_canonical(v)) for h, v in values.items()]
+        stored: list[str] = []
+        step = MAX_TXN_OPS // 2 - 5  # a check and a put per ack
+        for i in range(0, len(items), step):
+            chunk = items[i:i + step]
+            if await self.store.commit(Txn(checks={k: 0 for _, k, _ in chunk}, puts={k: v for _, k, v in chunk})):
+                stored += [h for h, _, _ in chunk]
+                continue
+            for h, k, v in chunk:
+                if await self.store.commit(Txn(checks={k: 0}, puts={k: v})):
+                    stored.append(h)
+        return stored
+
+    async def _apply_many(self, record: dict[str, Any], acks: dict[str, dict[str, Any]]) -> None:
+        """Apply the acks to the copies of the order's artifacts on their hosts: the copies are
+        found by one read per artifact, then each host's are read again and written under its
+        lock (its reports may be being ingested)."""
         order = Order.decode(record["body"].encode())
-        if ack["outcome"] in ("dry-run", "lifted"):
+        live = {h for h, a in acks.items() if a["outcome"] not in ("dry-run", "lifted")}
+        if not live:
             return  # nothing was stopped: copies keep their state; the report shows would_stop
+        keys: dict[str, list[str]] = {}
+        for c in await copy_states(self.store, order.artifacts):
+            if c["host"] in live and c["location_kind"] != "object-store":
+                keys.setdefault(c["host"], []).append(f"copies/{c['artifact_id']}/{c['id']}")
+        for host, host_keys in keys.items():
+            async with self.custody.host_lock(host):
+                await self._apply_to_copies(order, host_keys, acks[host])
+
+    async def _apply_to_copies(self, order: Order, keys: list[str], ack: dict[str, Any]) -> None:
         real = set(order.models)
-        scoped = set(order.artifacts)
         wiped = set(ack["paths_wiped"])
         pids = {str(p) for p in ack["pids_stopped"]}
         puts: dict[str, bytes] = {}
-        keys = [k for k in await self.custody.host_copy_keys(host) if k.split("/", 2)[1] in scoped]
         for key, entry in (await self.store.get_many(keys)).items():
             c = dict(decode_canonical(entry.value))
             if c["location_kind"] == "object-store" or c["model"] not in real:

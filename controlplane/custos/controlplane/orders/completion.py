@@ -15,7 +15,7 @@ from typing import Any
 from custos.controlplane.audit import SYSTEM, AuditLog
 from custos.controlplane.custody import Custody
 from custos.controlplane.orders.acks import ack_key, acks_prefix
-from custos.controlplane.orders.fleet import NO_LEASE, copy_states, enrolled_hosts, host_leases
+from custos.controlplane.orders.fleet import NO_LEASE, copy_states, enrolled_among, leases_of
 from custos.controlplane.store.base import Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.orders import Order
@@ -47,16 +47,18 @@ class Completion:
         done = True
         if order.action != "lift":
             real = set(order.models)
-            leases = await host_leases(self.store)
             now = time.time_ns()
             by_host: dict[str, list[dict[str, Any]]] = {}
             for c in await copy_states(self.store, order.artifacts):
                 if c["location_kind"] != "object-store" and c["state"] != "gone":
                     by_host.setdefault(c["host"], []).append(c)
-            enrolled = await enrolled_hosts(self.store)
-            for host, copies in by_host.items():
-                if await self.store.get(ack_key(oid, host)) is not None:
-                    continue
+            # Only the hosts holding copies are read, not the fleet: this runs every sweep.
+            acked = await self.store.get_many([ack_key(oid, h) for h in by_host])
+            waiting = [h for h in by_host if ack_key(oid, h) not in acked]
+            leases = await leases_of(self.store, waiting)
+            enrolled = await enrolled_among(self.store, waiting)
+            for host in waiting:
+                copies = by_host[host]
                 if host not in enrolled:
                     # No custody agent can act there: the copy is residual, for people to deal with.
                     await self._settle(copies, real, "residual",

@@ -23,7 +23,7 @@ from custos.controlplane.orders.book import OrderBook
 from custos.controlplane.orders.completion import Completion
 from custos.controlplane.orders.fanout import Fanout
 from custos.controlplane.orders.feed import OrderFeed
-from custos.controlplane.orders.fleet import enrolled_hosts, hosts_with_copies
+from custos.controlplane.orders.fleet import enrolled_among, hosts_with_copies
 from custos.controlplane.registry import Registry
 from custos.controlplane.store.base import Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
@@ -73,7 +73,7 @@ class Effects:
             failing = await self._change_keys(oid, order, list(order.models), attempt=1)
             if order.action == "destroy":
                 await self._shred(order)
-            hosts = await hosts_with_copies(self.store, order.artifacts) & await enrolled_hosts(self.store)
+            hosts = await enrolled_among(self.store, await hosts_with_copies(self.store, order.artifacts))
             if order.action != "lift":
                 await self.custody.revoke_leases(sorted(hosts), oid)
             await self._mark_object_copies(order, real, done=real - set(failing))

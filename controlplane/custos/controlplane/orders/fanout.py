@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from custos.controlplane.custody import Custody
@@ -21,6 +22,8 @@ from custos.v1 import custody_pb2
 
 log = logging.getLogger("custos.orders")
 
+PACE = 64  # streams woken per event-loop iteration by a broadcast
+
 
 class Fanout:
     """Sends each executed order once per agent stream; hooks Custody's ``on_attach``."""
@@ -30,20 +33,49 @@ class Fanout:
         self.custody = custody
         self.signers = signers
         self._sent: dict[str, set[str]] = {}  # order id -> hosts whose current stream has it
+        self._bytes: dict[tuple[str, str, int, bytes], bytes] = {}  # (order id, signatures, chain) -> message
+        self.catching_up: set[asyncio.Task[None]] = set()  # catch-ups of streams that (re)attached
+        self.on_order: list[Callable[[Order], None]] = []  # told of every executed order pushed here
 
     def broadcast(self, record: dict[str, Any]) -> None:
-        """Send a signed order to every agent connected to this replica, once per stream."""
-        msg = self.signed_message(record)
+        """Send a signed order to every agent connected to this replica, once per stream: the
+        message is serialized once and the same bytes go down every stream."""
+        data = self.message_bytes(record)
         sent = self._sent.setdefault(record["id"], set())
         for host, q in list(self.custody.streams.items()):
             if host not in sent:
                 sent.add(host)
-                q.put_nowait(msg)
+                q.put_nowait(data)
+
+    def message_bytes(self, record: dict[str, Any]) -> bytes:
+        """``signed_message`` serialized, once per order, signatures and signer chain."""
+        chain = self.signers.cached  # only ever grows: its length and newest set name it
+        key = (record["id"], record["signatures"], len(chain), chain[-1][0] if chain else b"")
+        data = self._bytes.get(key)
+        if data is None:
+            if len(self._bytes) > 64:
+                self._bytes.clear()
+            data = self._bytes[key] = self.signed_message(record).SerializeToString()
+        return data
 
     async def push(self, record: dict[str, Any]) -> None:
-        """Broadcast with the chain as the Store has it now (a rotation may be newer)."""
+        """Broadcast with the chain as the Store has it now (a rotation may be newer), PACE
+        streams at a time: every stream woken costs its writer's step on this event loop, and
+        waking ten thousand at once would make one loop iteration of them — every other call
+        (a refused unwrap, an ack) waiting behind it. Between the groups the loop runs the rest."""
+        order = Order.decode(record["body"].encode())
+        for hook in self.on_order:
+            hook(order)  # the key broker refuses its models' unwraps from now on, without a read
         await self.signers.refresh()
-        self.broadcast(record)
+        data = self.message_bytes(record)
+        sent = self._sent.setdefault(record["id"], set())
+        todo = [(h, q) for h, q in list(self.custody.streams.items()) if h not in sent]
+        for i in range(0, len(todo), PACE):
+            for host, q in todo[i:i + PACE]:
+                if host not in sent and self.custody.streams.get(host) is q:
+                    sent.add(host)
+                    q.put_nowait(data)
+            await asyncio.sleep(0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Replicas learn of orders executed elsewhere through the Store's watch
@@ -91,7 +123,9 @@ class Fanout:
         """A stream opened for ``host``: catch it up, in the background."""
         for hosts in self._sent.values():
             hosts.discard(host)  # a new stream: what the old one had may be lost
-        asyncio.get_running_loop().create_task(self._catch_up(host))
+        task = asyncio.get_running_loop().create_task(self._catch_up(host))
+        self.catching_up.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self.catching_up.discard)
 
     async def _catch_up(self, host: str) -> None:
         """A host (re)connected: send it every executed order it has not acked, oldest first."""
@@ -105,6 +139,7 @@ class Fanout:
             pending.append((Order.decode(rec["body"].encode()).sequence, rec))
         q = self.custody.streams.get(host)
         for _, rec in sorted(pending, key=lambda p: p[0]):
-            if q is not None:
-                self._sent.setdefault(rec["id"], set()).add(host)
-                q.put_nowait(self.signed_message(rec))
+            sent = self._sent.setdefault(rec["id"], set())
+            if q is not None and host not in sent:  # a broadcast meanwhile may have sent it
+                sent.add(host)
+                q.put_nowait(self.message_bytes(rec))

@@ -14,8 +14,21 @@ NO_LEASE = {"expires_ns": 0, "state": "none"}  # a host that never held a lease
 
 async def enrolled_hosts(store: Store) -> set[str]:
     """The names of the hosts whose enrollment stands."""
-    return {decode_canonical(e.value)["name"] for e in await store.range("hosts/")
-            if decode_canonical(e.value)["state"] == "enrolled"}
+    return {h["name"] for h in map(decode_canonical, (e.value for e in await store.range("hosts/")))
+            if h["state"] == "enrolled"}
+
+
+async def enrolled_among(store: Store, hosts: Iterable[str]) -> set[str]:
+    """Those of ``hosts`` whose enrollment stands: one read of just their records, however
+    large the fleet."""
+    found = await store.get_many([f"hosts/{h}" for h in hosts])
+    return {k[len("hosts/"):] for k, e in found.items() if decode_canonical(e.value)["state"] == "enrolled"}
+
+
+async def leases_of(store: Store, hosts: Iterable[str]) -> dict[str, Any]:
+    """The lease records of ``hosts`` (a host without one is missing: use NO_LEASE)."""
+    found = await store.get_many([f"leases/{h}" for h in hosts])
+    return {k[len("leases/"):]: decode_canonical(e.value) for k, e in found.items()}
 
 
 async def host_leases(store: Store) -> dict[str, Any]:
