@@ -70,7 +70,7 @@ class ShortPauses:
     What died among the frozen objects is collected every ``full_every`` rounds (unfreeze, one
     full collection)."""
 
-    def __init__(self, interval: float = 30.0, full_every: int = 120) -> None:
+    def __init__(self, interval: float = 5.0, full_every: int = 720) -> None:
         self.interval, self.full_every = interval, full_every
         self.rounds = 0
 
