@@ -123,7 +123,7 @@ def test_one_replica_records_each_hosts_first_ack_once_whatever_the_batches(
     items = [(hosts[h], _ack(world.oid, outcome, n), 1000 + n) for n, (h, outcome) in enumerate(seq)]
     bounds = sorted({c for c in cuts if c < len(items)} | {0, len(items)})
     acks = world.acks()
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         world.run(acks.record_many(items[a:b]))
     stored = world.stored()
     first: dict[str, str] = {}
