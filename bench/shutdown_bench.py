@@ -346,7 +346,6 @@ class Prober:
         self.proc.start()
         if not self.conn.poll(60) or self.conn.recv() != "ready":
             raise RunFailed("the prober did not start")
-        self.sent_at = time.time_ns()
 
     def finish(self) -> list[tuple[int, int, str]]:
         self.conn.send("stop")

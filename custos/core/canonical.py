@@ -47,6 +47,11 @@ def encode_canonical(value: Any) -> bytes:
     not valid Unicode: a lone surrogate ("\\ud800") has no UTF-8 form, so no canonical bytes.
     """
     _check(value)
+    return _dump(value)
+
+
+def _dump(value: Any) -> bytes:
+    """The canonical bytes of a value of checked types. Raises InvalidInput (a lone surrogate)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode("utf-8")
@@ -77,11 +82,7 @@ def decode_canonical(data: bytes | bytearray) -> Any:
     # most 32 brackets in all can nest deeper than 32 — the walk is for the rest.
     if data.count(b"[") + data.count(b"{") > 32:
         _check(value)
-    try:
-        again = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("canonical JSON: a string holds a lone surrogate, which is not valid Unicode") from None
-    if again != data:
+    if _dump(value) != data:
         raise InvalidInput("not canonical JSON: bytes are not in canonical form")
     return value
 

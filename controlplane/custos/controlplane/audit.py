@@ -127,6 +127,14 @@ def checkpoint_key(seq: int) -> str:
     return f"{CHECKPOINTS_PREFIX}{seq:020d}"
 
 
+def _event(caller: Caller, action: str, obj: str, result: str, seq: int, prev: str) -> tuple[bytes, str]:
+    """Event ``seq`` after the event hashed ``prev``: (its stored bytes, its hash)."""
+    _, stored = new_event(seq=seq, prev=prev, time_ns=time.time_ns(), principal=caller.principal, role=caller.role,
+                          host=caller.host, action=action, object=obj, result=result[:1000],
+                          request_id=caller.request_id)
+    return stored, parse_stored(stored)[1]
+
+
 class AuditLog:
     def __init__(self, store: Store, signing_key: Ed25519PrivateKey | CheckpointSigner, *,
                  policy: CheckpointPolicy = DEFAULT_POLICY) -> None:
@@ -244,11 +252,8 @@ class AuditLog:
                 batch = self._soon[:min(100, room)]
                 txn = Txn()
                 for caller, action, obj, result in batch:
-                    _, stored = new_event(seq=seq + 1, prev=prev, time_ns=time.time_ns(), principal=caller.principal,
-                                          role=caller.role, host=caller.host, action=action, object=obj,
-                                          result=result[:1000], request_id=caller.request_id)
                     seq += 1
-                    _, prev = parse_stored(stored)
+                    stored, prev = _event(caller, action, obj, result, seq, prev)
                     txn.puts[event_key(seq)] = stored
                 txn.checks[HEAD_KEY] = head_entry.mod_revision if head_entry else 0
                 txn.puts[HEAD_KEY] = encode_canonical({"hash": prev, "seq": seq})
@@ -268,19 +273,7 @@ class AuditLog:
         seq: int,
         prev: str,
     ) -> bool:
-        _, stored = new_event(
-            seq=seq + 1,
-            prev=prev,
-            time_ns=time.time_ns(),
-            principal=caller.principal,
-            role=caller.role,
-            host=caller.host,
-            action=action,
-            object=obj,
-            result=p.result[:1000],
-            request_id=caller.request_id,
-        )
-        _, new_hash = parse_stored(stored)
+        stored, new_hash = _event(caller, action, obj, p.result, seq + 1, prev)
         txn = p.txn
         txn.checks[HEAD_KEY] = head_entry.mod_revision if head_entry else 0
         txn.puts[event_key(seq + 1)] = stored

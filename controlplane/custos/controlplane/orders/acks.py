@@ -111,21 +111,22 @@ class Acks:
         """Store many acks: per order, the first ack of each host stands (in the batch and in
         the Store), written in as few transactions as the Store allows, each conditioned on
         no ack of those hosts existing yet; then their evidence is applied to the copies."""
-        records: dict[str, dict[str, Any] | None] = {}
+        asked: dict[str, dict[str, Any] | None] = {}  # order id as acked -> its record
+        records: dict[str, dict[str, Any]] = {}  # by full id
         by_order: dict[str, dict[str, tuple[Any, int]]] = {}
         for host, ack, received in items:
             oid = ack.order_id
-            if oid not in records:
+            if oid not in asked:
                 try:
-                    records[oid] = await self.book.get(oid)
+                    asked[oid] = await self.book.get(oid)
                 except CustosError:
                     log.warning("ack from %s for unknown order %s", host, oid[:16])
-                    records[oid] = None
-            rec = records[oid]
+                    asked[oid] = None
+            rec = asked[oid]
             if rec is not None:
+                records[rec["id"]] = rec
                 by_order.setdefault(rec["id"], {}).setdefault(host, (ack, received or time.time_ns()))
         for oid, acks in by_order.items():
-            record = records.get(oid) or await self.book.get(oid)
             existing = await self.store.get_many([ack_key(oid, h) for h in acks])
             fresh = {h: a for h, a in acks.items() if ack_key(oid, h) not in existing}
             signed = [h for h, (ack, _) in fresh.items() if ack.evidence]
@@ -133,11 +134,8 @@ class Acks:
                      for k, e in (await self.store.get_many([f"hosts/{h}" for h in signed])).items()}
             values: dict[str, dict[str, Any]] = {}
             for h, (ack, received) in fresh.items():
-                host_record = hosts.get(h)
-                if ack.evidence and host_record is None:
-                    check = AckCheck(None, "the host is not known to the control plane")
-                else:
-                    check = await self.check_evidence(h, oid, ack, host_record)
+                # A host missing from the read is looked up (and named unknown) by check_evidence.
+                check = await self.check_evidence(h, oid, ack, hosts.get(h))
                 values[h] = self._ack_value(h, oid, ack, received, check)
             unverified = sorted(h for h, v in values.items() if not v["evidence_verified"])
             if unverified:  # one line per batch, not one per ack of a fleet
@@ -145,7 +143,7 @@ class Acks:
                     "order_id": oid[:16], "hosts": unverified[:20],
                     "problem": values[unverified[0]]["evidence_problem"][:200]}})
             stored = await self._commit_new(oid, values)
-            await self._apply_many(record, {h: values[h] for h in stored})
+            await self._apply_many(records[oid], {h: values[h] for h in stored})
 
     def _ack_value(self, host: str, oid: str, ack: Any, now: int, check: AckCheck) -> dict[str, Any]:
         """What is stored of an ack: what the host signed if it verified, else its fields, bounded."""

@@ -37,16 +37,6 @@ class Fanout:
         self.catching_up: set[asyncio.Task[None]] = set()  # catch-ups of streams that (re)attached
         self.on_order: list[Callable[[Order], None]] = []  # told of every executed order pushed here
 
-    def broadcast(self, record: dict[str, Any]) -> None:
-        """Send a signed order to every agent connected to this replica, once per stream: the
-        message is serialized once and the same bytes go down every stream."""
-        data = self.message_bytes(record)
-        sent = self._sent.setdefault(record["id"], set())
-        for host, q in list(self.custody.streams.items()):
-            if host not in sent:
-                sent.add(host)
-                q.put_nowait(data)
-
     def message_bytes(self, record: dict[str, Any]) -> bytes:
         """``signed_message`` serialized, once per order, signatures and signer chain."""
         chain = self.signers.cached  # only ever grows: its length and newest set name it

@@ -162,10 +162,6 @@ class OrdersService:
         """After a restart: finish the side effects of orders that were executing."""
         await self.sweep.resume_pending()
 
-    def broadcast(self, record: dict[str, Any]) -> None:
-        """Send a signed order to every agent connected to this replica, once per stream."""
-        self.fanout.broadcast(record)
-
     async def run_fanout(self, stop: asyncio.Event) -> None:
         """Push orders executed on other replicas (the Store's watch) to this replica's agents."""
         await self.fanout.run(stop)
