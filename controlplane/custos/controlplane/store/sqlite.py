@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from custos.controlplane.store.base import Entry, Store, StoreUnavailable, Txn, check_key, prefix_end
+
+WRITE_LOCK_WAIT_S = 30.0  # longest a commit waits for another process's write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -36,32 +39,52 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
         try:
-            self._db = sqlite3.connect(
-                self._path, check_same_thread=False, isolation_level=None, timeout=30
-            )
+            # Writes wait for another process's write lock in commit(), in short steps: SQLite's own
+            # busy handler sleeps up to 100 ms at a time.
+            self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA busy_timeout=0")
+            # Reads on a connection of their own: in WAL mode they never wait for a write, so a
+            # read (a refused unwrap's) is not queued behind a commit waiting for the lock.
+            self._rdb = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite store {self._path}: {exc}") from None
-        # One connection, one thread: every call queues on a single worker, which is
-        # also what serializes use of the connection (no lock needed).
+        # One thread per connection: calls queue on its single worker, which is also what
+        # serializes use of the connection (no lock needed).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-sqlite")
+        self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-sqlite-read")
 
-    def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+    def _run(self, fn, *args, write: bool = False):  # type: ignore[no-untyped-def]
         def guarded():  # type: ignore[no-untyped-def]
             try:
                 return fn(*args)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite store: {exc}") from None
 
-        return asyncio.get_running_loop().run_in_executor(self._executor, guarded)
+        return asyncio.get_running_loop().run_in_executor(self._executor if write else self._readers, guarded)
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, retried every millisecond while another process holds the write
+        lock, for up to WRITE_LOCK_WAIT_S. Raises sqlite3.OperationalError after that."""
+        deadline = time.monotonic() + WRITE_LOCK_WAIT_S
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
 
     async def get(self, key: str) -> Entry | None:
         check_key(key)
 
         def q() -> Entry | None:
-            row = self._db.execute(
+            row = self._rdb.execute(
                 "SELECT value, mod_revision FROM kv WHERE key = ?", (key,)
             ).fetchone()
             return Entry(key, bytes(row[0]), int(row[1])) if row else None
@@ -79,7 +102,7 @@ class SQLiteStore(Store):
             for i in range(0, len(wanted), 500):
                 part = wanted[i:i + 500]
                 marks = ",".join("?" * len(part))
-                for k, v, r in self._db.execute(
+                for k, v, r in self._rdb.execute(
                         f"SELECT key, value, mod_revision FROM kv WHERE key IN ({marks})", part):  # noqa: S608 - placeholders only
                     out[str(k)] = Entry(str(k), bytes(v), int(r))
             return out
@@ -100,7 +123,7 @@ class SQLiteStore(Store):
             if limit:
                 sql += " LIMIT ?"
                 args += (limit,)
-            return [Entry(k, bytes(v), int(r)) for k, v, r in self._db.execute(sql, args)]
+            return [Entry(k, bytes(v), int(r)) for k, v, r in self._rdb.execute(sql, args)]
 
         return await self._run(q)
 
@@ -108,27 +131,31 @@ class SQLiteStore(Store):
         txn.validate()
 
         def q() -> bool:
+            # As few statements as the transaction allows (one read of every checked key, one
+            # statement for all deletes and one for all puts): the write lock is held across
+            # each return to Python, which may wait for the GIL behind a busy event loop.
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            checks = list(txn.checks.items())
+            self._begin()
             try:
-                for key, want in txn.checks.items():
-                    row = db.execute("SELECT mod_revision FROM kv WHERE key = ?", (key,)).fetchone()
-                    have = int(row[0]) if row else 0
-                    if have != want:
+                for i in range(0, len(checks), 500):
+                    part = checks[i:i + 500]
+                    marks = ",".join("?" * len(part))
+                    have = dict(db.execute(f"SELECT key, mod_revision FROM kv WHERE key IN ({marks})",  # noqa: S608 - placeholders only
+                                           [k for k, _ in part]).fetchall())
+                    if any(int(have.get(k, 0)) != want for k, want in part):
                         db.execute("ROLLBACK")
                         return False
                 if txn.puts or txn.deletes:
                     rev = db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0] + 1
                     db.execute("UPDATE meta SET value = ? WHERE name='revision'", (rev,))
-                    for key in txn.deletes:
-                        db.execute("DELETE FROM kv WHERE key = ?", (key,))
-                    for key, value in txn.puts.items():
-                        db.execute(
-                            "INSERT INTO kv (key, value, mod_revision) VALUES (?, ?, ?) "
-                            "ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
-                            "mod_revision=excluded.mod_revision",
-                            (key, value, rev),
-                        )
+                    db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in txn.deletes])
+                    db.executemany(
+                        "INSERT INTO kv (key, value, mod_revision) VALUES (?, ?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
+                        "mod_revision=excluded.mod_revision",
+                        [(key, value, rev) for key, value in txn.puts.items()],
+                    )
                 db.execute("COMMIT")
                 return True
             except BaseException:
@@ -136,11 +163,11 @@ class SQLiteStore(Store):
                     db.execute("ROLLBACK")
                 raise
 
-        return await self._run(q)
+        return await self._run(q, write=True)
 
     async def revision(self) -> int:
         def q() -> int:
-            return int(self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
+            return int(self._rdb.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
 
         return await self._run(q)
 
@@ -152,7 +179,7 @@ class SQLiteStore(Store):
         while True:
             await asyncio.sleep(poll)
             def q(since: int) -> list[tuple[str, int]]:
-                return [(str(k), int(r)) for k, r in self._db.execute(
+                return [(str(k), int(r)) for k, r in self._rdb.execute(
                     "SELECT key, mod_revision FROM kv WHERE key >= ? AND key < ? AND mod_revision > ? "
                     "ORDER BY mod_revision", (prefix, hi, since))]
 
@@ -161,8 +188,10 @@ class SQLiteStore(Store):
                 yield key
 
     async def close(self) -> None:
-        def q() -> None:
-            self._db.close()
+        def q(db: sqlite3.Connection) -> None:
+            db.close()
 
-        await self._run(q)
+        await self._run(q, self._rdb)
+        await self._run(q, self._db, write=True)
         self._executor.shutdown(wait=False)
+        self._readers.shutdown(wait=False)
