@@ -322,6 +322,11 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                     return
                 if isinstance(item, tuple) and item[0] == "notice":
                     await ctx.write(custody_pb2.ControlMessage(notice=item[1]))
+                elif isinstance(item, bytes):  # an order, serialized once for every stream
+                    try:
+                        await ctx.write(item)
+                    finally:
+                        self.c.order_written()
                 else:
                     await ctx.write(item)
         finally:

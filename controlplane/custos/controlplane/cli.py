@@ -20,6 +20,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     s.add_argument("--store", help="store URL: sqlite:///PATH, or etcd[s]://HOST:PORT[,HOST:PORT...][/PREFIX] "
                    "(every member of the cluster; etcds for TLS)")
     s.add_argument("--log-level", help="debug, info, warning, error")
+    s.add_argument("--serve", choices=("all", "keys"), help="all services (default), or the Keys service alone: "
+                   "a key-broker replica, its own process, answering unwraps whatever the agents' streams do")
     s.add_argument("--checkpoint-interval", type=float, help="seconds between signed audit checkpoints")
     s.set_defaults(fn="custos.controlplane.commands:cmd_server")
 

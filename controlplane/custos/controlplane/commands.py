@@ -21,6 +21,8 @@ def cmd_server(ns: argparse.Namespace, out: Any) -> int:
     if ns.store:
         cfg.store_url = ns.store
     cfg.dev = ns.dev
+    if ns.serve:
+        cfg.serve = ns.serve
     if ns.log_level:
         cfg.log_level = ns.log_level
     if ns.checkpoint_interval is not None:

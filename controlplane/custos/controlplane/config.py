@@ -20,6 +20,7 @@ Example (deploy/controlplane.example.toml):
               revocation_poll = 2        # seconds: each replica re-reads the revocation list
     enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
     [server] probe_listen = "0.0.0.0:8080"   # unauthenticated HTTP /healthz, /readyz (off when absent)
+             serve = "all"   # or "keys": a key-broker replica, Keys only (docs/scale.md)
     [orders] signer_set_file = ...   # canonical bytes of signer set v1, installed once
              feed_prefix = "orders/feed/"   # orders at quorum published to the blob store ("" = off)
              report_key_file = ...   # DEVELOPMENT ONLY: a local key signs reports ([keys] report_key: Transit)
@@ -45,7 +46,7 @@ from custos.errors import InvalidInput
 _KNOWN = {
     "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody", "orders",
          "rules", "notify", "metrics", "server"},
-    "server": {"probe_listen"},
+    "server": {"probe_listen", "serve"},
     "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key", "agent_cert_ttl", "revocation_poll"},
     "orders": {"signer_set_file", "report_key_file", "feed_prefix"},
     "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify",
@@ -93,6 +94,10 @@ class ServerConfig:
     metrics: dict[str, Any] = field(default_factory=dict)
     config_dir: Path | None = None
     probe_listen: str = ""  # unauthenticated HTTP /healthz and /readyz; "" = off
+    serve: str = "all"  # "keys": this replica serves the Keys service alone (SERVE_CHOICES)
+
+
+SERVE_CHOICES = ("all", "keys")
 
 
 def load_config(path: Path | None) -> ServerConfig:
@@ -145,6 +150,10 @@ def load_config(path: Path | None) -> ServerConfig:
                            "audit.checkpoint_max_age from 3 x checkpoint_interval to 86400 (seconds)")
     cfg.checkpoint_max_events, cfg.checkpoint_max_age = n, float(age)
     cfg.enroll_listen = str(raw.get("enroll_listen", ""))
+    serve = raw.get("server", {}).get("serve", cfg.serve)
+    if serve not in SERVE_CHOICES:
+        raise InvalidInput(f"config {path}: [server] serve must be one of {', '.join(SERVE_CHOICES)}")
+    cfg.serve = serve
     try:
         cfg.probe_listen = parse_probe_listen(raw.get("server", {}).get("probe_listen", ""))
     except InvalidInput as exc:

@@ -56,6 +56,8 @@ from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound, 
 log = logging.getLogger("custos.custody")
 
 DEFAULT_TOKEN_TTL = 3600
+SWEEP_AT_LEAST_EVERY_S = 10.0  # the longest the periodic lease sweep is skipped
+ORDERS_OUT_POLL_S = 0.005  # how often bookkeeping looks whether a halt has gone out
 STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
 # Agents hash every file from 1 MiB up to find renamed copies; one that matches nothing
 # alerts only if it is named like weights or is this large (the agent's old size rule).
@@ -99,10 +101,12 @@ class Custody:
         self.lease_ttl = lease_ttl
         self.signer_set = signer_set or (lambda: b"")
         self.streams: dict[str, asyncio.Queue[Any]] = {}
+        self.unwritten = 0  # order messages queued on streams here, not yet written (send_order)
         self._files: dict[str, dict[str, Any]] = {}  # host -> path -> file record (this replica's view)
         self._digests: dict[str, str] = {}  # host -> digest of the last report ingested
         self._summaries: dict[str, dict[str, Any]] = {}
         self._host_locks: dict[str, asyncio.Lock] = {}
+        self._sweep_due_ns = 0  # when a live lease may expire first (sweep_if_due)
         self._policies: dict[str, dict[str, Any]] = {}  # model -> record, for the current registry revision
         self._policies_rev = -1  # host -> last report summary, not yet written
         self._index: Any = None
@@ -344,18 +348,34 @@ class Custody:
         """Mark lapsed leases and their hosts' copies stale. Returns the hosts that lapsed now."""
         now = time.time_ns()
         lapsed = []
+        # A lease written after this sweep expires a TTL from then at the earliest.
+        soonest = now + int(min(self.lease_ttl, SWEEP_AT_LEAST_EVERY_S) * 1e9)
         for e in await self.store.range("leases/"):
             rec = decode_canonical(e.value)
-            if rec["state"] == "live" and rec["expires_ns"] < now:
-                host = e.key[len("leases/"):]
-                ok = await self.store.commit(Txn(checks={e.key: e.mod_revision}, puts={e.key: encode_canonical(
-                    {"expires_ns": rec["expires_ns"], "state": "lapsed"})}))
-                if ok:
-                    lapsed.append(host)
-                    await self._mark_host_copies(host, "stale")
-                    await self.audit.record(SYSTEM, "LeaseLapsed", f"host/{host}",
-                                            f"lease expired at {rec['expires_ns']}")
+            if rec["state"] != "live":
+                continue
+            if rec["expires_ns"] >= now:
+                soonest = min(soonest, int(rec["expires_ns"]))
+                continue
+            host = e.key[len("leases/"):]
+            ok = await self.store.commit(Txn(checks={e.key: e.mod_revision}, puts={e.key: encode_canonical(
+                {"expires_ns": rec["expires_ns"], "state": "lapsed"})}))
+            if ok:
+                lapsed.append(host)
+                await self._mark_host_copies(host, "stale")
+                await self.audit.record(SYSTEM, "LeaseLapsed", f"host/{host}",
+                                        f"lease expired at {rec['expires_ns']}")
+        self._sweep_due_ns = soonest
         return lapsed
+
+    async def sweep_if_due(self) -> list[str]:
+        """``sweep`` once a live lease may have expired: the soonest expiry the last sweep saw,
+        or a TTL after it (a renewal or a new lease runs a whole TTL from when it is written), so
+        until then a sweep of the fleet's leases would find nothing. At least every
+        SWEEP_AT_LEAST_EVERY_S all the same (another replica with a shorter TTL, a clock behind)."""
+        if time.time_ns() < self._sweep_due_ns:
+            return []
+        return await self.sweep()
 
     async def flush_summaries(self) -> None:
         """Write the latest report summaries (last-report time, counts) in batches."""
@@ -367,7 +387,7 @@ class Custody:
         await every(interval, stop, self.flush_summaries, "writing report summaries", final=True)
 
     async def run_sweeper(self, interval: float, stop: asyncio.Event) -> None:
-        await every(interval, stop, self.sweep, "lease sweep")
+        await every(interval, stop, self.sweep_if_due, "lease sweep")
 
     # -- inventory ----------------------------------------------------------------
 
@@ -605,6 +625,29 @@ class Custody:
     def detach(self, host: str, q: asyncio.Queue[Any]) -> None:
         if self.streams.get(host) is q:
             del self.streams[host]
+        while not q.empty():  # what its writer never wrote is not owed any more
+            if isinstance(q.get_nowait(), bytes):
+                self.unwritten -= 1
+
+    def send_order(self, host: str, q: asyncio.Queue[Any], data: bytes) -> bool:
+        """Queue an order's serialized message on ``q`` if it is still ``host``'s stream here;
+        counted in ``unwritten`` until its writer has written it (or the stream ended)."""
+        if self.streams.get(host) is not q:
+            return False
+        self.unwritten += 1
+        q.put_nowait(data)
+        return True
+
+    def order_written(self) -> None:
+        """A stream's writer has written (or failed to write) one order message."""
+        self.unwritten -= 1
+
+    async def orders_out(self, limit: float) -> None:
+        """Wait until every order message queued here has been written, or ``limit`` seconds:
+        bookkeeping (recording acks) yields the event loop to a halt still going out."""
+        deadline = time.monotonic() + limit
+        while self.unwritten > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(ORDERS_OUT_POLL_S)
 
     async def list_alerts(self, *, host: str = "", model: str = "") -> list[dict[str, Any]]:
         out = []

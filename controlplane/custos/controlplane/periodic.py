@@ -62,17 +62,28 @@ async def safe(coro: Awaitable[Any], what: str) -> Any:
     return None
 
 
+FULL_COLLECTIONS_OFF = 1_000_000  # gen-1 collections between automatic full ones: never, in practice
+
+
 class ShortPauses:
     """Keeps the garbage collector from stopping the event loop for long: everything alive is
     moved out of the collector's generations (``gc.freeze``) every ``interval`` s, so the
     collections that run meanwhile look only at what is new. With ten thousand custody streams
     one full collection holds the loop for about a second (a halt's acks would wait behind it).
     What died among the frozen objects is collected every ``full_every`` rounds (unfreeze, one
-    full collection)."""
+    full collection). The collector's own full collections are left to these rounds (its third
+    threshold raised): one would otherwise look at everything promoted since the last freeze
+    — at a halt of ten thousand hosts, their acks and messages — and take hundreds of ms."""
 
     def __init__(self, interval: float = 5.0, full_every: int = 720) -> None:
         self.interval, self.full_every = interval, full_every
         self.rounds = 0
+
+    @staticmethod
+    def take_over() -> None:
+        """Automatic full collections off; young ones as configured."""
+        g0, g1, _ = gc.get_threshold()
+        gc.set_threshold(g0, g1, FULL_COLLECTIONS_OFF)
 
     def round(self) -> None:
         self.rounds += 1
@@ -84,6 +95,7 @@ class ShortPauses:
         gc.freeze()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.take_over()
         self.round()
         while not stop.is_set():
             await pause(self.interval, stop)

@@ -96,6 +96,8 @@ SERVICE_NAMES = (
     canaries_pb2.DESCRIPTOR.services_by_name["Canaries"].full_name,
 )
 
+KEYS_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name
+
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     # An agent behind a cut link (packets dropped, no reset) is let go within 15 s: a
@@ -302,19 +304,22 @@ class ControlPlane:
             if self.orders.feed is not None:
                 self.incidents.metrics.extra.append(OrderFeedCollector(self.orders.feed))
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit, self.custody)], options=GRPC_OPTIONS)
-        registry_pb2_grpc.add_RegistryServicer_to_server(
-            RegistryServicer(self.registry, self.broker, self.custody), self.server)
-        custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody), self.server)
-        custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
+        keys_only = cfg.serve == "keys"  # a key-broker replica: its loop answers unwraps and nothing else
+        self.served = (KEYS_SERVICE,) if keys_only else SERVICE_NAMES
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
-        orders_pb2_grpc.add_OrdersServicer_to_server(OrdersServicer(self.orders), self.server)
-        access_pb2_grpc.add_AccessServicer_to_server(AccessServicer(self.access, who=self.who.who), self.server)
-        incidents_pb2_grpc.add_IncidentsServicer_to_server(self.incidents.servicer, self.server)
-        audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
-        canaries_pb2_grpc.add_CanariesServicer_to_server(CanariesServicer(self.canaries), self.server)
+        if not keys_only:
+            registry_pb2_grpc.add_RegistryServicer_to_server(
+                RegistryServicer(self.registry, self.broker, self.custody), self.server)
+            custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody), self.server)
+            custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
+            orders_pb2_grpc.add_OrdersServicer_to_server(OrdersServicer(self.orders), self.server)
+            access_pb2_grpc.add_AccessServicer_to_server(AccessServicer(self.access, who=self.who.who), self.server)
+            incidents_pb2_grpc.add_IncidentsServicer_to_server(self.incidents.servicer, self.server)
+            audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(self.audit), self.server)
+            canaries_pb2_grpc.add_CanariesServicer_to_server(CanariesServicer(self.canaries), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
+        reflection.enable_server_reflection((*self.served, reflection.SERVICE_NAME,
                                              health.SERVICE_NAME), self.server)
         creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                             require_client_auth=True)
@@ -330,7 +335,7 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self.reminders.run(self._stop, lambda: self.incidents.leader)))
         self.enroll_port = 0
         self.enroll_server = None
-        if cfg.enroll_listen:
+        if cfg.enroll_listen and not keys_only:
             self.enroll_server = grpc.aio.server(options=GRPC_OPTIONS)
             custody_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.custody), self.enroll_server)
             enroll_creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=None,
@@ -340,17 +345,20 @@ class ControlPlane:
             except RuntimeError as exc:
                 raise InvalidInput(f"cannot listen on {cfg.enroll_listen}: {exc}") from None
             await self.enroll_server.start()
-        self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
-        # Every replica follows the revocation list from the start, streams or not.
+        # Every replica follows the revocation list from the start, streams or not, and the
+        # orders through the Store's watch (a key-broker replica: to refuse a halted model's
+        # unwraps without a read).
         self._tasks.append(asyncio.create_task(self.custody.revocations.run(self._stop)))
-        self._tasks.append(asyncio.create_task(self.custody.run_flusher(0.25, self._stop)))
-        self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self.orders.run_fanout(self._stop)))
-        self._tasks.append(asyncio.create_task(self.orders.run_ack_worker(self._stop)))
-        # Canaries planted on other replicas reach hosts here; a canary-opened alert correlates at once.
-        self._tasks.append(asyncio.create_task(self.canaries.run(self._stop, kick=self.incidents.kick)))
+        if not keys_only:  # what agents' streams need: a key-broker replica holds none
+            self._tasks.append(asyncio.create_task(self.custody.run_sweeper(cfg.sweep_interval, self._stop)))
+            self._tasks.append(asyncio.create_task(self.custody.run_flusher(0.25, self._stop)))
+            self._tasks.append(asyncio.create_task(self.orders.run_completion(cfg.sweep_interval, self._stop)))
+            self._tasks.append(asyncio.create_task(self.orders.run_ack_worker(self._stop)))
+            # Canaries planted on other replicas reach hosts here; a canary-opened alert correlates at once.
+            self._tasks.append(asyncio.create_task(self.canaries.run(self._stop, kick=self.incidents.kick)))
         await self.orders.resume_pending()
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *self.served):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.probe_listen:
             self.probes = ProbeServer(cfg.probe_listen, readiness_checks(store=self.store, keys=self.keys))
@@ -359,7 +367,7 @@ class ControlPlane:
             self.audit.run_checkpoints(cfg.checkpoint_interval, self._stop)))
         self._tasks.append(asyncio.create_task(ShortPauses().run(self._stop)))
         log.info("control plane listening", extra={"fields": {
-            "listen": cfg.listen, "port": self.port, "store": self.store.kind}})
+            "listen": cfg.listen, "port": self.port, "store": self.store.kind, "serve": cfg.serve}})
         return self.port
 
     def request_stop(self) -> None:
@@ -421,7 +429,10 @@ async def run(cfg: ServerConfig, *, announce: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cp.request_stop)
-    if cfg.dev and cfg.data_dir is not None:
+    if cfg.dev and cfg.data_dir is not None and cfg.serve == "keys":
+        if announce:  # the dev.env of the replica that serves everything stays as it is
+            print(f"Custos dev key-broker replica (DEVELOPMENT ONLY): Keys on port {port}.", flush=True)
+    elif cfg.dev and cfg.data_dir is not None:
         lines = dev_env_lines(cfg, port, cp.enroll_port)
         env_path = cfg.data_dir / "dev.env"
         write_private(env_path, ("# Custos dev server: source this file to point the CLI at it.\n"

@@ -34,6 +34,7 @@ from custos.errors import CustosError
 log = logging.getLogger("custos.orders")
 
 ACK_BATCH = 512  # acks recorded together: one read and a few transactions for them all
+ACK_DEFER_MAX_S = 2.0  # longest an ack waits for a broadcast still going out before it is recorded
 
 
 def acks_prefix(oid: str) -> str:
@@ -95,6 +96,9 @@ class Acks:
         logged, never fatal."""
         while not stop.is_set():
             batch = [await self._queue.get()]
+            # Orders out first: while a halt is still being written to streams here, its acks
+            # wait (their arrival time is already taken) rather than take the loop from it.
+            await self.custody.orders_out(ACK_DEFER_MAX_S)
             while len(batch) < ACK_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

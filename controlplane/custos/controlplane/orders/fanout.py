@@ -62,9 +62,8 @@ class Fanout:
         todo = [(h, q) for h, q in list(self.custody.streams.items()) if h not in sent]
         for i in range(0, len(todo), PACE):
             for host, q in todo[i:i + PACE]:
-                if host not in sent and self.custody.streams.get(host) is q:
+                if host not in sent and self.custody.send_order(host, q, data):
                     sent.add(host)
-                    q.put_nowait(data)
             await asyncio.sleep(0)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -130,6 +129,6 @@ class Fanout:
         q = self.custody.streams.get(host)
         for _, rec in sorted(pending, key=lambda p: p[0]):
             sent = self._sent.setdefault(rec["id"], set())
-            if q is not None and host not in sent:  # a broadcast meanwhile may have sent it
+            # A broadcast meanwhile may have sent it; the stream may have ended.
+            if q is not None and host not in sent and self.custody.send_order(host, q, self.message_bytes(rec)):
                 sent.add(host)
-                q.put_nowait(self.message_bytes(rec))
