@@ -8,7 +8,7 @@ and answers ``T0_NS STREAMS``: the stack's own broadcast limit, measured on the 
 ``streams`` answers how many streams it holds, ``cpu`` its CPU seconds so far, ``rss`` its resident memory; ``profile-on`` and ``profile-off PATH`` run
 cProfile on the event loop's thread and write its stats.
 
-    python bench/shutdown_replica.py --data-dir D --listen 127.0.0.1:P [--store URL] [--config F]
+    python bench/shutdown_replica.py --data-dir D --listen 127.0.0.1:P [--store URL] [--config F] [--serve keys]
 
 Prints one JSON line (port, enroll_port, pid) on stdout once it serves.
 """
@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ async def serve(ns: argparse.Namespace) -> None:
     cfg.listen, cfg.data_dir, cfg.dev = ns.listen, Path(ns.data_dir), True
     if ns.store:
         cfg.store_url = ns.store
+    cfg.serve = ns.serve
     logs.setup(ns.log_level)
     prepare_dev(cfg)
     cp = ControlPlane(cfg)
@@ -67,6 +69,7 @@ async def serve(ns: argparse.Namespace) -> None:
             gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
 
     gc.callbacks.append(on_gc)
+    spy: list[subprocess.Popen[bytes] | None] = [None]
     profiler = cProfile.Profile()  # the event loop's thread, on request: --profile of the bench
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,10 +77,10 @@ async def serve(ns: argparse.Namespace) -> None:
             cmd, _, arg = line.decode().strip().partition(" ")
             if cmd == "raw":
                 data = cp.orders.fanout.message_bytes(await cp.orders.get(arg))
-                queues = list(cp.custody.streams.values())
+                queues = list(cp.custody.streams.items())
                 t0 = time.time_ns()
-                for q in queues:
-                    q.put_nowait(data)
+                for host, q in queues:
+                    cp.custody.send_order(host, q, data)
                 writer.write(f"{t0} {len(queues)}\n".encode())
             elif cmd == "profile-on":
                 profiler.enable()
@@ -85,6 +88,18 @@ async def serve(ns: argparse.Namespace) -> None:
             elif cmd == "profile-off":
                 profiler.disable()
                 profiler.dump_stats(arg)
+                writer.write(b"ok\n")
+            elif cmd == "spy-on":  # py-spy (native frames, every thread) until spy-off
+                spy[0] = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", "--rate", "250",
+                                           "-f", "speedscope", "-o", arg, "-p", str(os.getpid())],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                await asyncio.sleep(1.0)  # attached
+                writer.write(b"ok\n")
+            elif cmd == "spy-off":
+                if spy[0] is not None:
+                    spy[0].send_signal(signal.SIGINT)
+                    await asyncio.to_thread(spy[0].wait, 60)
+                    spy[0] = None
                 writer.write(b"ok\n")
             elif cmd == "lag-on":
                 lags.clear()
@@ -128,6 +143,7 @@ def main() -> None:
     ap.add_argument("--control", required=True, help="path of the bench's control socket")
     ap.add_argument("--store")
     ap.add_argument("--config")
+    ap.add_argument("--serve", default="all", help="all, or keys: a key-broker replica")
     ap.add_argument("--log-level", default="warning")
     ns = ap.parse_args()
     from custos.controlplane.server import run_loop
