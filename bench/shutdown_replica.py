@@ -90,7 +90,7 @@ async def serve(ns: argparse.Namespace) -> None:
                 profiler.dump_stats(arg)
                 writer.write(b"ok\n")
             elif cmd == "spy-on":  # py-spy (native frames, every thread) until spy-off
-                spy[0] = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", "--rate", "250",
+                spy[0] = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", "--idle", "--rate", "250",  # noqa: ASYNC220 - started, not waited for
                                            "-f", "speedscope", "-o", arg, "-p", str(os.getpid())],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await asyncio.sleep(1.0)  # attached

@@ -169,3 +169,18 @@ def _check_consistent(srv: DevServer, endpoint: str, prefix: str, acknowledged: 
     assert len(ok_objects) == len(artifacts)
     v = json.loads(srv.cli("audit", "verify", "-o", "json", check=True).stdout)
     assert v["ok"], v
+
+
+def test_serve_is_all_or_keys(tmp_path: Path) -> None:
+    from custos.controlplane.config import load_config
+    from custos.errors import InvalidInput
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\nserve = "keys"\n')
+    assert load_config(cfg).serve == "keys"
+    cfg.write_text('[server]\nserve = "orders"\n')
+    with pytest.raises(InvalidInput, match="serve must be one of all, keys"):
+        load_config(cfg)
+    res = subprocess.run([*CUSTOS, "server", "--serve", "bogus"], capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr

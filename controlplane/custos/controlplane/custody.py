@@ -21,6 +21,7 @@ changes are audited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import hmac
@@ -57,7 +58,6 @@ log = logging.getLogger("custos.custody")
 
 DEFAULT_TOKEN_TTL = 3600
 SWEEP_AT_LEAST_EVERY_S = 10.0  # the longest the periodic lease sweep is skipped
-ORDERS_OUT_POLL_S = 0.005  # how often bookkeeping looks whether a halt has gone out
 STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
 # Agents hash every file from 1 MiB up to find renamed copies; one that matches nothing
 # alerts only if it is named like weights or is this large (the agent's old size rule).
@@ -102,6 +102,8 @@ class Custody:
         self.signer_set = signer_set or (lambda: b"")
         self.streams: dict[str, asyncio.Queue[Any]] = {}
         self.unwritten = 0  # order messages queued on streams here, not yet written (send_order)
+        self._all_written = asyncio.Event()
+        self._all_written.set()
         self._files: dict[str, dict[str, Any]] = {}  # host -> path -> file record (this replica's view)
         self._digests: dict[str, str] = {}  # host -> digest of the last report ingested
         self._summaries: dict[str, dict[str, Any]] = {}
@@ -627,7 +629,7 @@ class Custody:
             del self.streams[host]
         while not q.empty():  # what its writer never wrote is not owed any more
             if isinstance(q.get_nowait(), bytes):
-                self.unwritten -= 1
+                self.order_written()
 
     def send_order(self, host: str, q: asyncio.Queue[Any], data: bytes) -> bool:
         """Queue an order's serialized message on ``q`` if it is still ``host``'s stream here;
@@ -635,19 +637,21 @@ class Custody:
         if self.streams.get(host) is not q:
             return False
         self.unwritten += 1
+        self._all_written.clear()
         q.put_nowait(data)
         return True
 
     def order_written(self) -> None:
         """A stream's writer has written (or failed to write) one order message."""
         self.unwritten -= 1
+        if self.unwritten <= 0:
+            self._all_written.set()
 
     async def orders_out(self, limit: float) -> None:
         """Wait until every order message queued here has been written, or ``limit`` seconds:
         bookkeeping (recording acks) yields the event loop to a halt still going out."""
-        deadline = time.monotonic() + limit
-        while self.unwritten > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(ORDERS_OUT_POLL_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_written.wait(), limit)
 
     async def list_alerts(self, *, host: str = "", model: str = "") -> list[dict[str, Any]]:
         out = []

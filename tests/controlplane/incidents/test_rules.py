@@ -239,3 +239,20 @@ def test_alert_ids_are_deterministic() -> None:
                result="lease expired at 1")
     a, b = lease_lapses([lapse]), lease_lapses([lapse])
     assert a == b and a[0].id == alert_id("lease-lapsed", ("gpu-1", "7"))
+
+
+def test_periodic_sweep_is_skipped_only_while_no_lease_can_have_lapsed(plane_factory: Any) -> None:
+    """sweep_if_due reads the fleet's leases only once one may have expired (the soonest expiry
+    the last sweep saw, or a TTL after it), and a lease that lapsed is still found by it."""
+    plane: Plane = plane_factory(lease_ttl=1.0)
+    custody = plane.cp.custody
+    plane.enroll("gpu-4")
+    before = time.time_ns()
+    assert plane.run(custody.sweep()) == []
+    assert before < custody._sweep_due_ns <= time.time_ns() + 1_000_000_000  # a TTL away at most
+    assert plane.run(custody.sweep_if_due()) == []  # skipped: nothing can have lapsed yet
+    time.sleep(1.3)
+    lapsed = plane.run(custody.sweep_if_due())
+    state = decode_canonical(plane.run(custody.store.get("leases/gpu-4")).value)["state"]
+    assert lapsed == ["gpu-4"] or state == "lapsed"  # by this sweep or the background one
+    assert state == "lapsed"
