@@ -24,6 +24,11 @@ got a key prints the failure and no figures (exit status 1).
     python bench/shutdown_bench.py --agents 1000 --agents 10000 [--replicas 2] [--json]
     python bench/shutdown_bench.py --agents 10000 --storm   # every stream at once, unpaced
 
+With --key-replicas K (default 1) K more replicas serve the Keys service alone ([server]
+serve = "keys") on the same Store, and a second prober asks them: the key tier's refusals are
+the headline figure, the stream replicas' are printed beside them. The simulated fleet runs at
+nice --fleet-nice (10), the key tier and the probers at --key-nice (-5), everything else at 0.
+
 Simplifications, each named: the simulated agents share one key pair (their certificates
 differ); an order's signatures are verified once per distinct message bytes (one process
 plays the whole fleet; real hosts verify in parallel on their own CPUs); acks carry no
