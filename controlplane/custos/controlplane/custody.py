@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from custos.controlplane.audit import SYSTEM, Caller, Plan
+from custos.controlplane.batching import GroupCommit
 from custos.controlplane.certificates import (
     CertificateExpired,
     HostCertificates,
@@ -58,6 +59,7 @@ log = logging.getLogger("custos.custody")
 
 DEFAULT_TOKEN_TTL = 3600
 SWEEP_AT_LEAST_EVERY_S = 10.0  # the longest the periodic lease sweep is skipped
+RENEWALS_PER_TXN = (MAX_TXN_OPS - 10) // 2  # a check and a put each
 STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
 # Agents hash every file from 1 MiB up to find renamed copies; one that matches nothing
 # alerts only if it is named like weights or is this large (the agent's old size rule).
@@ -108,6 +110,7 @@ class Custody:
         self._digests: dict[str, str] = {}  # host -> digest of the last report ingested
         self._summaries: dict[str, dict[str, Any]] = {}
         self._host_locks: dict[str, asyncio.Lock] = {}
+        self._renewals: GroupCommit[str, int | None] = GroupCommit(self._renew_batch, "lease renewals")
         self._sweep_due_ns = 0  # when a live lease may expire first (sweep_if_due)
         self._policies: dict[str, dict[str, Any]] = {}  # model -> record, for the current registry revision
         self._policies_rev = -1  # host -> last report summary, not yet written
@@ -312,7 +315,47 @@ class Custody:
         A lease revoked by an order stays revoked until the host acks that order:
         an agent that does not (stuck, cut off, compromised) gets no lease and
         fails closed at its deadline. A removed host's lease is never renewed.
+
+        Renewals that arrive together are written together (``GroupCommit``): one read
+        of their leases and one transaction per ``RENEWALS_PER_TXN``, each checking
+        every lease it extends, so a revocation written meanwhile (on any replica)
+        fails the transaction and each of its hosts is retried alone.
         """
+        return await self._renewals.submit(host)
+
+    async def _renew_batch(self, hosts: list[str]) -> dict[str, int | BaseException | None]:
+        out: dict[str, int | BaseException | None] = {}
+        entries = await self.store.get_many([f"leases/{h}" for h in hosts])
+        plain: list[str] = []
+        alone: list[str] = []
+        for h in hosts:
+            e = entries.get(f"leases/{h}")
+            # A revoked lease needs its host and its order's ack read: renewed alone.
+            (alone if e is not None and decode_canonical(e.value)["state"] == "revoked" else plain).append(h)
+        expires = time.time_ns() + int(self.lease_ttl * 1e9)
+        value = encode_canonical({"expires_ns": expires, "state": "live"})
+
+        async def chunk(part: list[str]) -> None:
+            keys = [f"leases/{h}" for h in part]
+            checks = {k: entries[k].mod_revision if k in entries else 0 for k in keys}
+            if await self.store.commit(Txn(checks=checks, puts=dict.fromkeys(keys, value))):
+                out.update(dict.fromkeys(part, expires))
+            else:
+                alone.extend(part)  # one of them changed since the read: each on its own
+
+        await asyncio.gather(*(chunk(plain[i:i + RENEWALS_PER_TXN])
+                               for i in range(0, len(plain), RENEWALS_PER_TXN)))
+
+        async def one(h: str) -> None:
+            try:
+                out[h] = await self._renew_one(h)
+            except Exception as exc:  # noqa: BLE001 - that host's caller gets it
+                out[h] = exc
+
+        await asyncio.gather(*(one(h) for h in alone))
+        return out
+
+    async def _renew_one(self, host: str) -> int | None:
         key = f"leases/{host}"
         for _ in range(20):
             entry = await self.store.get(key)
