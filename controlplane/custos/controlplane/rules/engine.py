@@ -244,7 +244,7 @@ class RulesEngine:
         copy's relative path whose bytes match nothing is a file that no longer matches."""
         if not self.config.enabled("tampered-weights"):
             return []
-        out = []
+        observations = []
         for e in await self.store.range(ALERTS_PREFIX):
             a = decode_canonical(e.value)
             if a.get("rule") != "unregistered-weights" or a["id"] in self._examined:
@@ -252,18 +252,21 @@ class RulesEngine:
             self._examined.add(a["id"])
             obs = observation_from_alert(a)
             if obs is not None:
-                out += await self.tamper_findings(obs)
-        return out
+                observations.append(obs)
+        return await self.tamper_findings(*observations)
 
-    async def tamper_findings(self, obs: FileObservation) -> list[Finding]:
-        """Findings for one reported file that sits at a registered copy's relative path."""
-        out = []
-        for aid, root, entry in tamper_candidates(obs, self._relpaths):
-            location = f"{obs.host}:{root}"
-            if await self.store.get(f"copies/{aid}/{copy_id(aid, 'host-path', location, 'plaintext')}") is None:
-                continue  # no copy was ever seen there: only unregistered weights
-            out.append(tamper_finding(obs, aid, root, entry, self._artifact_model.get(aid, ""), at_ns=self.clock()))
-        return out
+    async def tamper_findings(self, *observations: FileObservation) -> list[Finding]:
+        """Findings for reported files that sit at a registered copy's relative path: every
+        candidate copy of every observation looked up in one read (a report of many shards
+        that several artifacts share the names of is many candidates)."""
+        candidates = [(obs, aid, root, entry, _copy_key(aid, f"{obs.host}:{root}"))
+                      for obs in observations for aid, root, entry in tamper_candidates(obs, self._relpaths)]
+        if not candidates:
+            return []
+        known = await self.store.get_many(list(dict.fromkeys(key for *_, key in candidates)))
+        # No copy was ever seen at a candidate's root: that file is only unregistered weights.
+        return [tamper_finding(obs, aid, root, entry, self._artifact_model.get(aid, ""), at_ns=self.clock())
+                for obs, aid, root, entry, key in candidates if key in known]
 
     async def on_inventory(self, host: str, inv: Any) -> list[dict[str, Any]]:
         """Server hook: called by custody ingestion with an agent's report (full hashes).
@@ -271,12 +274,9 @@ class RulesEngine:
         if not self.config.enabled("tampered-weights"):
             return []
         await self._index()
-        findings: list[Finding] = []
-        for f in getattr(inv, "files", ()):
-            if f.form != "plaintext" or len(f.sha256) != 64:
-                continue
-            findings += await self.tamper_findings(FileObservation(host=host, path=f.path, size=f.size,
-                                                                   sha256=f.sha256))
+        findings = await self.tamper_findings(*(
+            FileObservation(host=host, path=f.path, size=f.size, sha256=f.sha256)
+            for f in getattr(inv, "files", ()) if f.form == "plaintext" and len(f.sha256) == 64))
         return await self.write_alerts(findings)
 
     async def _orders_round(self) -> list[Finding]:
@@ -348,3 +348,7 @@ class RulesEngine:
                         extra={"fields": {"alert": a["id"], "rule": a["rule"], "host": a["host"],
                                           "model": a["model"], "severity": a["severity"]}})
         return written
+
+
+def _copy_key(aid: str, location: str) -> str:
+    return f"copies/{aid}/{copy_id(aid, 'host-path', location, 'plaintext')}"
