@@ -110,6 +110,16 @@ async def register_artifacts(server: DevServer, files: int) -> list[Manifest]:
     return manifests
 
 
+def cpu_seconds(server: DevServer | None) -> float:
+    """User + system CPU seconds of the control plane's process (None: of this one)."""
+    if server is None:
+        t = os.times()
+        return t.user + t.system
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def renice(pid: int, value: int) -> None:
     """Every thread of process ``pid`` to nice ``value`` (threads it starts later inherit it)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -256,11 +266,13 @@ async def run(ns: argparse.Namespace) -> None:
         reports = [custody_pb2.AgentMessage(inventory=report(h.i, manifests, ns.files, ns.matching)).SerializeToString()
                    for h in hosts]
         for r in range(1, ns.rounds + 1):
+            cpu0 = cpu_seconds(server), cpu_seconds(None)
             start = asyncio.Event()
             tasks = [asyncio.create_task(h.round(reports[h.i], start)) for h in hosts]
             await asyncio.sleep(0)
             start.set()
             spans = await asyncio.gather(*tasks)
+            cpu = cpu_seconds(server) - cpu0[0], cpu_seconds(None) - cpu0[1]
             first = min(s for s, _ in spans)
             last = max(e for _, e in spans)
             lat = [e - s for s, e in spans]
@@ -269,7 +281,8 @@ async def run(ns: argparse.Namespace) -> None:
             print(f"  round {r} ({label:13}): {rate:8.0f} reports/s  ratio {rate / GOAL:.2f} "
                   f"(goal >= {GOAL:.0f}/s); fleet ingested in {last - first:5.2f} s; one report "
                   f"p50 {statistics.median(lat) * 1e3:.0f} ms, p99 {pct(lat, 0.99) * 1e3:.0f} ms, "
-                  f"max {max(lat) * 1e3:.0f} ms")
+                  f"max {max(lat) * 1e3:.0f} ms; CPU per report: control plane {cpu[0] / ns.hosts * 1e6:.0f} µs, "
+                  f"fleet {cpu[1] / ns.hosts * 1e6:.0f} µs")
         if ns.restart:
             await restart_storm(server, hosts, reports)
         await asyncio.gather(*[h.close() for h in hosts])

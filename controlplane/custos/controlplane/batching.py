@@ -5,6 +5,9 @@ arrive while it runs form the next batch. A lone request is handled at once (no 
 no added latency); under load a batch grows to what arrived during one round trip, so a
 fleet's heartbeats cost a few Store transactions a round instead of one each.
 
+``max_batch`` caps the keys one handler call takes (the rest wait for the next), so one
+crowd never makes a single request wait behind all of it.
+
 The handler returns a result, or an exception, per key. An exception raised by the
 handler itself (the Store is down) is every waiter's. A waiter that is cancelled (its
 stream closed) leaves the batch running for the others.
@@ -22,9 +25,10 @@ R = TypeVar("R")
 
 class GroupCommit(Generic[K, R]):
     def __init__(self, handler: Callable[[list[K]], Awaitable[dict[K, R | BaseException]]],
-                 what: str) -> None:
+                 what: str, *, max_batch: int = 0) -> None:
         self._handler = handler
         self._what = what
+        self._max = max_batch  # 0: everything pending
         self._pending: dict[K, list[asyncio.Future[R]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # handler calls so far (for tests and metrics)
@@ -40,7 +44,11 @@ class GroupCommit(Generic[K, R]):
 
     async def _drain(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending, {}
+            if self._max and len(self._pending) > self._max:
+                taken = list(self._pending)[:self._max]
+                batch = {k: self._pending.pop(k) for k in taken}
+            else:
+                batch, self._pending = self._pending, {}
             keys = [k for k, futs in batch.items() if not all(f.done() for f in futs)]
             if not keys:
                 continue

@@ -47,7 +47,7 @@ from custos.controlplane.periodic import every
 from custos.controlplane.pki import AGENT_CERT_TTL, CertificateAuthority
 from custos.controlplane.registry import Registry, new_copy
 from custos.controlplane.revocations import POLL, RevocationList
-from custos.controlplane.store.base import MAX_TXN_OPS, Entry, Txn
+from custos.controlplane.store.base import MAX_TXN_OPS, MAX_VALUE_BYTES, Entry, Txn, check_key
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.hosts import validate_host_name
 from custos.core.manifest import decode_manifest, is_artifact_id
@@ -60,6 +60,7 @@ log = logging.getLogger("custos.custody")
 DEFAULT_TOKEN_TTL = 3600
 SWEEP_AT_LEAST_EVERY_S = 10.0  # the longest the periodic lease sweep is skipped
 RENEWALS_PER_TXN = (MAX_TXN_OPS - 10) // 2  # a check and a put each
+REPORTS_PER_WRITE = 32  # reports whose writes one group commit takes
 STALE_REPORT_NS = 10_000_000_000  # how long a halt's evidence outranks a report that still shows the copy
 # Agents hash every file from 1 MiB up to find renamed copies; one that matches nothing
 # alerts only if it is named like weights or is this large (the agent's old size rule).
@@ -113,6 +114,11 @@ class Custody:
         self._host_locks: dict[str, asyncio.Lock] = {}
         self._renewals: GroupCommit[str, int | None] = GroupCommit(self._renew_batch, "lease renewals")
         self._reads: GroupCommit[str, Entry | None] = GroupCommit(self._read_batch, "point reads")
+        # Reports' writes (copies, their index, alerts), many reports a transaction
+        self._report_writes: GroupCommit[int, None] = GroupCommit(self._write_reports, "report writes",
+                                                                  max_batch=REPORTS_PER_WRITE)
+        self._report_puts: dict[int, dict[str, bytes]] = {}
+        self._report_seq = 0
         self._sweep_due_ns = 0  # when a live lease may expire first (sweep_if_due)
         self._policies: dict[str, dict[str, Any]] = {}  # model -> record, for the current registry revision
         self._policies_rev = -1  # host -> last report summary, not yet written
@@ -595,7 +601,7 @@ class Custody:
             if f"alerts/{a['id']}" not in existing:
                 puts[f"alerts/{a['id']}"] = encode_canonical(a)
         self._summaries[host] = summary
-        await self.write_batches(puts)
+        await self._write_report(puts)
         if held_back:
             self._digests.pop(host, None)
         else:
@@ -660,6 +666,32 @@ class Custody:
         if any(e is None for e in found):
             return None
         return _digest_of(e.value for e in found if e is not None)
+
+    async def _write_report(self, puts: dict[str, bytes]) -> None:
+        """One report's puts, committed with those of the other reports of this moment (up to
+        REPORTS_PER_WRITE of them): a first-contact storm of small transactions becomes a few
+        large ones. Not atomic as a whole, like ``write_batches``; an oversized value is this
+        report's error alone."""
+        if not puts:
+            return
+        for key, value in puts.items():
+            check_key(key)
+            if len(value) > MAX_VALUE_BYTES:
+                raise InvalidInput(f"value for {key} too large: {len(value)} bytes")
+        self._report_seq += 1
+        token = self._report_seq
+        self._report_puts[token] = puts
+        try:
+            await self._report_writes.submit(token)
+        finally:
+            self._report_puts.pop(token, None)
+
+    async def _write_reports(self, tokens: list[int]) -> dict[int, BaseException | None]:
+        merged: dict[str, bytes] = {}
+        for t in tokens:
+            merged.update(self._report_puts.get(t, {}))
+        await self.write_batches(merged)
+        return dict.fromkeys(tokens)
 
     async def write_batches(self, puts: dict[str, bytes]) -> None:
         """Many puts in as few transactions as the Store allows (not atomic as a whole)."""

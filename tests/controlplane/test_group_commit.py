@@ -1,5 +1,8 @@
-"""Lease renewals written together (promise 4: a revoked lease stays revoked until the
-host acks its order), on both Stores.
+"""Group commit (custos.controlplane.batching): lease renewals, point reads and reports'
+writes of many hosts in few Store round trips — and what that must not change.
+
+Lease renewals (promise 4: a revoked lease stays revoked until the host acks its order), on
+both Stores.
 
 The attack on a group commit: a batch reads the fleet's leases, an order revokes some of
 them (on another replica, between that read and the batch's write), and the batch's write
@@ -21,10 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custos.controlplane.audit import AuditLog
 from custos.controlplane.batching import GroupCommit
-from custos.controlplane.custody import RENEWALS_PER_TXN, Custody, HostNotEnrolled
+from custos.controlplane.custody import RENEWALS_PER_TXN, REPORTS_PER_WRITE, Custody, HostNotEnrolled
 from custos.controlplane.registry import Registry
-from custos.controlplane.store.base import Store, Txn
+from custos.controlplane.store.base import MAX_VALUE_BYTES, Store, Txn
 from custos.core.canonical import decode_canonical, encode_canonical
+from custos.errors import InvalidInput
 
 FLEET = 150
 
@@ -86,6 +90,19 @@ async def test_a_cancelled_waiter_leaves_the_batch_to_the_others() -> None:
     assert await kept == "kept" and await twice == "kept"
     with pytest.raises(asyncio.CancelledError):
         await gone
+
+
+async def test_max_batch_caps_what_one_call_takes() -> None:
+    sizes: list[int] = []
+
+    async def handler(keys: list[int]) -> dict[int, int | BaseException]:
+        sizes.append(len(keys))
+        await asyncio.sleep(0)
+        return {k: k for k in keys}
+
+    gc: GroupCommit[int, int] = GroupCommit(handler, "test", max_batch=10)
+    assert await asyncio.gather(*(gc.submit(k) for k in range(95))) == list(range(95))
+    assert max(sizes) == 10 and sum(sizes) == 95
 
 
 # -- renewals on a real Store ----------------------------------------------------------------
@@ -181,3 +198,27 @@ async def test_a_revocation_between_the_batchs_read_and_write_wins(store: Store)
     # Renewed again later, the revoked hosts still get nothing until they ack.
     later = await asyncio.gather(*(custody.renew_lease(h) for h in victims[2:]))
     assert later == [None] * len(victims[2:])
+
+
+# -- reports' writes ---------------------------------------------------------------------------
+
+
+async def test_reports_of_many_hosts_share_transactions_and_keep_their_errors(store: Store) -> None:
+    custody = _custody(store)
+    commits = _count_commits(store)
+    hosts = [f"gpu-{i:03d}" for i in range(64)]
+    big = b"x" * (MAX_VALUE_BYTES + 1)
+
+    async def write(i: int, h: str) -> None:
+        puts = {f"copies/a/{h}-{j}": encode_canonical({"host": h, "j": j}) for j in range(5)}
+        if i == 7:
+            puts["copies/a/oversized"] = big
+        await custody._write_report(puts)
+
+    got = await asyncio.gather(*(write(i, h) for i, h in enumerate(hosts)), return_exceptions=True)
+    assert isinstance(got[7], InvalidInput) and "too large" in str(got[7])
+    assert all(g is None for i, g in enumerate(got) if i != 7)
+    stored = {e.key for e in await store.range("copies/a/")}
+    assert stored == {f"copies/a/{h}-{j}" for i, h in enumerate(hosts) if i != 7 for j in range(5)}
+    # 63 reports of 5 puts: a lone first one, then groups of REPORTS_PER_WRITE, 110 puts a transaction.
+    assert len(commits) <= 1 + math.ceil(63 / REPORTS_PER_WRITE) * math.ceil(REPORTS_PER_WRITE * 5 / 110), commits
