@@ -567,9 +567,11 @@ class Custody:
         vanished: list[str] = []
         if complete_view:
             vanished = [k for k in await self.host_copy_keys(host) if k not in seen]
+        index_keys = {ck: "hostcopies/{}/{}".format(host, ck[len("copies/"):]) for ck in seen}
         existing = await self.store.get_many(
-            [*seen, *vanished, *(f"alerts/{a['id']}" for a in alerts)])
+            [*seen, *index_keys.values(), *vanished, *(f"alerts/{a['id']}" for a in alerts)])
         puts: dict[str, bytes] = {}
+        left: dict[str, bytes] = {}  # copy key -> its record as this report leaves it
         held_back = False  # a halt's evidence outranked this report: judge the next one in full
         for ck, copy, keeps_residual in found:
             old = existing.get(ck)
@@ -585,9 +587,14 @@ class Custody:
                     # halt's evidence stands. Seen again later, the copy is really back.
                     held_back = True
                     continue
-            puts[ck] = encode_canonical(copy)
-            aid, cid = ck[len("copies/"):].split("/", 1)
-            puts[f"hostcopies/{host}/{aid}/{cid}"] = b"{}"
+                if {**prev, "last_seen_ns": 0} == {**copy, "last_seen_ns": 0} and index_keys[ck] in existing:
+                    # The record says what this report says (after a restart, or on another
+                    # replica): not rewritten. last_seen_ns moves only when a copy changes,
+                    # as with an unchanged report; the report's own time is its summary's.
+                    left[ck] = old.value
+                    continue
+            left[ck] = puts[ck] = encode_canonical(copy)
+            puts[index_keys[ck]] = b"{}"
         for ck in vanished:
             old = existing.get(ck)
             if old is not None:
@@ -606,7 +613,7 @@ class Custody:
             self._digests.pop(host, None)
         else:
             keys = sorted(seen)
-            self._digests[host] = (digest, keys, _digest_of(puts[k] for k in keys))
+            self._digests[host] = (digest, keys, _digest_of(left[k] for k in keys))
         return {"copies": len(seen), "alerts": len(alerts), "unregistered": len(match.unregistered)}
 
     # -- kernel-checked opens ------------------------------------------------------------------

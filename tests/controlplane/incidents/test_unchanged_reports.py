@@ -10,6 +10,7 @@ on disk is present, not stale or wiped, whatever this replica's cache remembers.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from custos.controlplane.custody import Custody
 from custos.controlplane.store.base import Txn
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.fs.hashing import build_manifest
-from tests.controlplane.incidents.conftest import SEC, Plane, plane, plane_factory, tree, weights  # noqa: F401 - fixtures
+from custos.v1 import custody_pb2
+from tests.controlplane.incidents.conftest import SEC, Plane, tree, weights
 
 HOST = "gpu-1"
 
@@ -35,7 +37,7 @@ def _copies(plane: Plane) -> dict[str, dict[str, Any]]:
 def reported(plane: Plane, tmp_path: Path) -> tuple[Plane, dict[str, bytes], str]:
     plane.model("prod", hosts=["gpu-*"], paths=["/models/*"])
     src = weights(tmp_path / "w", 3)
-    rec, _ = plane.run(plane.cp.registry.register_artifact(
+    plane.run(plane.cp.registry.register_artifact(
         SEC, model="prod", manifest_bytes=build_manifest(src).encode(), parents=[]))
     plane.enroll(HOST)
     files = tree(src, "/models/prod")
@@ -85,3 +87,23 @@ def test_an_edited_record_is_rewritten_by_the_same_report(reported: tuple[Plane,
     plane.run(plane.store.commit(Txn(puts={key: encode_canonical(rec)})))
     plane.report(HOST, files)
     assert _copies(plane)[loc]["state"] == "present"
+
+
+def test_after_a_restart_the_same_report_rewrites_nothing(reported: tuple[Plane, dict[str, bytes], str]) -> None:
+    """A restarted replica (no cache) reads the records and finds them as the report says:
+    no copy or index write (a fleet reconnecting after a restart is reads, not a write storm)."""
+    plane, files, _ = reported
+    before = {e.key: e.mod_revision for e in plane.run(plane.store.range("copies/"))}
+    fresh = Custody(plane.cp.registry, ca=None, lease_ttl=30)
+    inv = plane_inventory(files)
+    assert plane.run(fresh.ingest(HOST, inv))["copies"] >= 1
+    after = {e.key: e.mod_revision for e in plane.run(plane.store.range("copies/"))}
+    assert after == before
+    # and what the fresh replica holds is a complete view: the next identical report is skipped
+    assert plane.run(fresh.ingest(HOST, inv))["copies"] == -1
+
+
+def plane_inventory(files: dict[str, bytes]) -> Any:
+    return custody_pb2.Inventory(full=True, files=[
+        custody_pb2.FileRecord(path=p, size=len(b), sha256=hashlib.sha256(b).hexdigest(), form="plaintext")
+        for p, b in files.items()])
