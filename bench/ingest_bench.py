@@ -202,7 +202,8 @@ async def counts(server: DevServer) -> tuple[set[str], dict[str, tuple[str, set[
     certs = Path(env["CUSTOS_CERT_DIR"])
     ch = grpc.aio.secure_channel(env["CUSTOS_ADDR"], grpc.ssl_channel_credentials(
         Path(env["CUSTOS_CA"]).read_bytes(), (certs / "security-team.key").read_bytes(),
-        (certs / "security-team.pem").read_bytes()))
+        (certs / "security-team.pem").read_bytes()),
+        options=[("grpc.max_receive_message_length", 1 << 30)])  # 15 alerts a host: 30 MB at 10,000
     try:
         alerts = await custody_pb2_grpc.AlertsStub(ch).ListAlerts(custody_pb2.ListAlertsRequest(), timeout=60)
         incidents = await incidents_pb2_grpc.IncidentsStub(ch).ListIncidents(
@@ -268,7 +269,11 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
 
 async def run(ns: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * ns.hosts + 1024)), hard))
+    want = 8 * ns.hosts + 1024  # a channel may hold more than one descriptor, and a retry opens another
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))  # the server inherits it
+    except (ValueError, PermissionError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, want)), hard))
     data = Path(ns.dir) if ns.dir else Path(tempfile.mkdtemp(prefix="custos-ingest-bench-"))
     etcd = None
     if ns.etcd:
@@ -353,6 +358,8 @@ def main() -> None:
         asyncio.run(run(ns))
     except RunFailed as exc:
         sys.exit(f"run failed, no figures: {exc}")
+    except grpc.aio.AioRpcError as exc:
+        sys.exit(f"run failed, no figures: {exc.code().name}: {exc.details()}")
 
 
 if __name__ == "__main__":

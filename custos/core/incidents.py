@@ -191,8 +191,9 @@ def copy_summary(c: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def match_incident(alert: Mapping[str, Any], views: Iterable[Mapping[str, Any]], window_ns: int) -> str | None:
-    """The open incident an alert joins: same model; else (no model) same host; else (neither)
-    same rule — within ``window_ns`` of the incident's alerts. None: it opens a new one."""
+    """The open incident an alert joins: same model; else (no model) same host, or failing that
+    the model-less incident of hosts with the same rule; else (neither) same rule — within
+    ``window_ns`` of the incident's alerts. None: it opens a new one."""
     at = alert["at_ns"]
     cands = sorted((v for v in views if v["status"] != "closed"
                     and v["discovered_at_ns"] - window_ns <= at <= v["last_alert_ns"] + window_ns),
@@ -206,6 +207,13 @@ def match_incident(alert: Mapping[str, Any], views: Iterable[Mapping[str, Any]],
                 return str(v["id"])
         elif not v["model"]["name"] and not v["hosts"] and any(a["rule"] == alert["rule"] for a in v["alerts"]):
             return str(v["id"])
+    if alert["host"] and not alert["model"]:
+        # No incident has that host: the model-less incident of the same rule, so that one cause
+        # on many hosts (leases lapsing across a fleet cut off, a storm of unregistered files) is
+        # one incident listing its hosts, not one incident a host.
+        for v in cands:
+            if not v["model"]["name"] and v["hosts"] and any(a["rule"] == alert["rule"] for a in v["alerts"]):
+                return str(v["id"])
     return None
 
 

@@ -242,8 +242,12 @@ class IncidentService:
         touched: list[str] = []
         window_ns = self.config.correlation_window_s * 1_000_000_000
         states = {s["id"]: s for s in await self._states()} if fresh else {}
+        # Each incident's view once a round, and again only when an alert joined it: with
+        # thousands of fresh alerts and open incidents, one view of every incident per alert
+        # held the event loop for minutes (streams, unwraps and all).
+        views = {iid: incident_view(s) for iid, s in states.items()}
         for alert in fresh:
-            iid = match_incident(alert, [incident_view(s) for s in states.values()], window_ns)
+            iid = match_incident(alert, views.values(), window_ns)
             if iid is None:
                 iid = await self._open(alert)
             try:
@@ -252,6 +256,7 @@ class IncidentService:
                 pass  # linked meanwhile (another replica)
             self._linked.add(alert["id"])
             states[iid] = await self.state(iid)
+            views[iid] = incident_view(states[iid])
             touched.append(iid)
         return list(dict.fromkeys(touched))
 
