@@ -8,7 +8,8 @@ then runs rounds in which every host at once sends a full inventory (FILES
 records, MATCHING of them forming a complete copy of a registered artifact, the
 rest unregistered weight files, one process holding a matched file) followed
 by a heartbeat. The control plane handles a stream's messages in order, so the
-lease answering that heartbeat marks the report as ingested.
+lease answering that heartbeat marks the report as ingested. Outside the rounds every host
+heartbeats every --heartbeat s, as agents do (a lease lapses otherwise).
 
 Prints, per round: reports/s (N / time from the first send to the last
 answer) against the goal of 2,000 reports/s, and the time-to-ingest of one
@@ -136,6 +137,9 @@ class RunFailed(Exception):
     """The run cannot give figures (a stream broke, a host never got its lease back)."""
 
 
+HEARTBEAT = custody_pb2.AgentMessage(heartbeat=custody_pb2.Heartbeat()).SerializeToString()
+
+
 class Host:
     def __init__(self, i: int, addr: str, ca: bytes, key: bytes, cert: bytes) -> None:
         self.i = i
@@ -143,6 +147,13 @@ class Host:
         self.creds = grpc.ssl_channel_credentials(ca, key, cert)
         self.channel: grpc.aio.Channel | None = None
         self.call: Any = None
+        self.busy = False  # in a round: the fleet's heartbeats leave it alone
+        self._write = asyncio.Lock()  # one write at a time on a call
+        self._sent = 0  # heartbeats sent on this stream
+        self._leases = 0  # leases read on it after the first
+        self._leased = asyncio.Event()
+        self._broken: str | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     async def connect(self, up: asyncio.Event, rng: random.Random, *, backoff_first: bool
                       ) -> tuple[float, int, list[tuple[bool, str]]]:
@@ -151,8 +162,7 @@ class Host:
         is a lease. The stream sends bytes as they are (each report is serialized once, before
         the rounds: a real fleet serializes on its own CPUs). Returns when it was leased, the
         attempts, and each failed attempt's (was the server up when it began, what failed)."""
-        if self.channel is not None:
-            await self.channel.close()
+        await self.disconnect()
         backoff, attempts, failed = Backoff(rng=rng), 0, []
         while True:
             if backoff_first or attempts:
@@ -165,6 +175,9 @@ class Host:
             try:
                 first = await asyncio.wait_for(self.call.read(), FIRST_LEASE_TIMEOUT)
                 if first is not grpc.aio.EOF and first.WhichOneof("msg") == "lease":
+                    self._sent = self._leases = 0
+                    self._broken = None
+                    self._reader = asyncio.create_task(self._read())
                     return time.perf_counter(), attempts, failed
                 failed.append((was_up, "no lease first"))
             except grpc.aio.AioRpcError as exc:
@@ -173,30 +186,83 @@ class Host:
                 failed.append((was_up, "no lease in time"))
             await self.channel.close()
 
-    async def round(self, inv: bytes, start: asyncio.Event) -> tuple[float, float]:
-        await start.wait()
-        t0 = time.perf_counter()
+    async def _read(self) -> None:
+        """Every message of the stream: leases counted (heartbeats are answered in order)."""
         try:
-            await self.call.write(inv)
-            await self.call.write(custody_pb2.AgentMessage(
-                heartbeat=custody_pb2.Heartbeat(sent_unix_ns=time.time_ns())).SerializeToString())
-            while True:
-                msg = await self.call.read()
-                if msg is grpc.aio.EOF:
-                    raise RunFailed(f"host {self.i}: stream ended: {await self.call.details()}")
+            while (msg := await self.call.read()) is not grpc.aio.EOF:
                 if msg.WhichOneof("msg") == "lease":
-                    return t0, time.perf_counter()
+                    self._leases += 1
+                    self._leased.set()
+            self._broken = f"stream ended: {await self.call.details()}"
         except grpc.aio.AioRpcError as exc:
-            raise RunFailed(f"host {self.i}: a leased stream broke: {exc.code().name} {exc.details()}") from None
+            self._broken = f"a leased stream broke: {exc.code().name} {exc.details()}"
+        self._leased.set()
+
+    async def send(self, data: bytes) -> None:
+        async with self._write:
+            await self.call.write(data)
+            if data is HEARTBEAT:
+                self._sent += 1
+
+    async def heartbeat(self) -> None:
+        """What the agent does every heartbeat interval; a failure is the reader's to see."""
+        if self._reader is not None and not self._reader.done() and not self.busy:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await self.send(HEARTBEAT)
+
+    async def round(self, inv: bytes, start: asyncio.Event) -> tuple[float, float]:
+        """A full report then a heartbeat; done when the lease answering that heartbeat came
+        (the control plane handles a stream's messages in order)."""
+        self.busy = True
+        try:
+            await start.wait()
+            t0 = time.perf_counter()
+            try:
+                await self.send(inv)
+                await self.send(HEARTBEAT)
+            except grpc.aio.AioRpcError as exc:
+                raise RunFailed(f"host {self.i}: a leased stream broke: {exc.code().name}") from None
+            target = self._sent
+            while self._leases < target:
+                if self._broken is not None:
+                    raise RunFailed(f"host {self.i}: {self._broken}")
+                self._leased.clear()
+                await self._leased.wait()
+            return t0, time.perf_counter()
+        finally:
+            self.busy = False
+
+    async def disconnect(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
 
     async def close(self) -> None:
-        if self.channel is not None:
-            await self.call.done_writing()
-            await self.channel.close()
+        if self.channel is not None and self._broken is None:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await self.call.done_writing()
+        await self.disconnect()
 
 
-async def counts(server: DevServer) -> tuple[set[str], dict[str, tuple[str, set[str]]]]:
-    """The alerts' ids and the open incidents (id -> (what, their alerts' ids)), as the
+async def heartbeats(hosts: list[Host], interval: float, stop: asyncio.Event) -> None:
+    """The fleet's heartbeats, every ``interval`` s per host, spread over the interval (agents
+    start at different times); a host in a round sends its own."""
+    while not stop.is_set():
+        for i in range(0, len(hosts), 100):
+            await asyncio.gather(*(h.heartbeat() for h in hosts[i:i + 100]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval * 100 / len(hosts))
+            if stop.is_set():
+                return
+
+
+async def counts(server: DevServer) -> tuple[dict[str, str], dict[str, tuple[str, set[str]]]]:
+    """The alerts (id -> rule) and the open incidents (id -> (what, their alerts' ids)), as the
     security team sees them."""
     env = server.env
     certs = Path(env["CUSTOS_CERT_DIR"])
@@ -208,7 +274,7 @@ async def counts(server: DevServer) -> tuple[set[str], dict[str, tuple[str, set[
         alerts = await custody_pb2_grpc.AlertsStub(ch).ListAlerts(custody_pb2.ListAlertsRequest(), timeout=60)
         incidents = await incidents_pb2_grpc.IncidentsStub(ch).ListIncidents(
             incidents_pb2.ListIncidentsRequest(), timeout=60)
-        return ({a.id for a in alerts.alerts},
+        return ({a.id: a.rule for a in alerts.alerts},
                 {i.id: (f"{i.category_title[:60]} ({i.severity}; rules {', '.join(sorted({a.rule for a in i.alerts}))})",
                         {a.id for a in i.alerts}) for i in incidents.incidents})
     finally:
@@ -258,11 +324,13 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
     alerts1, incidents1 = await counts(server)
     # An incident the storm caused holds an alert raised during it; the rounds' own alerts may
     # still be joining incidents meanwhile (the rules' correlation runs on its own period).
-    caused = {i: what for i, (what, ids) in incidents1.items() if ids - alerts0}
+    caused = {i: what for i, (what, ids) in incidents1.items() if ids - alerts0.keys()}
+    lapsed = sum(rule == "lease-lapsed" for a, rule in alerts1.items() if a not in alerts0)
     print(f"  restart ({len(hosts)} hosts reconnect)   : server down and up again in {t_up - t_stop:5.2f} s; "
           f"every stream leased {leased - t_up:5.2f} s after it was up, every report ingested "
           f"{reported - t_up:5.2f} s after; {attempts_summary(done, True)}; cancelled {cancelled} (goal 0); "
-          f"new alerts {len(alerts1 - alerts0)}, incidents holding one {len(caused)} (goal 0)")
+          f"new alerts {len(alerts1.keys() - alerts0.keys())} ({lapsed} leases lapsed), incidents holding one "
+          f"{len(caused)} (goal 0)")
     for i, what in sorted(caused.items()):
         print(f"    incident {i[:12]}: {what}")
 
@@ -293,6 +361,8 @@ async def run(ns: argparse.Namespace) -> None:
               f"({ns.hosts / (time.perf_counter() - t):.0f} hosts/s)")
         ca = Path(server.env["CUSTOS_CA"]).read_bytes()
         hosts = [Host(i, server.env["CUSTOS_ADDR"], ca, k, c) for i, (k, c) in enumerate(ids)]
+        stop_beats = asyncio.Event()
+        beats = asyncio.create_task(heartbeats(hosts, ns.heartbeat, stop_beats))  # as each host is leased
         t = time.perf_counter()
         up, rng, opening = asyncio.Event(), random.Random(0), []
         up.set()
@@ -325,8 +395,14 @@ async def run(ns: argparse.Namespace) -> None:
                   f"p50 {statistics.median(lat) * 1e3:.0f} ms, p99 {pct(lat, 0.99) * 1e3:.0f} ms, "
                   f"max {max(lat) * 1e3:.0f} ms; CPU per report: control plane {cpu[0] / ns.hosts * 1e6:.0f} µs, "
                   f"fleet {cpu[1] / ns.hosts * 1e6:.0f} µs")
+        alerts, _ = await counts(server)
+        lapsed = sum(rule == "lease-lapsed" for rule in alerts.values())
+        print(f"  leases lapsed during the rounds            : {lapsed} (goal 0: a report holds up the heartbeat "
+              f"behind it on its stream)")
         if ns.restart:
             await restart_storm(server, hosts, reports, ns.connect_timeout)
+        stop_beats.set()
+        await beats
         await asyncio.gather(*[h.close() for h in hosts])
     finally:
         server.stop()
@@ -349,6 +425,9 @@ def main() -> None:
                     help="new streams a second at the start (default 1000; 0: all at once)")
     ap.add_argument("--connect-timeout", type=float, default=300,
                     help="how long every host may take to get its stream leased (default 300 s)")
+    ap.add_argument("--heartbeat", type=float, default=10,
+                    help="each host's heartbeat interval outside the rounds (default 10 s: the agent's, a third of "
+                         "the 30 s lease)")
     ap.add_argument("--fleet-nice", type=int, default=10, help="nice value of the simulated fleet (default 10)")
     ap.add_argument("--restart", action="store_true", help="then restart the control plane: the reconnect storm")
     ns = ap.parse_args()
