@@ -43,8 +43,8 @@ TRANSITIONS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-INCIDENT_ACTIONS = ("OpenIncident", "AddIncidentAlert", "RecordIncidentCopy", "RecordIncidentAction",
-                    "UpdateIncident", "IncidentDeadlineWarning")
+INCIDENT_ACTIONS = ("OpenIncident", "AddIncidentAlert", "DropIncidentAlerts", "RecordIncidentCopy",
+                    "RecordIncidentAction", "UpdateIncident", "IncidentDeadlineWarning")
 
 
 REPORT_FORMAT = "custos.v1.incident-report/1"
@@ -133,6 +133,8 @@ def apply_change(state: dict[str, Any] | None, action: str, payload: Mapping[str
             s["alerts_dropped"] += 1
         else:
             s["alerts"].append(dict(payload["alert"]))
+    elif action == "DropIncidentAlerts":  # alerts joining an incident that lists MAX_ALERTS already
+        s["alerts_dropped"] += int(payload["count"])
     elif action == "RecordIncidentCopy":
         c = dict(payload["copy"])
         ids = [x["id"] for x in s["copies"]]

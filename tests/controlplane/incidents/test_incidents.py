@@ -350,3 +350,30 @@ def test_a_lapse_across_the_fleet_is_one_incident_correlated_in_linear_work(
     assert len(lapsed[0]["hosts"]) == min(300, len(lapsed[0]["alerts"]))
     assert len(plane.incidents()) == 151
     assert views <= 4 * len(alerts), views  # a view of every open incident per alert: 40,000
+
+
+def test_alerts_past_the_cap_are_counted_in_few_changes_and_replay(plane: Plane) -> None:
+    """1,200 hosts lapse at once: the incident lists MAX_ALERTS of them and counts the rest, in
+    changes of up to DROPS_PER_CHANGE, every alert linked once; the record is still the replay
+    of its audit events, and a second round adds nothing."""
+    from custos.controlplane.incidents.service import DROPS_PER_CHANGE
+    from custos.core.incidents import MAX_ALERTS, replay
+    from custos.core.rules import RULES, Finding
+
+    now = time.time_ns()
+    alerts = [Finding(rule="lease-lapsed", key=(f"h{i:04d}", "1"), at_ns=now + i, host=f"h{i:04d}",
+                      detail="lapsed").alert(RULES["lease-lapsed"].severity) for i in range(1200)]
+    for i in range(0, len(alerts), 100):
+        plane.run(plane.store.commit(Txn(puts={f"alerts/{a['id']}": encode_canonical(a) for a in alerts[i:i + 100]})))
+    before = len(plane.events())
+    plane.run(plane.rt.service.correlate(), timeout=300)
+    [inc] = [i for i in plane.incidents() if any(a["rule"] == "lease-lapsed" for a in i["alerts"])]
+    assert len(inc["alerts"]) == MAX_ALERTS and inc["alerts_dropped"] == 1200 - MAX_ALERTS
+    changes = [e for e in plane.events()[before:] if e.object == f"incident/{inc['id']}"]
+    drops = [e for e in changes if e.action == "DropIncidentAlerts"]
+    assert len(drops) == -(-(1200 - MAX_ALERTS) // DROPS_PER_CHANGE)
+    links = {e.key for e in plane.run(plane.store.range("alertlinks/"))}
+    assert links >= {f"alertlinks/{a['id']}" for a in alerts}
+    stored = decode_canonical(plane.run(plane.store.get(f"incidents/{inc['id']}")).value)
+    assert replay(inc["id"], plane.events()) == stored
+    assert plane.run(plane.rt.service.correlate()) == []

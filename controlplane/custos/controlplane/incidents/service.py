@@ -38,6 +38,7 @@ from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.incidents import (
     HOUR_NS,
     MAX_ACTIONS,
+    MAX_ALERTS,
     MAX_COPIES,
     REPORT_WITHIN_NS,
     STATUSES,
@@ -58,6 +59,7 @@ from custos.core.rules import CATEGORIES, DEFAULT_CATEGORY, RULES
 from custos.errors import Conflict, FailedPrecondition, InvalidInput, NotFound
 
 log = logging.getLogger("custos.incidents")
+DROPS_PER_CHANGE = 50  # alerts past an incident's cap counted in one change (a link each)
 
 
 def alert_summary(alert: Mapping[str, Any], config: RulesConfig) -> dict[str, Any]:
@@ -151,9 +153,9 @@ class IncidentService:
         key = f"incidents/{iid}"
 
         async def plan() -> tuple[Plan, dict[str, Any]]:
-            for k, want in (checks or {}).items():
-                if want == 0 and await self.store.get(k) is not None:
-                    raise Conflict(f"{k} already exists")  # a create-only key: someone was first
+            created = [k for k, want in (checks or {}).items() if want == 0]
+            if created and (taken := await self.store.get_many(created)):
+                raise Conflict(f"{min(taken)} already exists")  # a create-only key: someone was first
             entry = await self.store.get(key)
             state = dict(decode_canonical(entry.value)) if entry else None
             payload = fit(make(state))
@@ -219,6 +221,20 @@ class IncidentService:
         await self._change(SYSTEM, iid, "AddIncidentAlert", _const({"alert": alert}), notify=notify,
                            extra={link: encode_canonical({"incident": iid})}, checks={link: 0})
 
+    async def _drop_alerts(self, iid: str, alerts: list[dict[str, Any]]) -> None:
+        """Alerts joining an incident that already lists MAX_ALERTS: counted, linked, in one change
+        (one a storm's alert, each rewriting the whole record and sending a notification, held the
+        event loop for minutes). If another replica linked one meanwhile, each goes alone."""
+        links = {f"alertlinks/{a['id']}": encode_canonical({"incident": iid}) for a in alerts}
+        try:
+            await self._change(SYSTEM, iid, "DropIncidentAlerts", _const({"count": len(alerts)}),
+                               extra=links, checks=dict.fromkeys(links, 0))
+        except Conflict:
+            if len(alerts) == 1:
+                return  # linked by another replica
+            for a in alerts:
+                await self._drop_alerts(iid, [a])
+
     async def correlate(self) -> list[str]:
         """Every alert not yet in an incident joins one (or opens one). Returns the incidents touched."""
         if self._linked is None:
@@ -246,10 +262,18 @@ class IncidentService:
         # thousands of fresh alerts and open incidents, one view of every incident per alert
         # held the event loop for minutes (streams, unwraps and all).
         views = {iid: incident_view(s) for iid, s in states.items()}
+        dropping: dict[str, list[dict[str, Any]]] = {}  # incident at its cap -> alerts to count
         for alert in fresh:
             iid = match_incident(alert, views.values(), window_ns)
             if iid is None:
                 iid = await self._open(alert)
+            elif len(states[iid]["alerts"]) >= MAX_ALERTS:
+                dropping.setdefault(iid, []).append(alert)
+                if len(dropping[iid]) >= DROPS_PER_CHANGE:
+                    await self._drop_alerts(iid, dropping.pop(iid))
+                self._linked.add(alert["id"])
+                touched.append(iid)
+                continue
             try:
                 await self._add_alert(iid, alert)
             except Conflict:
@@ -258,6 +282,8 @@ class IncidentService:
             states[iid] = await self.state(iid)
             views[iid] = incident_view(states[iid])
             touched.append(iid)
+        for iid, alerts in dropping.items():
+            await self._drop_alerts(iid, alerts)
         return list(dict.fromkeys(touched))
 
     async def refresh(self) -> None:
