@@ -375,6 +375,8 @@ async def run(ns: argparse.Namespace) -> None:
         print(f"  opened {ns.hosts} custody streams            : {time.perf_counter() - t:6.2f} s "
               f"({f'{ns.connect_rate:.0f} a second' if ns.connect_rate > 0 else 'all at once'}; "
               f"{attempts_summary(done, False)})")
+        if ns.idle:
+            await asyncio.sleep(ns.idle)  # the fleet idles, heartbeating
         reports = [custody_pb2.AgentMessage(inventory=report(h.i, manifests, ns.files, ns.matching)).SerializeToString()
                    for h in hosts]
         for r in range(1, ns.rounds + 1):
@@ -428,6 +430,7 @@ def main() -> None:
     ap.add_argument("--heartbeat", type=float, default=10,
                     help="each host's heartbeat interval outside the rounds (default 10 s: the agent's, a third of "
                          "the 30 s lease)")
+    ap.add_argument("--idle", type=float, default=0, help="seconds the fleet idles (heartbeating) before round 1")
     ap.add_argument("--fleet-nice", type=int, default=10, help="nice value of the simulated fleet (default 10)")
     ap.add_argument("--restart", action="store_true", help="then restart the control plane: the reconnect storm")
     ns = ap.parse_args()
