@@ -352,6 +352,18 @@ class Lease(_message.Message):
     ttl_seconds: int
     def __init__(self, expires_unix_ns: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
+class ReportReceipt(_message.Message):
+    __slots__ = ("received_unix_ns", "ingested_unix_ns", "copies", "alerts")
+    RECEIVED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    INGESTED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    received_unix_ns: int
+    ingested_unix_ns: int
+    copies: int
+    alerts: int
+    def __init__(self, received_unix_ns: _Optional[int] = ..., ingested_unix_ns: _Optional[int] = ..., copies: _Optional[int] = ..., alerts: _Optional[int] = ...) -> None: ...
+
 class SignedOrder(_message.Message):
     __slots__ = ("body", "signatures", "signer_set", "signer_chain", "dry_run_models", "dry_run_artifacts", "drill_register", "drill_register_signatures")
     BODY_FIELD_NUMBER: _ClassVar[int]
@@ -381,16 +393,18 @@ class OrderSignature(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("lease", "order", "notice", "plant_canary")
+    __slots__ = ("lease", "order", "notice", "plant_canary", "report")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
     PLANT_CANARY_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     order: SignedOrder
     notice: str
     plant_canary: PlantCanary
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., order: _Optional[_Union[SignedOrder, _Mapping]] = ..., notice: _Optional[str] = ..., plant_canary: _Optional[_Union[PlantCanary, _Mapping]] = ...) -> None: ...
+    report: ReportReceipt
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., order: _Optional[_Union[SignedOrder, _Mapping]] = ..., notice: _Optional[str] = ..., plant_canary: _Optional[_Union[PlantCanary, _Mapping]] = ..., report: _Optional[_Union[ReportReceipt, _Mapping]] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("id", "rule", "severity", "model", "artifact_id", "host", "detail", "at_unix_ns", "state")

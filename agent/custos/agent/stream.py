@@ -522,6 +522,8 @@ class CustodyStream:
                 self._dispatch(msg.order)
                 if orders is not None:
                     orders[0] += 1
+            elif kind == "report":
+                pass  # a ReportReceipt: the control plane ingested a report (nothing to do here)
             elif kind == "plant_canary":
                 if self.on_plant_canary is not None:
                     self.on_plant_canary(msg.plant_canary)

@@ -254,6 +254,9 @@ def host_pb(h: dict[str, Any]) -> custody_pb2.Host:
         guard=h.get("guard", ""))
 
 
+REPORTS_QUEUED = 4  # reports of one stream waiting to be ingested before its reading waits
+
+
 class CustodyServicer(custody_pb2_grpc.CustodyServicer):
     def __init__(self, custody: Custody) -> None:
         self.c = custody
@@ -335,11 +338,20 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
             self.c.detach(host, q)
 
     async def _read(self, ctx: grpc.aio.ServicerContext, host: str, caller: Caller, q: asyncio.Queue[Any]) -> None:
+        # Reports are ingested on a task of their own, in order, so a heartbeat behind a slow
+        # report is answered at once: at first contact of a fleet a report may take longer than
+        # the lease TTL, and the heartbeat waiting behind it made the agent fail closed. At most
+        # REPORTS_QUEUED wait; past that the stream's reading waits (a flood of reports from one
+        # agent holds up that agent alone).
+        reports: asyncio.Queue[tuple[Any, int] | None] = asyncio.Queue(maxsize=REPORTS_QUEUED)
+        ingester = asyncio.create_task(self._ingest_reports(host, reports, q))
         try:
             while (msg := await ctx.read()) is not grpc.aio.EOF:
                 received = time.time_ns()
                 msg = decoded(msg)
                 kind = msg.WhichOneof("msg")
+                if ingester.done():
+                    return  # a report failed: the stream is ending with its notice
                 if kind == "heartbeat":
                     await self.c.check_agent(caller, need_lease=False)
                     expires = await self.c.renew_lease(host)
@@ -347,13 +359,15 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                         q.put_nowait(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
                             expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
                 elif kind == "inventory":
-                    await self.c.ingest(host, msg.inventory)
+                    await reports.put((msg.inventory, received))
                 elif kind == "ack" and self.c.on_ack is not None:
                     await self.c.on_ack(host, msg.ack, received)
                 elif kind == "access":
                     await self.c.on_access(host, msg.access)
                 elif kind == "canary" and self.c.on_canary is not None:
                     await self.c.on_canary(host, msg.canary, caller)
+            await reports.put(None)  # the agent is done writing: its last reports still count
+            await ingester
         except CustosError as exc:
             log.warning("custody stream of %s: %s", host, exc)
             q.put_nowait(("notice", str(exc)))
@@ -362,6 +376,27 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
         except Exception:
             log.exception("custody stream of %s failed", host)
         finally:
+            if not ingester.done():
+                ingester.cancel()
+            q.put_nowait(None)
+
+    async def _ingest_reports(self, host: str, reports: asyncio.Queue[tuple[Any, int] | None],
+                              q: asyncio.Queue[Any]) -> None:
+        """The stream's reports, one at a time in the order sent; a receipt for each. A report
+        that fails ends the stream with its notice, as it did when reports were read inline."""
+        try:
+            while (item := await reports.get()) is not None:
+                inv, received = item
+                got = await self.c.ingest(host, inv)
+                q.put_nowait(custody_pb2.ControlMessage(report=custody_pb2.ReportReceipt(
+                    received_unix_ns=received, ingested_unix_ns=time.time_ns(),
+                    copies=int(got["copies"]), alerts=int(got["alerts"]))))
+        except CustosError as exc:
+            log.warning("custody stream of %s: %s", host, exc)
+            q.put_nowait(("notice", str(exc)))
+            q.put_nowait(None)
+        except Exception:
+            log.exception("custody stream of %s: ingesting a report failed", host)
             q.put_nowait(None)
 
 
