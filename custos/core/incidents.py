@@ -50,6 +50,11 @@ INCIDENT_ACTIONS = ("OpenIncident", "AddIncidentAlert", "DropIncidentAlerts", "R
 REPORT_FORMAT = "custos.v1.incident-report/1"
 
 
+# Rules whose model-less alerts on many hosts at once have one cause (the fleet cut off from the
+# control plane, a first contact finding the same kind of files everywhere): one incident for
+# all their hosts. Every other rule's host alerts (a canary opened, a guarded open refused) are
+# each host's own incident.
+FLEET_RULES = frozenset({"lease-lapsed", "unregistered-weights"})
 MAX_ALERTS = 500
 
 
@@ -193,9 +198,9 @@ def copy_summary(c: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def match_incident(alert: Mapping[str, Any], views: Iterable[Mapping[str, Any]], window_ns: int) -> str | None:
-    """The open incident an alert joins: same model; else (no model) same host, or failing that
-    the model-less incident of hosts with the same rule; else (neither) same rule — within
-    ``window_ns`` of the incident's alerts. None: it opens a new one."""
+    """The open incident an alert joins: same model; else (no model) same host, or failing that,
+    for a FLEET_RULES alert, the model-less incident of hosts with the same rule; else (neither)
+    same rule — within ``window_ns`` of the incident's alerts. None: it opens a new one."""
     at = alert["at_ns"]
     cands = sorted((v for v in views if v["status"] != "closed"
                     and v["discovered_at_ns"] - window_ns <= at <= v["last_alert_ns"] + window_ns),
@@ -209,7 +214,7 @@ def match_incident(alert: Mapping[str, Any], views: Iterable[Mapping[str, Any]],
                 return str(v["id"])
         elif not v["model"]["name"] and not v["hosts"] and any(a["rule"] == alert["rule"] for a in v["alerts"]):
             return str(v["id"])
-    if alert["host"] and not alert["model"]:
+    if alert["host"] and not alert["model"] and alert["rule"] in FLEET_RULES:
         # No incident has that host: the model-less incident of the same rule, so that one cause
         # on many hosts (leases lapsing across a fleet cut off, a storm of unregistered files) is
         # one incident listing its hosts, not one incident a host.

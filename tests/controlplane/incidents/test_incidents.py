@@ -89,7 +89,8 @@ def view(iid: str, model: str, host: str, first: int, last: int, status: str = "
 
 
 VIEWS = [view("a", "m1", "h1", 10, 12), view("b", "", "h2", 10, 11), view("c", "m3", "h3", 10, 11, "closed"),
-         view("d", "", "", 10, 10, rule="audit-chain-broken"), view("e", "", "h5", 10, 11, rule="lease-lapsed")]
+         view("d", "", "", 10, 10, rule="audit-chain-broken"), view("e", "", "h5", 10, 11, rule="lease-lapsed"),
+         view("f", "", "h8", 10, 11, rule="canary-opened")]
 
 
 @pytest.mark.parametrize(("model", "host", "at", "rule", "joins"), [
@@ -104,6 +105,7 @@ VIEWS = [view("a", "m1", "h1", 10, 12), view("b", "", "h2", 10, 11), view("c", "
     ("", "h6", 12.5, "lease-lapsed", None),     # ... within the window
     ("", "h6", 10.5, "unregistered-weights", None),  # ... of that rule
     ("", "h5", 10.5, "unregistered-weights", "e"),   # the incident with that host comes first
+    ("", "h7", 10.5, "canary-opened", None),    # only FLEET_RULES group hosts: a canary is its host's own
     ("", "", 10.5, "audit-chain-broken", "d"),  # neither: the same rule
     ("", "", 10.5, "order-ack-missing", None),
 ])
