@@ -267,8 +267,16 @@ def test_a_dead_sink_never_delays_the_others(plane_factory: Any, tmp_path: Path)
                 time.sleep(0.02)
             assert all(len(r.requests) >= 1 + i for r in live), "the live sinks were served"
             assert not hanging.done(), "... while the dead sink's attempt still hangs"
-            for e in plane.run(plane.store.range("notify/outbox/")):
-                assert decode_canonical(e.value)["pending"] == ["dead"], "only the dead sink is pending"
+
+            def pending() -> list[list[str]]:
+                return [decode_canonical(e.value)["pending"] for e in plane.run(plane.store.range("notify/outbox/"))]
+
+            # A live sink's answer is recorded in the outbox just after the sink has the request.
+            deadline = time.monotonic() + 3  # well inside the dead sink's 5 s timeout
+            while time.monotonic() < deadline and any(p != ["dead"] for p in pending()):
+                time.sleep(0.02)
+            assert all(p == ["dead"] for p in pending()), f"only the dead sink is pending: {pending()}"
+            assert not hanging.done(), "... while the dead sink's attempt still hangs"
             hanging.cancel()
         for r in live:
             seen: set[str] = set()
