@@ -151,7 +151,6 @@ class Host:
         self._write = asyncio.Lock()  # one write at a time on a call
         self._sent = 0  # reports sent on this stream
         self._receipts = 0  # their receipts read
-        self._leases = 0  # leases read on it after the first
         self._answered = asyncio.Event()
         self._broken: str | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -176,7 +175,7 @@ class Host:
             try:
                 first = await asyncio.wait_for(self.call.read(), FIRST_LEASE_TIMEOUT)
                 if first is not grpc.aio.EOF and first.WhichOneof("msg") == "lease":
-                    self._sent = self._receipts = self._leases = 0
+                    self._sent = self._receipts = 0
                     self._broken = None
                     self._reader = asyncio.create_task(self._read())
                     return time.perf_counter(), attempts, failed
@@ -188,13 +187,10 @@ class Host:
             await self.channel.close()
 
     async def _read(self) -> None:
-        """Every message of the stream: leases and report receipts counted."""
+        """Every message of the stream: report receipts counted."""
         try:
             while (msg := await self.call.read()) is not grpc.aio.EOF:
-                kind = msg.WhichOneof("msg")
-                if kind == "lease":
-                    self._leases += 1
-                elif kind == "report":
+                if msg.WhichOneof("msg") == "report":
                     self._receipts += 1
                     self._answered.set()
             self._broken = f"stream ended: {await self.call.details()}"

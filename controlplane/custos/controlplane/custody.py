@@ -47,7 +47,7 @@ from custos.controlplane.periodic import every
 from custos.controlplane.pki import AGENT_CERT_TTL, CertificateAuthority
 from custos.controlplane.registry import Registry, new_copy
 from custos.controlplane.revocations import POLL, RevocationList
-from custos.controlplane.store.base import MAX_TXN_OPS, MAX_VALUE_BYTES, Entry, Txn, check_key
+from custos.controlplane.store.base import MAX_TXN_OPS, Entry, Txn, check_puts
 from custos.core.canonical import decode_canonical, encode_canonical
 from custos.core.hosts import validate_host_name
 from custos.core.manifest import decode_manifest, is_artifact_id
@@ -110,7 +110,7 @@ class Custody:
         self._files: dict[str, dict[str, Any]] = {}  # host -> path -> file record (this replica's view)
         # host -> (digest of the last report ingested, its copy keys, digest of the records it left)
         self._digests: dict[str, tuple[str, list[str], str]] = {}
-        self._summaries: dict[str, dict[str, Any]] = {}
+        self._summaries: dict[str, dict[str, Any]] = {}  # host -> last report summary, not yet written
         self._host_locks: dict[str, asyncio.Lock] = {}
         self._renewals: GroupCommit[str, int | None] = GroupCommit(self._renew_batch, "lease renewals")
         self._reads: GroupCommit[str, Entry | None] = GroupCommit(self._read_batch, "point reads")
@@ -121,7 +121,7 @@ class Custody:
         self._report_seq = 0
         self._sweep_due_ns = 0  # when a live lease may expire first (sweep_if_due)
         self._policies: dict[str, dict[str, Any]] = {}  # model -> record, for the current registry revision
-        self._policies_rev = -1  # host -> last report summary, not yet written
+        self._policies_rev = -1
         self._index: Any = None
         self._index_rev = -1
         self._index_lock = asyncio.Lock()
@@ -567,7 +567,7 @@ class Custody:
         vanished: list[str] = []
         if complete_view:
             vanished = [k for k in await self.host_copy_keys(host) if k not in seen]
-        index_keys = {ck: "hostcopies/{}/{}".format(host, ck[len("copies/"):]) for ck in seen}
+        index_keys = {ck: f"hostcopies/{host}/{ck[len('copies/'):]}" for ck in seen}
         existing = await self.store.get_many(
             [*seen, *index_keys.values(), *vanished, *(f"alerts/{a['id']}" for a in alerts)])
         puts: dict[str, bytes] = {}
@@ -681,10 +681,7 @@ class Custody:
         report's error alone."""
         if not puts:
             return
-        for key, value in puts.items():
-            check_key(key)
-            if len(value) > MAX_VALUE_BYTES:
-                raise InvalidInput(f"value for {key} too large: {len(value)} bytes")
+        check_puts(puts)
         self._report_seq += 1
         token = self._report_seq
         self._report_puts[token] = puts

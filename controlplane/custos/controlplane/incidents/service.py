@@ -230,10 +230,13 @@ class IncidentService:
             await self._change(SYSTEM, iid, "DropIncidentAlerts", _const({"count": len(alerts)}),
                                extra=links, checks=dict.fromkeys(links, 0))
         except Conflict:
-            if len(alerts) == 1:
-                return  # linked by another replica
-            for a in alerts:
-                await self._drop_alerts(iid, [a])
+            if len(alerts) > 1:
+                for a in alerts:
+                    await self._drop_alerts(iid, [a])
+                return
+            # linked by another replica
+        if self._linked is not None:
+            self._linked.update(a["id"] for a in alerts)  # only once linked in the Store
 
     async def correlate(self) -> list[str]:
         """Every alert not yet in an incident joins one (or opens one). Returns the incidents touched."""
@@ -271,7 +274,6 @@ class IncidentService:
                 dropping.setdefault(iid, []).append(alert)
                 if len(dropping[iid]) >= DROPS_PER_CHANGE:
                     await self._drop_alerts(iid, dropping.pop(iid))
-                self._linked.add(alert["id"])
                 touched.append(iid)
                 continue
             try:

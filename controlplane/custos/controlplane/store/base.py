@@ -42,11 +42,17 @@ class Txn:
         n = len(self.checks) + len(self.puts) + len(self.deletes)
         if n > MAX_TXN_OPS:
             raise InvalidInput(f"transaction too large: {n} operations > {MAX_TXN_OPS}")
-        for key in [*self.checks, *self.puts, *self.deletes]:
+        for key in [*self.checks, *self.deletes]:
             check_key(key)
-        for key, value in self.puts.items():
-            if len(value) > MAX_VALUE_BYTES:
-                raise InvalidInput(f"value for {key} too large: {len(value)} bytes")
+        check_puts(self.puts)
+
+
+def check_puts(puts: dict[str, bytes]) -> None:
+    """Every key and value of ``puts`` as a transaction takes them. Raises InvalidInput."""
+    for key, value in puts.items():
+        check_key(key)
+        if len(value) > MAX_VALUE_BYTES:
+            raise InvalidInput(f"value for {key} too large: {len(value)} bytes")
 
 
 def check_key(key: str) -> None:
