@@ -20,8 +20,10 @@ new); later rounds are the steady state (the same reports again).
     python bench/ingest_bench.py --hosts 10000 --rounds 1 --restart   # the reconnect storm
 
 Every host connects as the agent does: a new channel per attempt with the agent's channel
-options, FIRST_LEASE_TIMEOUT for the lease, and its jittered exponential backoff (from 0.5 s)
-between attempts; at the start the hosts begin --connect-rate a second.
+options, its wait for the lease (custos.agent.stream.first_message: FIRST_LEASE_TIMEOUT for the
+control plane to take the stream, QUEUED_LEASE_TIMEOUT once it has), and its jittered
+exponential backoff (from 0.5 s) between attempts, or a busy replica's retry hint; at the start
+the hosts begin --connect-rate a second.
 
 With --restart, after the rounds the control plane is stopped and started again on the same
 data and port while every host reconnects, then sends a full report and a heartbeat. Prints:
@@ -61,7 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 
-from custos.agent.stream import CHANNEL_OPTIONS, FIRST_LEASE_TIMEOUT, Backoff
+from custos.agent.stream import CHANNEL_OPTIONS, Backoff, first_message
+from custos.client.status import retry_after
 from custos.core.manifest import FileEntry, Manifest
 from custos.v1 import custody_pb2, custody_pb2_grpc, incidents_pb2, incidents_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.servers.agentsim import enroll_fleet
@@ -164,16 +167,18 @@ class Host:
         attempts, and each failed attempt's (was the server up when it began, what failed)."""
         await self.disconnect()
         backoff, attempts, failed = Backoff(rng=rng), 0, []
+        hint: float | None = None
         while True:
             if backoff_first or attempts:
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(backoff.next(hint))
             attempts += 1
+            hint = None
             was_up = up.is_set()
             self.channel = grpc.aio.secure_channel(self.addr, self.creds, options=CHANNEL_OPTIONS)
             self.call = self.channel.stream_stream(
                 STREAM, request_serializer=None, response_deserializer=custody_pb2.ControlMessage.FromString)()
             try:
-                first = await asyncio.wait_for(self.call.read(), FIRST_LEASE_TIMEOUT)
+                first = await first_message(self.call)
                 if first is not grpc.aio.EOF and first.WhichOneof("msg") == "lease":
                     self._sent = self._receipts = 0
                     self._broken = None
@@ -181,7 +186,8 @@ class Host:
                     return time.perf_counter(), attempts, failed
                 failed.append((was_up, "no lease first"))
             except grpc.aio.AioRpcError as exc:
-                failed.append((was_up, exc.code().name))
+                hint = retry_after(exc.trailing_metadata())
+                failed.append((was_up, exc.code().name + (" (busy: retry hint)" if hint else "")))
             except TimeoutError:
                 failed.append((was_up, "no lease in time"))
             await self.channel.close()

@@ -62,3 +62,31 @@ def error_from_rpc(exc: grpc.RpcError, addr: str) -> CustosError:
     if hasattr(exc, "code") and exc.code() == grpc.StatusCode.UNAVAILABLE:
         details = f"cannot reach the control plane at {addr}: {details.splitlines()[0]}"
     return cls(details)
+
+
+# A custody stream's opening (custos.controlplane.admission, custos.agent.stream).
+STREAM_TAKEN_KEY = "custos-stream"
+"""Initial metadata the control plane sends as soon as it has a stream, before its opening
+waits for admission: the agent then waits for its lease longer than for the stream."""
+RETRY_AFTER_KEY = "custos-retry-after-ms"
+"""Trailing metadata of an opening refused because the replica is busy: when to come back."""
+MAX_RETRY_AFTER_S = 600.0
+
+
+def retry_after(metadata: object) -> float | None:
+    """The retry hint (seconds) in a call's trailing metadata; None if absent or not a
+    number in (0, MAX_RETRY_AFTER_S] (a hint never makes an agent wait for hours)."""
+    try:
+        items = list(metadata or ())  # type: ignore[call-overload]
+    except TypeError:
+        return None
+    for item in items:
+        key, value = (item.key, item.value) if hasattr(item, "key") else item
+        if key != RETRY_AFTER_KEY:
+            continue
+        try:
+            ms = int(value)
+        except (TypeError, ValueError):
+            return None
+        return ms / 1000 if 0 < ms <= MAX_RETRY_AFTER_S * 1000 else None
+    return None

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 import types
 from pathlib import Path
@@ -50,7 +49,6 @@ from custos.controlplane.custody import Custody
 from custos.controlplane.pki import CertificateAuthority, sign_agent_csr
 from custos.controlplane.registry import Registry
 from custos.controlplane.revocations import RevocationList, revocation, revocation_puts
-from custos.controlplane.server import ControlPlane, dev_env_lines, prepare_dev
 from custos.controlplane.store.base import StoreUnavailable, Txn
 from custos.controlplane.store.etcd import EtcdStore
 from custos.controlplane.store.sqlite import SQLiteStore
@@ -62,8 +60,9 @@ from tests.conftest import backend_missing
 from tests.controlplane.test_authz_matrix import channel
 from tests.e2e.conftest import AgentProc, Api, wait_until
 from tests.servers.agentsim import enroll
-from tests.servers.custos import DevServer, parse_env_file
+from tests.servers.custos import DevServer
 from tests.servers.etcd import EtcdServer
+from tests.servers.threadserver import ThreadServer
 
 SEC = Caller(principal="sec", role="security-team", host="127.0.0.1", request_id="m")
 
@@ -348,50 +347,6 @@ def test_a_crash_anywhere_in_the_swap_leaves_a_pair(tmp_path: Path, monkeypatch:
 
 
 # -- a real agent, short certificates ------------------------------------------------------
-
-
-class ThreadServer:
-    """`custos server --dev` in a thread of the test process, with agent certificates of
-    ``cert_ttl`` seconds (set on the running Custody: server.py does not pass the
-    ``[custody] agent_cert_ttl`` setting to it yet)."""
-
-    def __init__(self, data_dir: Path, *, cert_ttl: float, lease_ttl: float = 3.0) -> None:
-        self.cfg = ServerConfig(listen="127.0.0.1:0", data_dir=data_dir, dev=True, lease_ttl=lease_ttl,
-                                sweep_interval=0.5, agent_cert_ttl=cert_ttl)
-        self.dev = DevServer(data_dir)
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="custos-server", daemon=True)
-
-    def start(self) -> ThreadServer:
-        self._thread.start()
-        assert self._ready.wait(30) and self._failed is None, self._failed
-        self.dev.env = parse_env_file(self.cfg.data_dir / "dev.env")  # type: ignore[operator]
-        return self
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            self._failed = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        prepare_dev(self.cfg)
-        self.cp = ControlPlane(self.cfg)
-        port = await self.cp.start()
-        self.cp.custody.certs.ttl = self.cfg.agent_cert_ttl
-        self.loop = asyncio.get_running_loop()
-        assert self.cfg.data_dir is not None
-        write_private(self.cfg.data_dir / "dev.env",
-                      ("\n".join(dev_env_lines(self.cfg, port, self.cp.enroll_port)) + "\n").encode())
-        self._ready.set()
-        await self.cp.wait()
-
-    def stop(self) -> None:
-        if hasattr(self, "loop"):
-            self.loop.call_soon_threadsafe(self.cp.request_stop)
-        self._thread.join(30)
 
 
 def _audit_actions(server: DevServer, host: str) -> list[str]:

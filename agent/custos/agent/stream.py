@@ -41,7 +41,7 @@ import grpc
 
 from custos.agent.heldacks import HeldAcks
 from custos.client.connection import parse_addrs
-from custos.client.status import error_for
+from custos.client.status import STREAM_TAKEN_KEY, error_for, retry_after
 from custos.core.orders import order_id_of
 from custos.errors import (
     CustosError,
@@ -66,7 +66,11 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
-FIRST_LEASE_TIMEOUT = 15.0
+FIRST_LEASE_TIMEOUT = 15.0  # for the control plane to take a new stream (and, an older one, to lease it)
+# Once the control plane has taken the stream (its initial metadata says so), for the lease:
+# its opening may wait in the replica's admission queue, which refuses what it cannot serve
+# within 20 s (custos.controlplane.admission), so a wait this long is a replica gone wrong.
+QUEUED_LEASE_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 5.0  # after acking orders sent before a lease: for the server to read them and end the stream
 REMOVAL_MARKERS = ("host removed", "was removed", "certificate not accepted")
 
@@ -147,10 +151,16 @@ class Backoff:
         self.attempt = 0
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
 
-    def next(self) -> float:
+    def next(self, hint: float | None = None) -> float:
+        """The next delay. ``hint``: the control plane said when to come back (a busy replica,
+        see :func:`custos.client.status.retry_after`): then a time spread over [hint, 2 hint],
+        never less than the backoff's, so the refused come back spread out, not in a wave."""
         d = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
         self.attempt += 1
-        return self._rng.uniform(d / 2, d)
+        delay = self._rng.uniform(d / 2, d)
+        if hint is not None and hint > 0:
+            delay = max(delay, self._rng.uniform(hint, 2 * hint))
+        return delay
 
     def reset(self) -> None:
         self.attempt = 0
@@ -167,7 +177,28 @@ class LeaseGrant:
 
 
 class _Reconnect(Exception):
-    """End this connection attempt and try again after the backoff."""
+    """End this connection attempt and try again after the backoff (or the server's hint)."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+async def first_message(call: Any) -> Any:
+    """A new stream's first message (or EOF): ``FIRST_LEASE_TIMEOUT`` for the control plane to
+    take the stream, then, once its initial metadata says it has, ``QUEUED_LEASE_TIMEOUT`` for
+    the message (an older control plane sends its metadata with the lease: one timeout).
+    Raises TimeoutError (the call cancelled) and the call's AioRpcError."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FIRST_LEASE_TIMEOUT
+    try:
+        md = await asyncio.wait_for(call.initial_metadata(), FIRST_LEASE_TIMEOUT)
+        taken = any(k == STREAM_TAKEN_KEY for k, _ in (md or ()))
+        wait = QUEUED_LEASE_TIMEOUT if taken else max(deadline - loop.time(), 0.001)
+        return await asyncio.wait_for(call.read(), wait)
+    except TimeoutError:
+        call.cancel()
+        raise
 
 
 class CustodyStream:
@@ -271,6 +302,7 @@ class CustodyStream:
                 await self._wait_for_new_identity(stop)
                 continue
             fingerprint = ""
+            hint: float | None = None
             try:
                 creds = self._credentials()
                 fingerprint = creds.fingerprint
@@ -281,6 +313,7 @@ class CustodyStream:
                 continue
             except _Reconnect as exc:
                 reason = str(exc)
+                hint = exc.retry_after_s
             except FailedPrecondition as exc:
                 reason = str(exc)  # no identity on disk (yet): keep looking
             except grpc.aio.AioRpcError as exc:
@@ -290,6 +323,7 @@ class CustodyStream:
                     await self._removed(details, fingerprint)
                     continue
                 reason = f"{exc.code().name}: {details.splitlines()[0]}"
+                hint = retry_after(exc.trailing_metadata())  # a busy replica: when to come back
             except (OSError, CustosError) as exc:
                 reason = str(exc)
             except Exception as exc:  # a bug must not end reconnecting (the lease would lapse for good)
@@ -301,7 +335,7 @@ class CustodyStream:
                 return
             # A failed or ended connection: the next attempt tries the next replica.
             self._addr_index = (self._addr_index + 1) % len(self.addrs)
-            delay = self.backoff.next()
+            delay = self.backoff.next(hint)
             log.warning("custody stream down; reconnecting", extra={"fields": {
                 "reason": reason, "retry_in_s": round(delay, 2), "attempt": self.backoff.attempt,
                 "next_addr": self.addr}})
@@ -412,10 +446,11 @@ class CustodyStream:
     async def _first_message(self, call: grpc.aio.StreamStreamCall) -> custody_pb2.ControlMessage:
         """The stream's first message. Raises _Reconnect (none in time, or the stream ended), HostRemoved."""
         try:
-            first = await asyncio.wait_for(call.read(), timeout=FIRST_LEASE_TIMEOUT)
+            first = await first_message(call)
         except TimeoutError:
-            call.cancel()
-            raise _Reconnect(f"no lease within {FIRST_LEASE_TIMEOUT:.0f} s of opening the stream") from None
+            raise _Reconnect("no lease in time: the control plane did not take the stream within "
+                             f"{FIRST_LEASE_TIMEOUT:.0f} s or lease it within {QUEUED_LEASE_TIMEOUT:.0f} s"
+                             ) from None
         if first is grpc.aio.EOF:
             code = await call.code()
             details = await call.details()

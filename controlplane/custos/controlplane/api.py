@@ -13,8 +13,9 @@ from typing import Any
 
 import grpc
 
-from custos.client.status import status_for
+from custos.client.status import RETRY_AFTER_KEY, STREAM_TAKEN_KEY, status_for
 from custos.client.wire import RELATION_TO_PB, relation_from_pb
+from custos.controlplane.admission import Admission, Busy
 from custos.controlplane.audit import AuditLog, Caller, current_caller
 from custos.controlplane.custody import Custody
 from custos.controlplane.guard import bounded_details, decoded, peer_host
@@ -255,11 +256,17 @@ def host_pb(h: dict[str, Any]) -> custody_pb2.Host:
 
 
 REPORTS_QUEUED = 4  # reports of one stream waiting to be ingested before its reading waits
+# Reports ingested at once, all streams together: enough to fill a group commit of their
+# writes (REPORTS_PER_WRITE) with the next one forming; the rest wait their turn in order, so
+# a fleet's first contact does not crowd the event loop that answers heartbeats and unwraps.
+INGESTS_AT_ONCE = 64
 
 
 class CustodyServicer(custody_pb2_grpc.CustodyServicer):
-    def __init__(self, custody: Custody) -> None:
+    def __init__(self, custody: Custody, admission: Admission | None = None) -> None:
         self.c = custody
+        self.admission = admission or Admission()
+        self._ingests: asyncio.Semaphore | None = None
 
     async def AddHost(self, req: custody_pb2.AddHostRequest,
                       ctx: grpc.aio.ServicerContext) -> custody_pb2.AddHostResponse:
@@ -305,19 +312,30 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
                      ctx: grpc.aio.ServicerContext) -> None:
         """The custody stream, on gRPC's reader/writer API: a message down the stream is one
         ``write`` of it (of its bytes, for an order serialized once for every stream), with no
-        generator layers per message — at a halt this runs once per host."""
+        generator layers per message — at a halt this runs once per host.
+
+        The stream is taken (initial metadata sent) before its opening waits for admission
+        (``custos.controlplane.admission``): the agent then knows to wait for its lease."""
         caller = current_caller.get()
-        await self.c.check_agent(caller, need_lease=False)
-        host = caller.principal
-        q = self.c.attach(host)
+        await ctx.send_initial_metadata(((STREAM_TAKEN_KEY, "1"),))
+        q: asyncio.Queue[Any] | None = None
         reader: asyncio.Task[None] | None = None
+        host = caller.principal
         try:
-            expires = await self.c.renew_lease(host)
-            if expires is not None:
-                await ctx.write(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
-                    expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
-                if self.c.on_leased is not None:
-                    self.c.on_leased(host, q)  # after the lease went out: canaries may follow it
+            try:
+                async with self.admission.opening():
+                    await self.c.check_agent(caller, need_lease=False)  # again: it may have waited
+                    q = self.c.attach(host)
+                    expires = await self.c.renew_lease(host)
+                    if expires is not None:
+                        await ctx.write(custody_pb2.ControlMessage(lease=custody_pb2.Lease(
+                            expires_unix_ns=expires, ttl_seconds=int(self.c.lease_ttl))))
+                        if self.c.on_leased is not None:
+                            self.c.on_leased(host, q)  # after the lease went out: canaries may follow it
+            except Busy as exc:
+                await ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, bounded_details(exc),
+                                trailing_metadata=((RETRY_AFTER_KEY, str(int(exc.retry_after_s * 1000))),))
+            assert q is not None  # set in the block, which raised otherwise
             reader = asyncio.create_task(self._read(ctx, host, caller, q))
             while True:
                 item = await q.get()
@@ -335,7 +353,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
         finally:
             if reader is not None:
                 reader.cancel()
-            self.c.detach(host, q)
+            if q is not None:
+                self.c.detach(host, q)
 
     async def _read(self, ctx: grpc.aio.ServicerContext, host: str, caller: Caller, q: asyncio.Queue[Any]) -> None:
         # Reports are ingested on a task of their own, in order, so a heartbeat behind a slow
@@ -385,9 +404,12 @@ class CustodyServicer(custody_pb2_grpc.CustodyServicer):
         """The stream's reports, one at a time in the order sent; a receipt for each. A report
         that fails ends the stream with its notice, as it did when reports were read inline."""
         try:
+            if self._ingests is None:
+                self._ingests = asyncio.Semaphore(INGESTS_AT_ONCE)
             while (item := await reports.get()) is not None:
                 inv, received = item
-                got = await self.c.ingest(host, inv)
+                async with self._ingests:
+                    got = await self.c.ingest(host, inv)
                 q.put_nowait(custody_pb2.ControlMessage(report=custody_pb2.ReportReceipt(
                     received_unix_ns=received, ingested_unix_ns=time.time_ns(),
                     copies=int(got["copies"]), alerts=int(got["alerts"]))))

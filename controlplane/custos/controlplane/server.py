@@ -28,6 +28,7 @@ from custos.blobs.url import open_blob_store
 from custos.controlplane.access import AccessService
 from custos.controlplane.access_api import AccessServicer
 from custos.controlplane.access_who import AccessWho
+from custos.controlplane.admission import Admission
 from custos.controlplane.api import (
     AlertsServicer,
     AuditServicer,
@@ -304,13 +305,15 @@ class ControlPlane:
             if self.orders.feed is not None:
                 self.incidents.metrics.extra.append(OrderFeedCollector(self.orders.feed))
         self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit, self.custody)], options=GRPC_OPTIONS)
+        self.admission = Admission()  # custody-stream openings: a reconnect storm first come, first served
         keys_only = cfg.serve == "keys"  # a key-broker replica: its loop answers unwraps and nothing else
         self.served = (KEYS_SERVICE,) if keys_only else SERVICE_NAMES
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(self.broker), self.server)
         if not keys_only:
             registry_pb2_grpc.add_RegistryServicer_to_server(
                 RegistryServicer(self.registry, self.broker, self.custody), self.server)
-            custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody), self.server)
+            custody_pb2_grpc.add_CustodyServicer_to_server(CustodyServicer(self.custody, self.admission),
+                                                           self.server)
             custody_pb2_grpc.add_AlertsServicer_to_server(AlertsServicer(self.custody), self.server)
             orders_pb2_grpc.add_OrdersServicer_to_server(OrdersServicer(self.orders), self.server)
             access_pb2_grpc.add_AccessServicer_to_server(AccessServicer(self.access, who=self.who.who), self.server)

@@ -1,0 +1,367 @@
+"""Admission of custody-stream openings (custos.controlplane.admission).
+
+The failure this prevents: after a restart, 10,000 agents reconnected at once; the replica
+served every opening at the same time, so each took as long as the whole storm — longer than
+the 15 s an agent waited for its lease — and every attempt was abandoned just before it would
+have finished. No host had its lease back 300 s later. Now openings are let in a few at a
+time in arrival order, the server says at once that it has the stream (the agent waits longer
+for a lease then), and an opening that would wait too long is refused at once with a retry hint
+the agent follows.
+
+How an attacker (or a bug) would break it, and the test that says no:
+- a place leaked by a cancelled waiter or a failed opening, until none are left: the model test
+  cancels and fails openings at every point and checks every place comes back;
+- an opening let in ahead of its turn, or more than ``at_once`` at a time: the model test;
+- a refusal that still queued, wrote a lease or took the host's stream: the busy-replica test;
+- an agent that ignores the hint and comes back in a wave: the agent test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from custos.agent.stream import Backoff, Credentials, CustodyStream, first_message
+from custos.client.status import RETRY_AFTER_KEY, STREAM_TAKEN_KEY, retry_after
+from custos.controlplane.admission import Admission, Busy
+from custos.core.hosts import cert_fingerprint
+from custos.v1 import custody_pb2
+from tests.servers.agentsim import enroll_fleet
+from tests.servers.threadserver import ThreadServer
+
+STREAM = "/custos.v1.Custody/Stream"
+
+
+# -- the queue alone ----------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+OPS = st.lists(st.one_of(st.just(("arrive", 0)), st.tuples(st.sampled_from(["finish", "fail", "cancel", "handoff"]),
+                                                           st.integers(0, 30))), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(at_once=st.integers(1, 4), ops=OPS)
+def test_openings_are_let_in_in_arrival_order_and_every_place_comes_back(at_once: int, ops: list[Any]) -> None:
+    """A model of the queue: the openings holding a place are always the first ``at_once``
+    still-alive arrivals, whatever finishes, fails or is cancelled (queued or holding)."""
+    async def run() -> None:
+        adm = Admission(at_once=at_once, max_wait_s=1e9)
+        alive: list[tuple[int, asyncio.Task[None], asyncio.Event, list[str]]] = []
+        holding: set[int] = set()
+        n = 0
+
+        async def opening(i: int, release: asyncio.Event, how: list[Any]) -> None:
+            try:
+                async with adm.opening():
+                    holding.add(i)
+                    try:
+                        await release.wait()
+                        if how[0] == "fail":
+                            raise RuntimeError("the opening failed")
+                    finally:
+                        holding.discard(i)
+            finally:
+                if len(how) > 1:
+                    how[1]()  # right after its place was handed on, before the next one runs
+
+        for op, k in ops:
+            if op == "arrive":
+                ev, how = asyncio.Event(), ["finish"]
+                alive.append((n, asyncio.create_task(opening(n, ev, how)), ev, how))
+                n += 1
+            elif alive:
+                # a holder finishes or fails; any opening, queued or holding, may be cancelled
+                i, task, ev, how = alive.pop(k % (len(alive) if op == "cancel" else min(at_once, len(alive))))
+                nxt = None
+                if op == "handoff" and len(alive) >= at_once:
+                    # the next in line is handed the place and cancelled before it runs
+                    _, nxt, _, _ = alive.pop(at_once - 1)
+                    how.append(nxt.cancel)
+                if op == "cancel":
+                    task.cancel()
+                else:
+                    how[0] = "finish" if op == "handoff" else op
+                    ev.set()
+                for t in (task, nxt):
+                    if t is not None:
+                        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                            await t
+            await _settle()
+            want = {i for i, _, _, _ in alive[:at_once]}
+            assert holding == want, (holding, want)
+            assert adm.running == len(want) <= at_once
+            assert adm.waiting == len(alive) - len(want)
+        for _, task, ev, _ in alive:
+            ev.set()
+            await task
+        assert (adm.running, adm.waiting) == (0, 0)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("running", "waiting", "finished_in_window", "refused", "hint"), [
+    (0, 0, 0, False, 0.0),       # a place free: no wait
+    (4, 0, 0, False, 0.02),      # all places taken, cold start: 1 ahead at the 50/s floor
+    (4, 49, 0, False, 1.0),      # 50 ahead at 50/s: exactly the limit
+    (4, 50, 0, True, 1.02),      # one more: refused, told to come back when they are through
+    (4, 199, 1000, False, 1.0),  # 200/s finishing lately: 200 ahead is a second
+    (4, 200, 1000, True, 1.005),
+])
+async def test_an_opening_that_would_wait_too_long_is_refused_with_its_wait_as_the_hint(
+        running: int, waiting: int, finished_in_window: int, refused: bool, hint: float) -> None:
+    clock = _Clock()
+    adm = Admission(at_once=4, max_wait_s=1.0, window_s=5.0, min_rate=50.0, clock=clock)
+    adm.running, adm.waiting = running, waiting
+    adm._finished.extend([clock.now - 6.0] * 500)  # outside the window: not counted
+    adm._finished.extend([clock.now - 1.0] * finished_in_window)
+    assert adm.wait_estimate() == pytest.approx(hint)
+    if not refused:
+        return
+    with pytest.raises(Busy) as err:
+        async with adm.opening():
+            raise AssertionError("let in")
+    assert err.value.retry_after_s == pytest.approx(hint)
+    assert (adm.running, adm.waiting, adm.refused) == (running, waiting, 1)  # nothing queued or held
+
+
+@pytest.mark.parametrize(("metadata", "want"), [
+    (((RETRY_AFTER_KEY, "1500"),), 1.5),
+    ((("other", "x"), (RETRY_AFTER_KEY, "20")), 0.02),
+    (((RETRY_AFTER_KEY, "0"),), None),           # not a wait
+    (((RETRY_AFTER_KEY, "-5"),), None),
+    (((RETRY_AFTER_KEY, "600001"),), None),      # over ten minutes: not believed
+    (((RETRY_AFTER_KEY, "soon"),), None),
+    (((RETRY_AFTER_KEY, b"\xff"),), None),
+    ((), None),
+    (None, None),
+])
+def test_the_retry_hint_is_read_only_when_it_is_a_sane_wait(metadata: Any, want: float | None) -> None:
+    assert retry_after(metadata) == want
+
+
+def test_a_hint_spreads_the_next_attempt_over_hint_to_twice_the_hint_never_below_the_backoff() -> None:
+    for seed in range(200):
+        b = Backoff(base=0.5, cap=30.0)
+        b._rng.seed(seed)
+        assert 4.0 <= b.next(4.0) <= 8.0
+        assert 0.5 <= b.next(None) <= 1.0  # attempt 2 of the backoff: unchanged by a hint before
+        b.attempt = 10  # a long backoff already: the hint does not shorten it
+        assert b.next(0.1) >= 15.0
+
+
+# -- on a real control plane ----------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    ts = ThreadServer(tmp_path / "cp", lease_ttl=30.0).start()
+    try:
+        yield ts
+    finally:
+        ts.stop()
+
+
+def _hosts(ts: ThreadServer, n: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    return asyncio.run(enroll_fleet(ts.dev.env, n, prefix=prefix))
+
+
+def _channel(ts: ThreadServer, key: bytes, cert: bytes) -> grpc.aio.Channel:
+    ca = Path(ts.dev.env["CUSTOS_CA"]).read_bytes()
+    return grpc.aio.secure_channel(ts.dev.env["CUSTOS_ADDR"], grpc.ssl_channel_credentials(ca, key, cert))
+
+
+def _open(ch: grpc.aio.Channel) -> Any:
+    return ch.stream_stream(STREAM, request_serializer=custody_pb2.AgentMessage.SerializeToString,
+                            response_deserializer=custody_pb2.ControlMessage.FromString)()
+
+
+class _Held:
+    """Every admission place of the server held by the test, until released."""
+
+    def __init__(self, ts: ThreadServer) -> None:
+        self.ts = ts
+        self.release: asyncio.Event | None = None
+        self.tasks: list[Any] = []
+
+    def __enter__(self) -> _Held:
+        adm = self.ts.cp.admission
+
+        async def hold_all() -> None:
+            self.release = asyncio.Event()
+            entered = asyncio.Event()
+            count = [0]
+
+            async def one() -> None:
+                async with adm.opening():
+                    count[0] += 1
+                    if count[0] == adm.at_once:
+                        entered.set()
+                    await self.release.wait()  # type: ignore[union-attr]
+
+            self.tasks = [asyncio.create_task(one()) for _ in range(adm.at_once)]
+            await entered.wait()
+
+        self.ts.run(hold_all())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def go() -> None:
+            assert self.release is not None
+            self.release.set()
+            await asyncio.gather(*self.tasks)
+
+        self.ts.run(go())
+
+
+def test_a_stream_is_taken_at_once_and_leased_when_its_turn_comes(server: ThreadServer) -> None:
+    (key, cert), = _hosts(server, 1, "queued")
+    server.cp.admission.at_once = 2
+
+    async def client(held: _Held) -> None:
+        ch = _channel(server, key, cert)
+        try:
+            call = _open(ch)
+            md = await asyncio.wait_for(call.initial_metadata(), 10)
+            assert (STREAM_TAKEN_KEY, "1") in tuple(md)  # taken: the agent will wait for the lease
+            with pytest.raises(TimeoutError):  # queued behind the held places
+                await asyncio.wait_for(asyncio.shield(read := asyncio.ensure_future(call.read())), 1.0)
+            held.__exit__()
+            first = await asyncio.wait_for(read, 10)
+            assert first.WhichOneof("msg") == "lease"
+            call.cancel()
+        finally:
+            await ch.close()
+
+    held = _Held(server).__enter__()
+    asyncio.run(client(held))
+    assert server.cp.admission.running == 0 and server.cp.admission.waiting == 0
+
+
+def test_a_busy_replica_refuses_with_a_retry_hint_and_changes_nothing(server: ThreadServer) -> None:
+    (key, cert), = _hosts(server, 1, "refused")
+    adm = server.cp.admission
+    adm.at_once, adm.max_wait_s, adm.min_rate = 1, 0.5, 1.0  # one ahead at 1/s: a 1 s wait, over the limit
+
+    async def client() -> tuple[grpc.StatusCode, str, float | None]:
+        ch = _channel(server, key, cert)
+        try:
+            call = _open(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await first_message(call)
+            return err.value.code(), err.value.details() or "", retry_after(err.value.trailing_metadata())
+        finally:
+            await ch.close()
+
+    with _Held(server):
+        code, details, hint = asyncio.run(client())
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in details
+        assert hint == pytest.approx(1.0, abs=0.01)
+        assert adm.refused == 1 and adm.waiting == 0
+        assert "refused-00000" not in server.cp.custody.streams
+        lease = server.run(server.cp.store.get("leases/refused-00000"))
+        assert lease is None  # the refused opening wrote no lease
+
+
+def test_a_storm_of_openings_is_served_a_few_at_a_time_and_every_lease_comes(server: ThreadServer) -> None:
+    """60 hosts open at once, 3 places; 10 of them give up while queued. The other 50 get their
+    lease, never more than 3 openings renew at once, and every place comes back."""
+    hosts = _hosts(server, 60, "storm")
+    adm = server.cp.admission
+    adm.at_once, adm.max_wait_s = 3, 1e9
+    custody = server.cp.custody
+    real_renew = custody.renew_lease
+    now, most = [0], [0]
+
+    async def counted(host: str) -> int | None:
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+        try:
+            await asyncio.sleep(0.02)  # an opening that takes a while
+            return await real_renew(host)
+        finally:
+            now[0] -= 1
+
+    custody.renew_lease = counted  # type: ignore[method-assign]
+
+    async def storm() -> list[str]:
+        chans = [_channel(server, k, c) for k, c in hosts]
+        try:
+            calls = [_open(ch) for ch in chans]
+
+            async def one(i: int) -> str:
+                if i % 6 == 5:  # gives up once the server has taken it (queued)
+                    await calls[i].initial_metadata()
+                    calls[i].cancel()
+                    return "gave up"
+                first = await first_message(calls[i])
+                return first.WhichOneof("msg")
+
+            got = await asyncio.gather(*(one(i) for i in range(len(calls))))
+            for c in calls:
+                c.cancel()
+            return list(got)
+        finally:
+            await asyncio.gather(*(ch.close() for ch in chans))
+
+    try:
+        got = asyncio.run(storm())
+    finally:
+        custody.renew_lease = real_renew  # type: ignore[method-assign]
+    assert got.count("lease") == 50 and got.count("gave up") == 10
+    assert most[0] <= 3
+    for _ in range(100):
+        if (adm.running, adm.waiting) == (0, 0):
+            break
+        server.run(asyncio.sleep(0.05))
+    assert (adm.running, adm.waiting) == (0, 0)
+
+
+def test_the_agent_comes_back_after_the_hint_not_in_its_backoff(server: ThreadServer,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    (key, cert), = _hosts(server, 1, "agent")
+    adm = server.cp.admission
+    adm.at_once, adm.max_wait_s, adm.min_rate = 1, 0.5, 0.25  # one ahead at 0.25/s: told 4 s
+    ca = Path(server.dev.env["CUSTOS_CA"]).read_bytes()
+    creds = Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=cert_fingerprint(cert))
+
+    async def agent() -> None:
+        async def initial() -> list[custody_pb2.AgentMessage]:
+            return []
+
+        async def removed(reason: str) -> None:
+            raise AssertionError(reason)
+
+        stop = asyncio.Event()
+        s = CustodyStream(addr=server.dev.env["CUSTOS_ADDR"], credentials=lambda: creds, initial_messages=initial,
+                          on_lease=lambda g: None, on_removed=removed, on_disconnected=lambda r: stop.set())
+        task = asyncio.create_task(s.run(stop))
+        await asyncio.wait_for(task, 20)
+
+    with _Held(server), caplog.at_level(logging.WARNING, logger="custos.agent.stream"):
+        asyncio.run(agent())
+    downs = [r for r in caplog.records if r.getMessage().startswith("custody stream down")]
+    assert downs, caplog.text
+    fields = downs[0].fields  # type: ignore[attr-defined]
+    assert "RESOURCE_EXHAUSTED" in fields["reason"] and "busy" in fields["reason"]
+    assert 4.0 <= fields["retry_in_s"] <= 8.0  # the hint, spread; the backoff alone said <= 0.5 s
