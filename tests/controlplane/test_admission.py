@@ -92,7 +92,7 @@ def test_openings_are_let_in_in_arrival_order_and_every_place_comes_back(at_once
                 n += 1
             elif alive:
                 # a holder finishes or fails; any opening, queued or holding, may be cancelled
-                i, task, ev, how = alive.pop(k % (len(alive) if op == "cancel" else min(at_once, len(alive))))
+                _, task, ev, how = alive.pop(k % (len(alive) if op == "cancel" else min(at_once, len(alive))))
                 nxt = None
                 if op == "handoff" and len(alive) >= at_once:
                     # the next in line is handed the place and cancelled before it runs
