@@ -5,11 +5,14 @@ gauge, the over-the-cap alert and the break-glass incident."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import hvac
@@ -17,6 +20,7 @@ import pytest
 
 from custos.controlplane.access_who import AccessWho
 from custos.controlplane.keys import LocalKeyProvider, VaultTransitProvider
+from custos.controlplane.periodic import spaced
 from custos.controlplane.rules.config import parse_rules_config
 from custos.core.access import AccessPolicy, AccessRequest
 from custos.errors import InvalidInput, Unauthorized
@@ -294,3 +298,33 @@ def test_cap_config(raw: dict[str, Any], cap: int, every: float) -> None:
 def test_bad_cap_config(raw: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=r"access_holders_over_cap"):
         parse_rules_config({"access_holders_over_cap": raw})
+
+
+@pytest.mark.parametrize(("interval", "took", "duty", "want"), [
+    (30.0, 0.0, 0.05, 30.0), (30.0, 1.0, 0.05, 30.0), (30.0, 2.0, 0.05, 38.0),
+    (30.0, 10.0, 0.05, 190.0), (1.0, 0.5, 0.5, 1.0), (1.0, 3.0, 0.5, 3.0)])
+def test_a_round_that_grows_with_the_fleet_is_spaced_out(interval: float, took: float, duty: float,
+                                                        want: float) -> None:
+    assert spaced(interval, took, duty) == pytest.approx(want)
+
+
+async def test_a_slow_refresh_backs_off_instead_of_holding_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh reads every copy record: at a large fleet it takes long, and the loop must
+    then run it at most DUTY of the time, not every ``interval_s``."""
+    who = AccessWho(access=None, registry=SimpleNamespace(store=None), keys=None,  # type: ignore[arg-type]
+                    interval_s=0.01)
+    rounds: list[float] = []
+
+    async def slow() -> dict[str, int]:
+        rounds.append(time.monotonic())
+        await asyncio.sleep(0.05)
+        return {}
+
+    monkeypatch.setattr(who, "refresh", slow)
+    stop = asyncio.Event()
+    task = asyncio.create_task(who.run(stop))
+    await asyncio.sleep(1.5)
+    stop.set()
+    await task
+    # every 0.01 s it would be ~25 rounds; spaced to 5 % of the time, at most two
+    assert 1 <= len(rounds) <= 2

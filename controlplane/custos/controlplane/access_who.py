@@ -32,7 +32,7 @@ from typing import Any
 
 from custos.controlplane.access import AccessService
 from custos.controlplane.keys.base import KeyProvider
-from custos.controlplane.periodic import pause, safe
+from custos.controlplane.periodic import pause, safe, spaced
 from custos.controlplane.registry import Registry
 from custos.controlplane.rules.engine import HOLDERS_PREFIX
 from custos.controlplane.store.base import MAX_TXN_OPS, Txn
@@ -47,6 +47,7 @@ PLAINTEXT_FORMS = ("plaintext", "loaded")
 # other final states of a shutdown) are known not to be.
 LIVE_COPY_STATES = ("present", "partial", "residual", "stale")
 MAX_NAMES = 20  # holder names kept in the Store record, for the alert's text
+DUTY = 0.05  # at most this share of the time in refreshes (one reads every copy record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +205,15 @@ class AccessWho:
         return counts
 
     async def run(self, stop: asyncio.Event, is_leader: Callable[[], bool] = lambda: True) -> None:
-        """Refresh the counts every ``interval_s`` while this replica leads the rules."""
+        """Refresh the counts every ``interval_s`` while this replica leads the rules, less often
+        when a refresh (which reads every copy record) would take more than ``DUTY`` of the time."""
         while not stop.is_set():
+            took = 0.0
             if is_leader():
+                started = time.monotonic()
                 await safe(self.refresh(), "access holders refresh")
-            await pause(self.interval_s, stop)
+                took = time.monotonic() - started
+            await pause(spaced(self.interval_s, took, DUTY), stop)
 
 
 async def stored_counts(store: Any) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ the log, never to the caller.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import re
@@ -32,7 +33,7 @@ from custos.controlplane import authz
 from custos.controlplane.audit import AuditLog, Caller, current_caller
 from custos.controlplane.certificates import iso
 from custos.controlplane.custody import Custody
-from custos.controlplane.pki import identity_from_pem
+from custos.controlplane.pki import Identity, identity_from_pem
 from custos.controlplane.registry import Registry
 from custos.core.hosts import cert_fingerprint
 from custos.errors import CustosError, InvalidInput, Unauthorized
@@ -51,6 +52,16 @@ def peer_host(peer: str) -> str:
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     return rest or peer
+
+
+CERT_CACHE = 16_384  # client certificates parsed once each (a fleet's hosts reconnect and call often)
+
+
+@functools.lru_cache(maxsize=CERT_CACHE)
+def read_client_certificate(pem: bytes) -> tuple[Identity, str]:
+    """(identity, SHA-256 fingerprint) of a client certificate the TLS layer verified: a pure
+    function of its bytes, so parsed once, not on every call. Raises InvalidInput (not cached)."""
+    return identity_from_pem(pem), cert_fingerprint(pem)
 
 
 _MAX_DETAILS = 2000  # status details travel in a header: an echoed 100 kB name must not drop the reply
@@ -186,12 +197,12 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if not pems:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
         try:
-            ident = identity_from_pem(pems[0])
+            ident, fingerprint = read_client_certificate(pems[0])
         except InvalidInput as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, bounded_details(exc))
         caller = Caller(principal=ident.principal, role=ident.role,
                         host=peer_host(context.peer() or ""), request_id=rid,
-                        cert_sha256=cert_fingerprint(pems[0]))
+                        cert_sha256=fingerprint)
         await self._check_certificate(caller, ident.not_after_ns, method, context)
         if not authz.is_allowed(method, ident.role):
             await self._audit_denial(caller, method)

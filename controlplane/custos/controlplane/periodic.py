@@ -36,6 +36,13 @@ async def pause(interval: float, stop: asyncio.Event, wake: asyncio.Event | None
             w.cancel()
 
 
+def spaced(interval: float, took: float, duty: float) -> float:
+    """The pause after a round that took ``took`` s: ``interval``, or longer so that rounds
+    hold at most ``duty`` of the time (a round whose work grows with the fleet backs off
+    instead of taking the event loop from the streams)."""
+    return max(interval, took * (1.0 - duty) / duty)
+
+
 async def every(interval: float, stop: asyncio.Event, round_: Callable[[], Awaitable[object]], what: str,
                 *, final: bool = False) -> None:
     """Await ``round_()`` every ``interval`` s until ``stop``; once more at the end if ``final``."""
