@@ -15,7 +15,8 @@ from custos.errors import InvalidInput
 
 CA = CertificateAuthority.create()
 CERTS = [CA.issue(common_name=cn, role=role)[0]
-         for cn, role in (("alice", "security-team"), ("alice", "auditor"), ("bob", "security-team"), ("gpu-1", "agent"))]
+         for cn, role in (("alice", "security-team"), ("alice", "auditor"), ("bob", "security-team"),
+                          ("gpu-1", "agent"))]
 # The same subject twice: two certificates, two fingerprints.
 CERTS.append(CA.issue(common_name="bob", role="security-team")[0])
 NOT_CERTS = [b"", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",

@@ -48,3 +48,47 @@ async def test_the_watch_polls_through_the_revision_index(tmp_path: Path) -> Non
         assert seen == ["alerts/new"]
     finally:
         await store.close()
+
+
+async def test_a_quiet_watch_does_not_rescan_what_was_written_elsewhere(tmp_path: Path) -> None:
+    """A watch's poll started from the last revision it had yielded a key of: a watch of
+    orders/ (written at a halt, seldom else) rescanned every write made anywhere since the
+    watch began, ten times a second — at a fleet's first contact, a growing share of a core.
+    After a poll, the next one must cost the same whatever was written before it."""
+    store = SQLiteStore(tmp_path / "custos.db")
+    try:
+        seen: list[str] = []
+
+        async def watch() -> None:
+            async for key in store.watch("orders/", poll=0.01):
+                seen.append(key)
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.05)
+        for i in range(0, 20_000, 100):
+            await store.commit(Txn(puts={f"other/{j:06d}": b"{}" for j in range(i, i + 100)}))
+        await asyncio.sleep(0.1)  # polls that read those writes' revisions
+
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        # set on the reader's own thread: from another, it can deadlock with a running query
+        await store._run(lambda: store._rdb.set_progress_handler(count, 1000))
+        await asyncio.sleep(0.3)  # about 30 polls with nothing new
+        await store._run(lambda: store._rdb.set_progress_handler(None, 1000))
+        # rescanning 20,000 index entries a poll is thousands of handler calls; a poll of
+        # nothing new is a few dozen VM steps
+        assert steps[0] < 50, steps[0]
+
+        await store.commit(Txn(puts={"orders/o1": b"{}"}))
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == ["orders/o1"]
+        task.cancel()
+    finally:
+        await store.close()

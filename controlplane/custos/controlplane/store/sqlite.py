@@ -180,17 +180,28 @@ class SQLiteStore(Store):
         return await self._run(q)
 
     async def watch(self, prefix: str, *, poll: float = 0.1) -> AsyncIterator[str]:
-        """Polls: SQLite has no change feed across processes."""
+        """Polls: SQLite has no change feed across processes. Each poll reads, in one snapshot,
+        the keys written under ``prefix`` since the last and the store's revision, and the next
+        poll starts from that revision: a quiet prefix is not rescanned for every write made
+        elsewhere since the watch began (the revision index holds all of them)."""
         check_key(prefix)
         last = await self.revision()
         hi = prefix_end(prefix)
+
+        def q(since: int) -> tuple[list[str], int]:
+            db = self._rdb
+            db.execute("BEGIN")
+            try:
+                rev = int(db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
+                keys = [str(k) for k, _ in db.execute(WATCH_QUERY, (prefix, hi, since))]
+            finally:
+                db.execute("COMMIT")
+            return keys, rev
+
         while True:
             await asyncio.sleep(poll)
-            def q(since: int) -> list[tuple[str, int]]:
-                return [(str(k), int(r)) for k, r in self._rdb.execute(WATCH_QUERY, (prefix, hi, since))]
-
-            for key, rev in await self._run(q, last):
-                last = max(last, rev)
+            keys, last = await self._run(q, last)
+            for key in keys:
                 yield key
 
     async def close(self) -> None:
