@@ -699,10 +699,7 @@ class Custody:
 
     async def write_batches(self, puts: dict[str, bytes]) -> None:
         """Many puts in as few transactions as the Store allows (not atomic as a whole)."""
-        items = list(puts.items())
-        step = MAX_TXN_OPS - 10
-        for i in range(0, len(items), step):
-            await self.store.commit(Txn(puts=dict(items[i:i + step])))
+        await self.store.put_many(puts)
 
     async def host_copy_keys(self, host: str) -> list[str]:
         """Store keys (``copies/{artifact}/{id}``) of every copy ever seen on ``host``."""

@@ -83,6 +83,16 @@ class Store(abc.ABC):
     async def commit(self, txn: Txn) -> bool:
         """Apply ``txn`` atomically if every check holds. Returns False on a failed check."""
 
+    async def put_many(self, puts: dict[str, bytes]) -> None:
+        """Unconditional puts in as few transactions as this store allows; not atomic as a
+        whole (a failure part-way may leave the first transactions written). Every key and
+        value is checked first: InvalidInput writes nothing. Raises StoreUnavailable."""
+        check_puts(puts)
+        items = list(puts.items())
+        step = MAX_TXN_OPS - 10
+        for i in range(0, len(items), step):
+            await self.commit(Txn(puts=dict(items[i:i + step])))
+
     @abc.abstractmethod
     async def revision(self) -> int:
         """The store's current revision (increases with every committed write)."""
