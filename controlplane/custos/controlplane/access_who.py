@@ -196,10 +196,8 @@ class AccessWho:
                     continue  # unchanged: keep the write (and the revision) for when it changes
             puts[f"{HOLDERS_PREFIX}{name}"] = encode_canonical(rec)
         deletes = [e.key for name, e in old.items() if name not in counts]
-        items = list(puts.items())
+        await self.store.put_many(puts)
         step = MAX_TXN_OPS - 10
-        for i in range(0, len(items), step):
-            await self.store.commit(Txn(puts=dict(items[i:i + step])))
         for i in range(0, len(deletes), step):
             await self.store.commit(Txn(deletes=deletes[i:i + step]))
         return counts

@@ -405,7 +405,7 @@ class Custody:
             rec = decode_canonical(entry.value) if entry is not None else {"state": "none"}
             deadline = min(int(rec["expires_ns"]), until) if rec["state"] == "revoked" else until
             puts[f"leases/{h}"] = encode_canonical({"expires_ns": deadline, "order": order_id, "state": "revoked"})
-        await self.write_batches(puts)
+        await self.store.put_many(puts)
 
     async def sweep(self) -> list[str]:
         """Mark lapsed leases and their hosts' copies stale. Returns the hosts that lapsed now."""
@@ -444,7 +444,7 @@ class Custody:
         """Write the latest report summaries (last-report time, counts) in batches."""
         pending, self._summaries = self._summaries, {}
         if pending:
-            await self.write_batches({f"inventory/{h}": encode_canonical(v) for h, v in pending.items()})
+            await self.store.put_many({f"inventory/{h}": encode_canonical(v) for h, v in pending.items()})
 
     async def run_flusher(self, interval: float, stop: asyncio.Event) -> None:
         await every(interval, stop, self.flush_summaries, "writing report summaries", final=True)
@@ -677,7 +677,7 @@ class Custody:
     async def _write_report(self, puts: dict[str, bytes]) -> None:
         """One report's puts, committed with those of the other reports of this moment (up to
         REPORTS_PER_WRITE of them): a first-contact storm of small transactions becomes a few
-        large ones. Not atomic as a whole, like ``write_batches``; an oversized value is this
+        large ones. Not atomic as a whole, like ``Store.put_many``; an oversized value is this
         report's error alone."""
         if not puts:
             return
@@ -694,12 +694,8 @@ class Custody:
         merged: dict[str, bytes] = {}
         for t in tokens:
             merged.update(self._report_puts.get(t, {}))
-        await self.write_batches(merged)
+        await self.store.put_many(merged)
         return dict.fromkeys(tokens)
-
-    async def write_batches(self, puts: dict[str, bytes]) -> None:
-        """Many puts in as few transactions as the Store allows (not atomic as a whole)."""
-        await self.store.put_many(puts)
 
     async def host_copy_keys(self, host: str) -> list[str]:
         """Store keys (``copies/{artifact}/{id}``) of every copy ever seen on ``host``."""
@@ -713,7 +709,7 @@ class Custody:
             if rec["state"] in ("present", "partial"):
                 rec["state"] = state
                 puts[key] = encode_canonical(rec)
-        await self.write_batches(puts)
+        await self.store.put_many(puts)
 
     # -- streams ------------------------------------------------------------------
 

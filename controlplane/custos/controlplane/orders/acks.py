@@ -235,4 +235,4 @@ class Acks:
             c["evidence"] = f"order {order.id[:16]}: {ev}"
             c["final_at_ns"] = time.time_ns()
             puts[key] = encode_canonical(c)
-        await self.custody.write_batches(puts)
+        await self.custody.store.put_many(puts)

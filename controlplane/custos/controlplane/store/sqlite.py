@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,6 +121,23 @@ class SQLiteStore(Store):
                     raise
                 time.sleep(0.001)
 
+    def _transaction(self, body: Callable[[sqlite3.Connection], bool]) -> Callable[[], bool]:
+        """``body`` inside BEGIN IMMEDIATE on the write connection: committed if it returns
+        True, rolled back if it returns False or raises. Run it on the writer thread."""
+        def q() -> bool:
+            db = self._db
+            self._begin()
+            try:
+                ok = body(db)
+                db.execute("COMMIT" if ok else "ROLLBACK")
+                return ok
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        return q
+
     async def get(self, key: str) -> Entry | None:
         check_key(key)
 
@@ -171,36 +188,27 @@ class SQLiteStore(Store):
     async def commit(self, txn: Txn) -> bool:
         txn.validate()
 
-        def q() -> bool:
+        def body(db: sqlite3.Connection) -> bool:
             # As few statements as the transaction allows (one read of every checked key, one
             # statement for all deletes and one for all puts): the write lock is held across
             # each return to Python, which may wait for the GIL behind a busy event loop.
-            db = self._db
             checks = list(txn.checks.items())
-            self._begin()
-            try:
-                for i in range(0, len(checks), KEYS_PER_QUERY):
-                    part = checks[i:i + KEYS_PER_QUERY]
-                    have = dict(db.execute(f"SELECT key, mod_revision FROM kv WHERE key IN ({_in(len(part))})",  # noqa: S608 - placeholders only
-                                           [k for k, _ in part]).fetchall())
-                    if any(int(have.get(k, 0)) != want for k, want in part):
-                        db.execute("ROLLBACK")
-                        return False
-                if txn.puts or txn.deletes:
-                    rev = _bump(db)
-                    deletes = list(dict.fromkeys(txn.deletes))
-                    for i in range(0, len(deletes), KEYS_PER_QUERY):
-                        gone = deletes[i:i + KEYS_PER_QUERY]
-                        db.execute(f"DELETE FROM kv WHERE key IN ({_in(len(gone))})", gone)  # noqa: S608 - placeholders only
-                    _put(db, txn.puts, rev)
-                db.execute("COMMIT")
-                return True
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            for i in range(0, len(checks), KEYS_PER_QUERY):
+                part = checks[i:i + KEYS_PER_QUERY]
+                have = dict(db.execute(f"SELECT key, mod_revision FROM kv WHERE key IN ({_in(len(part))})",  # noqa: S608 - placeholders only
+                                       [k for k, _ in part]).fetchall())
+                if any(int(have.get(k, 0)) != want for k, want in part):
+                    return False
+            if txn.puts or txn.deletes:
+                rev = _bump(db)
+                deletes = list(dict.fromkeys(txn.deletes))
+                for i in range(0, len(deletes), KEYS_PER_QUERY):
+                    gone = deletes[i:i + KEYS_PER_QUERY]
+                    db.execute(f"DELETE FROM kv WHERE key IN ({_in(len(gone))})", gone)  # noqa: S608 - placeholders only
+                _put(db, txn.puts, rev)
+            return True
 
-        return await self._run(q, write=True)
+        return await self._run(self._transaction(body), write=True)
 
     async def put_many(self, puts: dict[str, bytes]) -> None:
         """One transaction (one revision) for all of them, in one call to the writer thread:
@@ -210,18 +218,11 @@ class SQLiteStore(Store):
         if not puts:
             return
 
-        def q() -> None:
-            db = self._db
-            self._begin()
-            try:
-                _put(db, puts, _bump(db))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        def body(db: sqlite3.Connection) -> bool:
+            _put(db, puts, _bump(db))
+            return True
 
-        await self._run(q, write=True)
+        await self._run(self._transaction(body), write=True)
 
     async def revision(self) -> int:
         def q() -> int:
