@@ -324,6 +324,10 @@ class CustodyStream:
                     continue
                 reason = f"{exc.code().name}: {details.splitlines()[0]}"
                 hint = retry_after(exc.trailing_metadata())  # a busy replica: when to come back
+                # The error and its call hold each other (its traceback's frames hold the call):
+                # left to the cyclic collector, the closed channel's connection stays open until
+                # that runs, one per failed attempt, on this host and in the control plane.
+                exc.__traceback__ = None
             except (OSError, CustosError) as exc:
                 reason = str(exc)
             except Exception as exc:  # a bug must not end reconnecting (the lease would lapse for good)
