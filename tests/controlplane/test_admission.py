@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -365,3 +367,89 @@ def test_the_agent_comes_back_after_the_hint_not_in_its_backoff(server: ThreadSe
     fields = downs[0].fields  # type: ignore[attr-defined]
     assert "RESOURCE_EXHAUSTED" in fields["reason"] and "busy" in fields["reason"]
     assert 4.0 <= fields["retry_in_s"] <= 8.0  # the hint, spread; the backoff alone said <= 0.5 s
+
+
+def _established_to(port: int) -> int:
+    """This process's TCP connections to ``port`` that are still up."""
+    return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+               if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+def test_refused_attempts_leave_no_connection_open(server: ThreadServer) -> None:
+    """Every refused opening closes its connection when the agent tears it down. A refusal's
+    AioRpcError and the call that raised it hold each other (its traceback's frames hold the
+    call), so with the cyclic collector off until its next run each refused attempt used to keep
+    its TCP connection (and the server's descriptor) open: a reconnect storm of 10,000 agents
+    doubled the control plane's sockets to the descriptor limit."""
+    (key, cert), = _hosts(server, 1, "agent")
+    adm = server.cp.admission
+    adm.at_once, adm.max_wait_s, adm.min_rate = 1, 0.0001, 1000.0  # refused at once, come back in ms
+    ca = Path(server.dev.env["CUSTOS_CA"]).read_bytes()
+    creds = Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=cert_fingerprint(cert))
+    port = int(server.dev.env["CUSTOS_ADDR"].rsplit(":", 1)[1])
+    reasons: list[str] = []
+
+    async def agent() -> int:
+        async def initial() -> list[custody_pb2.AgentMessage]:
+            return []
+
+        async def removed(reason: str) -> None:
+            raise AssertionError(reason)
+
+        stop = asyncio.Event()
+
+        def down(reason: str) -> None:
+            reasons.append(reason)
+            if len(reasons) == 12:
+                stop.set()
+
+        s = CustodyStream(addr=server.dev.env["CUSTOS_ADDR"], credentials=lambda: creds, initial_messages=initial,
+                          on_lease=lambda g: None, on_removed=removed, on_disconnected=down,
+                          reconnect_base=0.02, reconnect_max=0.05)
+        await asyncio.wait_for(s.run(stop), 30)
+        await asyncio.sleep(0.5)  # the last teardown's socket closing
+        return _established_to(port)
+
+    gc.collect()
+    gc.disable()  # what a busy agent's heap does between its rare full collections
+    try:
+        with _Held(server):
+            left = asyncio.run(agent())
+    finally:
+        gc.enable()
+    assert len(reasons) == 12 and all("RESOURCE_EXHAUSTED" in r for r in reasons), reasons
+    assert left == 0
+
+
+def test_an_idle_connection_is_closed_and_a_stream_is_not(tmp_path: Path) -> None:
+    """The replica's own bound on what leaked or parked connections cost it: one that carries no
+    call for ``[server] idle_connection_s`` is closed; an agent's stream, however quiet, keeps its."""
+    ts = ThreadServer(tmp_path / "cp", lease_ttl=30.0)
+    ts.cfg.idle_connection_s = 1.0
+    ts.start()
+    try:
+        (k1, c1), (k2, c2) = _hosts(ts, 2, "idle")
+        port = int(ts.dev.env["CUSTOS_ADDR"].rsplit(":", 1)[1])
+
+        async def run() -> tuple[int, int, str]:
+            streaming, parked = _channel(ts, k1, c1), _channel(ts, k2, c2)
+            try:
+                call = _open(streaming)
+                assert (await first_message(call)).WhichOneof("msg") == "lease"
+                with contextlib.suppress(grpc.aio.AioRpcError):  # a finished call, then nothing
+                    await parked.unary_unary("/custos.v1.Custody/ListHosts", request_serializer=None,
+                                             response_deserializer=None)(b"", timeout=10)
+                before = _established_to(port)
+                await asyncio.sleep(3.0)  # three idle times, the stream silent all along
+                after = _established_to(port)
+                await call.write(custody_pb2.AgentMessage(heartbeat=custody_pb2.Heartbeat()))
+                answer = await asyncio.wait_for(call.read(), 10)
+                call.cancel()
+                return before, after, answer.WhichOneof("msg")
+            finally:
+                await asyncio.gather(streaming.close(), parked.close())
+
+        before, after, answer = asyncio.run(run())
+        assert (before, after, answer) == (2, 1, "lease")
+    finally:
+        ts.stop()

@@ -184,3 +184,19 @@ def test_serve_is_all_or_keys(tmp_path: Path) -> None:
     res = subprocess.run([*CUSTOS, "server", "--serve", "bogus"], capture_output=True, text=True,
                          timeout=30, check=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(("value", "ok"), [("1", 1.0), ("2.5", 2.5), ("3600", 3600.0), ("0", None), ("0.5", None),
+                                           ("3601", None), ("-4", None), ('"10"', None), ("true", None),
+                                           ("nan", None), ("inf", None)])
+def test_idle_connection_s_is_a_bounded_number(tmp_path: Path, value: str, ok: float | None) -> None:
+    from custos.controlplane.config import load_config
+    from custos.errors import InvalidInput
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[server]\nidle_connection_s = {value}\n")
+    if ok is None:
+        with pytest.raises(InvalidInput, match=r"idle_connection_s must be a number of seconds, 1\.\.3600"):
+            load_config(cfg)
+    else:
+        assert load_config(cfg).idle_connection_s == ok

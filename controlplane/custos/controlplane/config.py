@@ -21,6 +21,7 @@ Example (deploy/controlplane.example.toml):
     enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
     [server] probe_listen = "0.0.0.0:8080"   # unauthenticated HTTP /healthz, /readyz (off when absent)
              serve = "all"   # or "keys": a key-broker replica, Keys only (docs/scale.md)
+             idle_connection_s = 10   # a connection with no call for this long is closed (1..3600)
     [orders] signer_set_file = ...   # canonical bytes of signer set v1, installed once
              feed_prefix = "orders/feed/"   # orders at quorum published to the blob store ("" = off)
              report_key_file = ...   # DEVELOPMENT ONLY: a local key signs reports ([keys] report_key: Transit)
@@ -46,7 +47,7 @@ from custos.errors import InvalidInput
 _KNOWN = {
     "": {"listen", "enroll_listen", "data_dir", "tls", "store", "audit", "log", "keys", "blobs", "custody", "orders",
          "rules", "notify", "metrics", "server"},
-    "server": {"probe_listen", "serve"},
+    "server": {"probe_listen", "serve", "idle_connection_s"},
     "custody": {"lease_ttl", "sweep_interval", "ca_cert", "ca_key", "agent_cert_ttl", "revocation_poll"},
     "orders": {"signer_set_file", "report_key_file", "feed_prefix"},
     "keys": {"provider", "url", "token_file", "mount", "key_prefix", "path", "dev_only", "verify",
@@ -95,6 +96,7 @@ class ServerConfig:
     config_dir: Path | None = None
     probe_listen: str = ""  # unauthenticated HTTP /healthz and /readyz; "" = off
     serve: str = "all"  # "keys": this replica serves the Keys service alone (SERVE_CHOICES)
+    idle_connection_s: float = 10.0  # connections with no call for this long are closed (GOAWAY)
 
 
 SERVE_CHOICES = ("all", "keys")
@@ -154,6 +156,10 @@ def load_config(path: Path | None) -> ServerConfig:
     if serve not in SERVE_CHOICES:
         raise InvalidInput(f"config {path}: [server] serve must be one of {', '.join(SERVE_CHOICES)}")
     cfg.serve = serve
+    idle = raw.get("server", {}).get("idle_connection_s", cfg.idle_connection_s)
+    if type(idle) not in (int, float) or not 1 <= idle <= 3600:
+        raise InvalidInput(f"config {path}: [server] idle_connection_s must be a number of seconds, 1..3600")
+    cfg.idle_connection_s = float(idle)
     try:
         cfg.probe_listen = parse_probe_listen(raw.get("server", {}).get("probe_listen", ""))
     except InvalidInput as exc:

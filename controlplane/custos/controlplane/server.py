@@ -119,6 +119,14 @@ GRPC_OPTIONS = [
 ]
 
 
+def grpc_options(idle_connection_s: float) -> list[tuple[str, int]]:
+    """GRPC_OPTIONS, and a connection that carries no call for ``idle_connection_s`` is closed
+    (GOAWAY; a client's next call reconnects): a client that leaks connections (each refused
+    attempt of a reconnect storm kept one open, on both ends, until its garbage collector ran)
+    or holds them open on purpose costs this replica descriptors for that long, not forever."""
+    return [*GRPC_OPTIONS, ("grpc.max_connection_idle_ms", int(idle_connection_s * 1000))]
+
+
 def prepare_dev(cfg: ServerConfig) -> None:
     """Fill a config for `--dev`: dev PKI, SQLite store and audit key under data_dir."""
     if cfg.data_dir is None:
@@ -304,7 +312,8 @@ class ControlPlane:
             self.incidents.metrics.extra.append(KeyHealthCollector(self.keys))
             if self.orders.feed is not None:
                 self.incidents.metrics.extra.append(OrderFeedCollector(self.orders.feed))
-        self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit, self.custody)], options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(interceptors=[GuardInterceptor(self.audit, self.custody)],
+                                     options=grpc_options(cfg.idle_connection_s))
         self.admission = Admission()  # custody-stream openings: a reconnect storm first come, first served
         keys_only = cfg.serve == "keys"  # a key-broker replica: its loop answers unwraps and nothing else
         self.served = (KEYS_SERVICE,) if keys_only else SERVICE_NAMES
@@ -339,7 +348,7 @@ class ControlPlane:
         self.enroll_port = 0
         self.enroll_server = None
         if cfg.enroll_listen and not keys_only:
-            self.enroll_server = grpc.aio.server(options=GRPC_OPTIONS)
+            self.enroll_server = grpc.aio.server(options=grpc_options(cfg.idle_connection_s))
             custody_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.custody), self.enroll_server)
             enroll_creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=None,
                                                        require_client_auth=False)
