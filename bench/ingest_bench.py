@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import os
@@ -150,7 +151,9 @@ class Host:
         self.creds = grpc.ssl_channel_credentials(ca, key, cert)
         self.channel: grpc.aio.Channel | None = None
         self.call: Any = None
-        self.busy = False  # in a round: the fleet's heartbeats leave it alone
+        self._beats: collections.deque[float] = collections.deque()  # heartbeats sent, not yet answered
+        self.answered: list[float] = []  # seconds from a heartbeat to its lease, since last taken
+        self.ttl = 0.0  # of the lease the stream opened with
         self._write = asyncio.Lock()  # one write at a time on a call
         self._sent = 0  # reports sent on this stream
         self._receipts = 0  # their receipts read
@@ -166,7 +169,8 @@ class Host:
         the rounds: a real fleet serializes on its own CPUs). Returns when it was leased, the
         attempts, and each failed attempt's (was the server up when it began, what failed)."""
         await self.disconnect()
-        backoff, attempts, failed = Backoff(rng=rng), 0, []
+        backoff, attempts = Backoff(rng=rng), 0
+        failed: list[tuple[bool, str]] = []
         hint: float | None = None
         while True:
             if backoff_first or attempts:
@@ -181,6 +185,8 @@ class Host:
                 first = await first_message(self.call)
                 if first is not grpc.aio.EOF and first.WhichOneof("msg") == "lease":
                     self._sent = self._receipts = 0
+                    self._beats.clear()
+                    self.ttl = float(first.lease.ttl_seconds)
                     self._broken = None
                     self._reader = asyncio.create_task(self._read())
                     return time.perf_counter(), attempts, failed
@@ -188,6 +194,7 @@ class Host:
             except grpc.aio.AioRpcError as exc:
                 hint = retry_after(exc.trailing_metadata())
                 failed.append((was_up, exc.code().name + (" (busy: retry hint)" if hint else "")))
+                exc.__traceback__ = None  # as the agent: else it and its call keep the connection open
             except TimeoutError:
                 failed.append((was_up, "no lease in time"))
             await self.channel.close()
@@ -196,46 +203,49 @@ class Host:
         """Every message of the stream: report receipts counted."""
         try:
             while (msg := await self.call.read()) is not grpc.aio.EOF:
-                if msg.WhichOneof("msg") == "report":
+                kind = msg.WhichOneof("msg")
+                if kind == "report":
                     self._receipts += 1
                     self._answered.set()
+                elif kind == "lease" and self._beats:  # the answer to the oldest heartbeat
+                    self.answered.append(time.perf_counter() - self._beats.popleft())
             self._broken = f"stream ended: {await self.call.details()}"
         except grpc.aio.AioRpcError as exc:
             self._broken = f"a leased stream broke: {exc.code().name} {exc.details()}"
+            exc.__traceback__ = None  # (see connect)
         self._answered.set()
 
     async def send(self, data: bytes, *, report: bool = False) -> None:
         async with self._write:
+            if data is HEARTBEAT:
+                self._beats.append(time.perf_counter())
             await self.call.write(data)
             if report:
                 self._sent += 1
 
     async def heartbeat(self) -> None:
-        """What the agent does every heartbeat interval; a failure is the reader's to see."""
-        if self._reader is not None and not self._reader.done() and not self.busy:
+        """What the agent does every heartbeat interval, in a round too (its heartbeats run on a
+        task of their own); a failure is the reader's to see."""
+        if self._reader is not None and not self._reader.done():
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
                 await self.send(HEARTBEAT)
 
     async def round(self, inv: bytes, start: asyncio.Event) -> tuple[float, float]:
         """A full report then a heartbeat; done when the report's receipt came."""
-        self.busy = True
+        await start.wait()
+        t0 = time.perf_counter()
         try:
-            await start.wait()
-            t0 = time.perf_counter()
-            try:
-                await self.send(inv, report=True)
-                await self.send(HEARTBEAT)
-            except grpc.aio.AioRpcError as exc:
-                raise RunFailed(f"host {self.i}: a leased stream broke: {exc.code().name}") from None
-            target = self._sent
-            while self._receipts < target:
-                if self._broken is not None:
-                    raise RunFailed(f"host {self.i}: {self._broken}")
-                self._answered.clear()
-                await self._answered.wait()
-            return t0, time.perf_counter()
-        finally:
-            self.busy = False
+            await self.send(inv, report=True)
+            await self.send(HEARTBEAT)
+        except grpc.aio.AioRpcError as exc:
+            raise RunFailed(f"host {self.i}: a leased stream broke: {exc.code().name}") from None
+        target = self._sent
+        while self._receipts < target:
+            if self._broken is not None:
+                raise RunFailed(f"host {self.i}: {self._broken}")
+            self._answered.clear()
+            await self._answered.wait()
+        return t0, time.perf_counter()
 
     async def disconnect(self) -> None:
         if self._reader is not None:
@@ -252,6 +262,21 @@ class Host:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
                 await self.call.done_writing()
         await self.disconnect()
+
+
+def beats_answered(hosts: list[Host], interval: float) -> str:
+    """The heartbeats answered since last asked: how long their leases took against the slack an
+    agent has (a lease renewed later than TTL - interval after the last one has lapsed)."""
+    took = [t for h in hosts for t in h.answered]
+    ttl = max(h.ttl for h in hosts)
+    for h in hosts:
+        h.answered.clear()
+    unanswered = sum(len(h._beats) for h in hosts)
+    if not took:
+        return f"heartbeats answered: none ({unanswered} waiting)"
+    return (f"heartbeats answered: {len(took)}, lease back p50 {statistics.median(took) * 1e3:.0f} ms, "
+            f"p99 {pct(took, 0.99) * 1e3:.0f} ms, max {max(took) * 1e3:.0f} ms (slack {ttl - interval:.0f} s); "
+            f"{unanswered} waiting")
 
 
 async def heartbeats(hosts: list[Host], interval: float, stop: asyncio.Event) -> None:
@@ -306,7 +331,8 @@ async def gathered(tasks: list[asyncio.Task[Any]], limit: float, what: str) -> l
     return [t.result() for t in tasks]
 
 
-async def restart_storm(server: DevServer, hosts: list[Host], reports: list[bytes], limit: float) -> None:
+async def restart_storm(server: DevServer, hosts: list[Host], reports: list[bytes], limit: float,
+                        heartbeat: float) -> None:
     """Stop the control plane, start it again, and let every host reconnect and report."""
     alerts0, _ = await counts(server)
     up = asyncio.Event()
@@ -336,6 +362,7 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
           f"{reported - t_up:5.2f} s after; {attempts_summary(done, True)}; cancelled {cancelled} (goal 0); "
           f"new alerts {len(alerts1.keys() - alerts0.keys())} ({lapsed} leases lapsed), incidents holding one "
           f"{len(caused)} (goal 0)")
+    print(f"    {beats_answered(hosts, heartbeat)}")
     for i, what in sorted(caused.items()):
         print(f"    incident {i[:12]}: {what}")
 
@@ -382,6 +409,7 @@ async def run(ns: argparse.Namespace) -> None:
               f"{attempts_summary(done, False)})")
         if ns.idle:
             await asyncio.sleep(ns.idle)  # the fleet idles, heartbeating
+        print(f"  while opening and idle: {beats_answered(hosts, ns.heartbeat)}")
         reports = [custody_pb2.AgentMessage(inventory=report(h.i, manifests, ns.files, ns.matching)).SerializeToString()
                    for h in hosts]
         for r in range(1, ns.rounds + 1):
@@ -402,11 +430,12 @@ async def run(ns: argparse.Namespace) -> None:
                   f"p50 {statistics.median(lat) * 1e3:.0f} ms, p99 {pct(lat, 0.99) * 1e3:.0f} ms, "
                   f"max {max(lat) * 1e3:.0f} ms; CPU per report: control plane {cpu[0] / ns.hosts * 1e6:.0f} µs, "
                   f"fleet {cpu[1] / ns.hosts * 1e6:.0f} µs")
+            print(f"    {beats_answered(hosts, ns.heartbeat)}")
         alerts, _ = await counts(server)
         lapsed = sum(rule == "lease-lapsed" for rule in alerts.values())
         print(f"  leases lapsed during the rounds            : {lapsed} (goal 0)")
         if ns.restart:
-            await restart_storm(server, hosts, reports, ns.connect_timeout)
+            await restart_storm(server, hosts, reports, ns.connect_timeout, ns.heartbeat)
         stop_beats.set()
         await beats
         await asyncio.gather(*[h.close() for h in hosts])
