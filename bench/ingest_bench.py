@@ -48,12 +48,14 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import hashlib
 import os
 import random
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +73,7 @@ from custos.v1 import custody_pb2, custody_pb2_grpc, incidents_pb2, incidents_pb
 from tests.servers.agentsim import enroll_fleet
 from tests.servers.custos import DevServer
 from tests.servers.etcd import EtcdServer
+from tests.servers.ports import free_port
 
 GOAL = 2000.0
 STREAM = "/custos.v1.Custody/Stream"
@@ -120,14 +123,43 @@ async def register_artifacts(server: DevServer, files: int) -> list[Manifest]:
     return manifests
 
 
-def cpu_seconds(server: DevServer | None) -> float:
-    """User + system CPU seconds of the control plane's process (None: of this one)."""
+def cpu_seconds(server: DevServer | RawServer | None) -> float:
+    """User + system CPU seconds of the control plane's (or the raw server's) process (None:
+    of this one)."""
     if server is None:
         t = os.times()
         return t.user + t.system
     assert server.proc is not None
     fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RawServer:
+    """bench/ingest_raw.py on the dev server's TLS: the stack's limit (see its docstring)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RawServer:
+        tls = self.data_dir / "tls"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("ingest_raw.py")), "--listen", self.addr,
+             "--ca", str(tls / "ca.pem"), "--cert", str(tls / "server.pem"), "--key", str(tls / "server.key")],
+            stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"serving":
+            raise RunFailed("the raw server did not start")
+        renice(self.proc.pid, 0)  # started by the fleet's process: the control plane's priority
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
 
 
 def renice(pid: int, value: int) -> None:
@@ -194,9 +226,10 @@ class Host:
             except grpc.aio.AioRpcError as exc:
                 hint = retry_after(exc.trailing_metadata())
                 failed.append((was_up, exc.code().name + (" (busy: retry hint)" if hint else "")))
-                exc.__traceback__ = None  # as the agent: else it and its call keep the connection open
-            except TimeoutError:
+                exc.__traceback__ = None  # as the agent: it and its call would keep the connection open
+            except TimeoutError as exc:
                 failed.append((was_up, "no lease in time"))
+                exc.__traceback__ = None  # (as above: its frames hold the cancelled call)
             await self.channel.close()
 
     async def _read(self) -> None:
@@ -331,10 +364,68 @@ async def gathered(tasks: list[asyncio.Task[Any]], limit: float, what: str) -> l
     return [t.result() for t in tasks]
 
 
+async def open_streams(hosts: list[Host], ns: argparse.Namespace, what: str) -> None:
+    """Every host opens its stream, ``ns.connect_rate`` a second, as the agent does."""
+    t = time.perf_counter()
+    up, rng, opening = asyncio.Event(), random.Random(0), []
+    up.set()
+    for i in range(0, len(hosts), 50):  # paced: a fleet's hosts never all handshake in one millisecond
+        opening += [asyncio.create_task(h.connect(up, random.Random(rng.random()), backoff_first=False))
+                    for h in hosts[i:i + 50]]
+        if ns.connect_rate > 0:
+            await asyncio.sleep(50 / ns.connect_rate)
+    done = await gathered(opening, ns.connect_timeout, "open its stream")
+    print(f"  opened {len(hosts)} {what:<21}: {time.perf_counter() - t:6.2f} s "
+          f"({f'{ns.connect_rate:.0f} a second' if ns.connect_rate > 0 else 'all at once'}; "
+          f"{attempts_summary(done, False)})")
+
+
+async def timed_round(hosts: list[Host], reports: list[bytes], server: DevServer | RawServer, label: str,
+                      ns: argparse.Namespace) -> float:
+    """Every host sends its report and a heartbeat at once; prints and returns reports/s."""
+    cpu0 = cpu_seconds(server), cpu_seconds(None)
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(h.round(reports[h.i], start)) for h in hosts]
+    await asyncio.sleep(0)
+    start.set()
+    spans = await asyncio.gather(*tasks)
+    cpu = cpu_seconds(server) - cpu0[0], cpu_seconds(None) - cpu0[1]
+    first = min(s for s, _ in spans)
+    last = max(e for _, e in spans)
+    lat = [e - s for s, e in spans]
+    rate = len(hosts) / (last - first)
+    print(f"  {label:31}: {rate:8.0f} reports/s  ratio {rate / GOAL:.2f} "
+          f"(goal >= {GOAL:.0f}/s); fleet ingested in {last - first:5.2f} s; one report "
+          f"p50 {statistics.median(lat) * 1e3:.0f} ms, p99 {pct(lat, 0.99) * 1e3:.0f} ms, "
+          f"max {max(lat) * 1e3:.0f} ms; CPU per report: server {cpu[0] / len(hosts) * 1e6:.0f} µs, "
+          f"fleet {cpu[1] / len(hosts) * 1e6:.0f} µs")
+    print(f"    {beats_answered(hosts, ns.heartbeat)}")
+    return rate
+
+
+async def collect_garbage(every: float, stop: asyncio.Event, pauses: list[float]) -> None:
+    """Full collections every ``every`` s until ``stop``. A real agent is a small process whose
+    collector runs often; this one process plays 10,000 of them, its heap is large and its full
+    collections rare, and a failed attempt's reference cycles inside gRPC (an error's traceback
+    and its call; the agent drops the one it knows of) would keep the attempt's connection and
+    TLS state until then: 24 GB and both sides' descriptors in one 10,000-host storm."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        t = time.perf_counter()
+        gc.collect()
+        pauses.append(time.perf_counter() - t)
+
+
 async def restart_storm(server: DevServer, hosts: list[Host], reports: list[bytes], limit: float,
                         heartbeat: float) -> None:
     """Stop the control plane, start it again, and let every host reconnect and report."""
     alerts0, _ = await counts(server)
+    gc.collect()
+    gc.freeze()  # what the fleet holds now is no garbage: the storm's collections skip it
+    collected = asyncio.Event()
+    pauses: list[float] = []
+    collector = asyncio.create_task(collect_garbage(2.0, collected, pauses))
     up = asyncio.Event()
     rng = random.Random(1)
     t_stop = time.perf_counter()
@@ -351,6 +442,8 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
     start.set()
     spans = await asyncio.gather(*[h.round(reports[h.i], start) for h in hosts])
     reported = max(e for _, e in spans)
+    collected.set()
+    await collector
     cancelled = sum(code == "CANCELLED" for _, _, failed in done for was_up, code in failed if was_up)
     alerts1, incidents1 = await counts(server)
     # An incident the storm caused holds an alert raised during it; the rounds' own alerts may
@@ -362,7 +455,8 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
           f"{reported - t_up:5.2f} s after; {attempts_summary(done, True)}; cancelled {cancelled} (goal 0); "
           f"new alerts {len(alerts1.keys() - alerts0.keys())} ({lapsed} leases lapsed), incidents holding one "
           f"{len(caused)} (goal 0)")
-    print(f"    {beats_answered(hosts, heartbeat)}")
+    print(f"    {beats_answered(hosts, heartbeat)}; the fleet's collections during it: {len(pauses)}, "
+          f"longest {max(pauses, default=0) * 1e3:.0f} ms")
     for i, what in sorted(caused.items()):
         print(f"    incident {i[:12]}: {what}")
 
@@ -392,45 +486,43 @@ async def run(ns: argparse.Namespace) -> None:
         print(f"  enrolled {ns.hosts} hosts through the API    : {time.perf_counter() - t:6.2f} s "
               f"({ns.hosts / (time.perf_counter() - t):.0f} hosts/s)")
         ca = Path(server.env["CUSTOS_CA"]).read_bytes()
+        reports = [custody_pb2.AgentMessage(inventory=report(i, manifests, ns.files, ns.matching)).SerializeToString()
+                   for i in range(ns.hosts)]
+        raw_rates: list[float] = []
+        if ns.raw_rounds:
+            # The stack's limit first, on streams of its own (closed before Custos's open: one
+            # connection a host at a time), the same reports, heartbeats and pacing.
+            raw = RawServer(data / "cp").start()
+            try:
+                rhosts = [Host(i, raw.addr, ca, k, c) for i, (k, c) in enumerate(ids)]
+                rstop = asyncio.Event()
+                rbeats = asyncio.create_task(heartbeats(rhosts, ns.heartbeat, rstop))
+                await open_streams(rhosts, ns, "raw streams")
+                for r in range(1, ns.raw_rounds + 1):
+                    raw_rates.append(await timed_round(rhosts, reports, raw, f"raw round {r}", ns))
+                rstop.set()
+                await rbeats
+                await asyncio.gather(*[h.close() for h in rhosts])
+            finally:
+                raw.stop()
+            print(f"  raw limit (the stack alone)     : {statistics.median(raw_rates):8.0f} reports/s "
+                  f"(median of {[round(x) for x in raw_rates]})")
         hosts = [Host(i, server.env["CUSTOS_ADDR"], ca, k, c) for i, (k, c) in enumerate(ids)]
         stop_beats = asyncio.Event()
         beats = asyncio.create_task(heartbeats(hosts, ns.heartbeat, stop_beats))  # as each host is leased
-        t = time.perf_counter()
-        up, rng, opening = asyncio.Event(), random.Random(0), []
-        up.set()
-        for i in range(0, len(hosts), 50):  # paced: a fleet's hosts never all handshake in one millisecond
-            opening += [asyncio.create_task(h.connect(up, random.Random(rng.random()), backoff_first=False))
-                        for h in hosts[i:i + 50]]
-            if ns.connect_rate > 0:
-                await asyncio.sleep(50 / ns.connect_rate)
-        done = await gathered(opening, ns.connect_timeout, "open its stream")
-        print(f"  opened {ns.hosts} custody streams            : {time.perf_counter() - t:6.2f} s "
-              f"({f'{ns.connect_rate:.0f} a second' if ns.connect_rate > 0 else 'all at once'}; "
-              f"{attempts_summary(done, False)})")
+        await open_streams(hosts, ns, "custody streams")
         if ns.idle:
             await asyncio.sleep(ns.idle)  # the fleet idles, heartbeating
         print(f"  while opening and idle: {beats_answered(hosts, ns.heartbeat)}")
-        reports = [custody_pb2.AgentMessage(inventory=report(h.i, manifests, ns.files, ns.matching)).SerializeToString()
-                   for h in hosts]
+        rates = []
         for r in range(1, ns.rounds + 1):
-            cpu0 = cpu_seconds(server), cpu_seconds(None)
-            start = asyncio.Event()
-            tasks = [asyncio.create_task(h.round(reports[h.i], start)) for h in hosts]
-            await asyncio.sleep(0)
-            start.set()
-            spans = await asyncio.gather(*tasks)
-            cpu = cpu_seconds(server) - cpu0[0], cpu_seconds(None) - cpu0[1]
-            first = min(s for s, _ in spans)
-            last = max(e for _, e in spans)
-            lat = [e - s for s, e in spans]
-            rate = ns.hosts / (last - first)
-            label = "first contact" if r == 1 else "steady state"
-            print(f"  round {r} ({label:13}): {rate:8.0f} reports/s  ratio {rate / GOAL:.2f} "
-                  f"(goal >= {GOAL:.0f}/s); fleet ingested in {last - first:5.2f} s; one report "
-                  f"p50 {statistics.median(lat) * 1e3:.0f} ms, p99 {pct(lat, 0.99) * 1e3:.0f} ms, "
-                  f"max {max(lat) * 1e3:.0f} ms; CPU per report: control plane {cpu[0] / ns.hosts * 1e6:.0f} µs, "
-                  f"fleet {cpu[1] / ns.hosts * 1e6:.0f} µs")
-            print(f"    {beats_answered(hosts, ns.heartbeat)}")
+            label = f"round {r} ({'first contact' if r == 1 else 'steady state'})"
+            rates.append(await timed_round(hosts, reports, server, label, ns))
+        if raw_rates:
+            limit = statistics.median(raw_rates)
+            steady = f"steady {statistics.median(rates[1:]) / limit:.2f}" if len(rates) > 1 else "no steady round"
+            print(f"  Custos against the raw limit    : first contact {rates[0] / limit:.2f}, {steady} "
+                  f"(reports/s over the raw limit's, this run)")
         alerts, _ = await counts(server)
         lapsed = sum(rule == "lease-lapsed" for rule in alerts.values())
         print(f"  leases lapsed during the rounds            : {lapsed} (goal 0)")
@@ -453,6 +545,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20, help="files per report")
     ap.add_argument("--matching", type=int, default=5, help="of them, a complete copy of a registered artifact")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--raw-rounds", type=int, default=3,
+                    help="rounds against the raw server first (bench/ingest_raw.py: the stack's limit; 0: none)")
     ap.add_argument("--store", help="store URL for the control plane (default: the dev SQLite file)")
     ap.add_argument("--etcd", action="store_true", help="start a real etcd and use it as the store")
     ap.add_argument("--dir", help="keep the control plane's data here")

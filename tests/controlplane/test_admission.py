@@ -31,6 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import custos.agent.stream as stream_module
 from custos.agent.stream import Backoff, Credentials, CustodyStream, first_message
 from custos.client.status import RETRY_AFTER_KEY, STREAM_TAKEN_KEY, retry_after
 from custos.controlplane.admission import Admission, Busy
@@ -375,15 +376,23 @@ def _established_to(port: int) -> int:
                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
 
-def test_refused_attempts_leave_no_connection_open(server: ThreadServer) -> None:
-    """Every refused opening closes its connection when the agent tears it down. A refusal's
-    AioRpcError and the call that raised it hold each other (its traceback's frames hold the
-    call), so with the cyclic collector off until its next run each refused attempt used to keep
-    its TCP connection (and the server's descriptor) open: a reconnect storm of 10,000 agents
-    doubled the control plane's sockets to the descriptor limit."""
+@pytest.mark.parametrize("how", ["refused", "never leased"])
+def test_failed_attempts_leave_no_connection_open(server: ThreadServer, how: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every failed opening closes its connection when the agent tears it down: refused at once
+    (busy), or taken and queued past the agent's wait for its lease. A refusal's AioRpcError and
+    its call hold each other (the error's traceback's frames hold the call), so with the cyclic
+    collector off until its next run each refused attempt used to keep its TCP connection (and
+    the server's descriptor) open: a reconnect storm of 10,000 agents doubled the control
+    plane's sockets to the descriptor limit. The timeout's path has no such cycle; it is here so
+    that it keeps none."""
     (key, cert), = _hosts(server, 1, "agent")
     adm = server.cp.admission
-    adm.at_once, adm.max_wait_s, adm.min_rate = 1, 0.0001, 1000.0  # refused at once, come back in ms
+    if how == "refused":
+        adm.at_once, adm.max_wait_s, adm.min_rate = 1, 0.0001, 1000.0  # refused at once, come back in ms
+    else:
+        adm.at_once, adm.max_wait_s = 1, 3600.0  # queued behind the held place for good
+        monkeypatch.setattr(stream_module, "QUEUED_LEASE_TIMEOUT", 0.1)
     ca = Path(server.dev.env["CUSTOS_CA"]).read_bytes()
     creds = Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=cert_fingerprint(cert))
     port = int(server.dev.env["CUSTOS_ADDR"].rsplit(":", 1)[1])
@@ -417,7 +426,8 @@ def test_refused_attempts_leave_no_connection_open(server: ThreadServer) -> None
             left = asyncio.run(agent())
     finally:
         gc.enable()
-    assert len(reasons) == 12 and all("RESOURCE_EXHAUSTED" in r for r in reasons), reasons
+    want = "RESOURCE_EXHAUSTED" if how == "refused" else "no lease in time"
+    assert len(reasons) == 12 and all(want in r for r in reasons), reasons
     assert left == 0
 
 
