@@ -186,6 +186,7 @@ class Host:
         self._beats: collections.deque[float] = collections.deque()  # heartbeats sent, not yet answered
         self.answered: list[float] = []  # seconds from a heartbeat to its lease, since last taken
         self.ttl = 0.0  # of the lease the stream opened with
+        self.failed: list[tuple[bool, str]] = []  # the current connect's failed attempts
         self._write = asyncio.Lock()  # one write at a time on a call
         self._sent = 0  # reports sent on this stream
         self._receipts = 0  # their receipts read
@@ -203,6 +204,7 @@ class Host:
         await self.disconnect()
         backoff, attempts = Backoff(rng=rng), 0
         failed: list[tuple[bool, str]] = []
+        self.failed = failed  # as it grows: the storm's progress report reads it
         hint: float | None = None
         while True:
             if backoff_first or attempts:
@@ -417,6 +419,19 @@ async def collect_garbage(every: float, stop: asyncio.Event, pauses: list[float]
         pauses.append(time.perf_counter() - t)
 
 
+async def storm_progress(hosts: list[Host], back: list[asyncio.Task[Any]], t_up: float) -> None:
+    """Every 10 s of a reconnect storm: how many are leased, the failed attempts so far by what
+    failed, and this process's memory — a run that does not finish still says how far it got."""
+    while True:
+        await asyncio.sleep(10)
+        failed = [code for h in hosts for _, code in h.failed]
+        by = ", ".join(f"{c} {failed.count(c)}" for c in sorted(set(failed))) or "none"
+        rss = next(int(line.split()[1]) // 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+        print(f"    {time.perf_counter() - t_up:5.0f} s after up: leased {sum(t.done() for t in back)} of "
+              f"{len(back)}; failed attempts {by}; the fleet's RSS {rss} MiB", flush=True)
+
+
 async def restart_storm(server: DevServer, hosts: list[Host], reports: list[bytes], limit: float,
                         heartbeat: float) -> None:
     """Stop the control plane, start it again, and let every host reconnect and report."""
@@ -436,7 +451,11 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
     renice(server.proc.pid, 0)  # started by the fleet's process: back to the control plane's priority
     t_up = time.perf_counter()
     up.set()
-    done = await gathered(back, limit, "reconnect")
+    progress = asyncio.create_task(storm_progress(hosts, back, t_up))
+    try:
+        done = await gathered(back, limit, "reconnect")
+    finally:
+        progress.cancel()
     leased = max(t for t, _, _ in done)
     start = asyncio.Event()
     start.set()
