@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 from custos.controlplane.store.base import Txn
@@ -90,5 +91,36 @@ async def test_a_quiet_watch_does_not_rescan_what_was_written_elsewhere(tmp_path
             await asyncio.sleep(0.01)
         assert seen == ["orders/o1"]
         task.cancel()
+    finally:
+        await store.close()
+
+
+async def test_a_point_read_does_not_wait_behind_a_scan(tmp_path: Path) -> None:
+    """A scan (a range over 150,000 alerts, every order record) and the point reads the guard and
+    the leases make shared one reader thread: in a 10,000-host reconnect storm the guard's host
+    checks queued behind the incident rounds' scans until no stream was taken in time. A point
+    read must complete while a scan is held in the middle of its query."""
+    store = SQLiteStore(tmp_path / "custos.db")
+    try:
+        await store.put_many({f"alerts/{i:06d}": b"{}" for i in range(300)} | {"hosts/h1": b'{"n": 1}'})
+        entered, release = threading.Event(), threading.Event()
+
+        def hold() -> int:
+            entered.set()
+            release.wait(30)
+            return 0
+
+        # set on the scanner's own thread (from another it can deadlock with a running query)
+        await store._run(lambda: store._sdb.set_progress_handler(hold, 100), scan=True)
+        scan = asyncio.create_task(store.range("alerts/"))
+        assert await asyncio.to_thread(entered.wait, 10)
+        try:
+            got = await asyncio.wait_for(store.get("hosts/h1"), 5)
+            many = await asyncio.wait_for(store.get_many(["hosts/h1", "alerts/000001"]), 5)
+        finally:
+            release.set()
+        assert got is not None and got.value == b'{"n": 1}' and set(many) == {"hosts/h1", "alerts/000001"}
+        assert len(await scan) == 300
+        await store._run(lambda: store._sdb.set_progress_handler(None, 100), scan=True)
     finally:
         await store.close()

@@ -90,21 +90,26 @@ class SQLiteStore(Store):
             # Reads on a connection of their own: in WAL mode they never wait for a write, so a
             # read (a refused unwrap's) is not queued behind a commit waiting for the lock.
             self._rdb = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
+            # Scans (range) on a third: a point read (the guard's host check, a lease, a refused
+            # unwrap's) never waits behind a scan of 150,000 alerts or every order record.
+            self._sdb = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite store {self._path}: {exc}") from None
         # One thread per connection: calls queue on its single worker, which is also what
         # serializes use of the connection (no lock needed).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-sqlite")
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-sqlite-read")
+        self._scanners = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-sqlite-scan")
 
-    def _run(self, fn, *args, write: bool = False):  # type: ignore[no-untyped-def]
+    def _run(self, fn, *args, write: bool = False, scan: bool = False):  # type: ignore[no-untyped-def]
         def guarded():  # type: ignore[no-untyped-def]
             try:
                 return fn(*args)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite store: {exc}") from None
 
-        return asyncio.get_running_loop().run_in_executor(self._executor if write else self._readers, guarded)
+        pool = self._executor if write else self._scanners if scan else self._readers
+        return asyncio.get_running_loop().run_in_executor(pool, guarded)
 
     def _begin(self) -> None:
         """BEGIN IMMEDIATE, retried every millisecond while another process holds the write
@@ -181,9 +186,9 @@ class SQLiteStore(Store):
             if limit:
                 sql += " LIMIT ?"
                 args += (limit,)
-            return [Entry(k, bytes(v), int(r)) for k, v, r in self._rdb.execute(sql, args)]
+            return [Entry(k, bytes(v), int(r)) for k, v, r in self._sdb.execute(sql, args)]
 
-        return await self._run(q)
+        return await self._run(q, scan=True)
 
     async def commit(self, txn: Txn) -> bool:
         txn.validate()
@@ -260,6 +265,8 @@ class SQLiteStore(Store):
             db.close()
 
         await self._run(q, self._rdb)
+        await self._run(q, self._sdb, scan=True)
         await self._run(q, self._db, write=True)
         self._executor.shutdown(wait=False)
         self._readers.shutdown(wait=False)
+        self._scanners.shutdown(wait=False)
