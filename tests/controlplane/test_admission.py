@@ -340,24 +340,31 @@ def test_a_storm_of_openings_is_served_a_few_at_a_time_and_every_lease_comes(ser
     assert (adm.running, adm.waiting) == (0, 0)
 
 
+def _agent_stream(ts: ThreadServer, key: bytes, cert: bytes, **kw: Any) -> CustodyStream:
+    """The real agent's stream for an enrolled host of ``ts``: nothing to send first, and a
+    removal fails the test."""
+    ca = Path(ts.dev.env["CUSTOS_CA"]).read_bytes()
+    creds = Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=cert_fingerprint(cert))
+
+    async def initial() -> list[custody_pb2.AgentMessage]:
+        return []
+
+    async def removed(reason: str) -> None:
+        raise AssertionError(reason)
+
+    return CustodyStream(addr=ts.dev.env["CUSTOS_ADDR"], credentials=lambda: creds, initial_messages=initial,
+                         on_lease=lambda g: None, on_removed=removed, **kw)
+
+
 def test_the_agent_comes_back_after_the_hint_not_in_its_backoff(server: ThreadServer,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     (key, cert), = _hosts(server, 1, "agent")
     adm = server.cp.admission
     adm.at_once, adm.max_wait_s, adm.min_rate = 1, 0.5, 0.25  # one ahead at 0.25/s: told 4 s
-    ca = Path(server.dev.env["CUSTOS_CA"]).read_bytes()
-    creds = Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=cert_fingerprint(cert))
 
     async def agent() -> None:
-        async def initial() -> list[custody_pb2.AgentMessage]:
-            return []
-
-        async def removed(reason: str) -> None:
-            raise AssertionError(reason)
-
         stop = asyncio.Event()
-        s = CustodyStream(addr=server.dev.env["CUSTOS_ADDR"], credentials=lambda: creds, initial_messages=initial,
-                          on_lease=lambda g: None, on_removed=removed, on_disconnected=lambda r: stop.set())
+        s = _agent_stream(server, key, cert, on_disconnected=lambda r: stop.set())
         task = asyncio.create_task(s.run(stop))
         await asyncio.wait_for(task, 20)
 
@@ -393,18 +400,10 @@ def test_failed_attempts_leave_no_connection_open(server: ThreadServer, how: str
     else:
         adm.at_once, adm.max_wait_s = 1, 3600.0  # queued behind the held place for good
         monkeypatch.setattr(stream_module, "QUEUED_LEASE_TIMEOUT", 0.1)
-    ca = Path(server.dev.env["CUSTOS_CA"]).read_bytes()
-    creds = Credentials(ca_pem=ca, cert_pem=cert, key_pem=key, fingerprint=cert_fingerprint(cert))
     port = int(server.dev.env["CUSTOS_ADDR"].rsplit(":", 1)[1])
     reasons: list[str] = []
 
     async def agent() -> int:
-        async def initial() -> list[custody_pb2.AgentMessage]:
-            return []
-
-        async def removed(reason: str) -> None:
-            raise AssertionError(reason)
-
         stop = asyncio.Event()
 
         def down(reason: str) -> None:
@@ -412,9 +411,7 @@ def test_failed_attempts_leave_no_connection_open(server: ThreadServer, how: str
             if len(reasons) == 12:
                 stop.set()
 
-        s = CustodyStream(addr=server.dev.env["CUSTOS_ADDR"], credentials=lambda: creds, initial_messages=initial,
-                          on_lease=lambda g: None, on_removed=removed, on_disconnected=down,
-                          reconnect_base=0.02, reconnect_max=0.05)
+        s = _agent_stream(server, key, cert, on_disconnected=down, reconnect_base=0.02, reconnect_max=0.05)
         await asyncio.wait_for(s.run(stop), 30)
         await asyncio.sleep(0.5)  # the last teardown's socket closing
         return _established_to(port)

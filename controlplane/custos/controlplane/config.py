@@ -152,16 +152,17 @@ def load_config(path: Path | None) -> ServerConfig:
                            "audit.checkpoint_max_age from 3 x checkpoint_interval to 86400 (seconds)")
     cfg.checkpoint_max_events, cfg.checkpoint_max_age = n, float(age)
     cfg.enroll_listen = str(raw.get("enroll_listen", ""))
-    serve = raw.get("server", {}).get("serve", cfg.serve)
+    server = raw.get("server", {})
+    serve = server.get("serve", cfg.serve)
     if serve not in SERVE_CHOICES:
         raise InvalidInput(f"config {path}: [server] serve must be one of {', '.join(SERVE_CHOICES)}")
     cfg.serve = serve
-    idle = raw.get("server", {}).get("idle_connection_s", cfg.idle_connection_s)
+    idle = server.get("idle_connection_s", cfg.idle_connection_s)
     if type(idle) not in (int, float) or not 1 <= idle <= 3600:
         raise InvalidInput(f"config {path}: [server] idle_connection_s must be a number of seconds, 1..3600")
     cfg.idle_connection_s = float(idle)
     try:
-        cfg.probe_listen = parse_probe_listen(raw.get("server", {}).get("probe_listen", ""))
+        cfg.probe_listen = parse_probe_listen(server.get("probe_listen", ""))
     except InvalidInput as exc:
         raise InvalidInput(f"config {path}: {exc}") from None
     custody = raw.get("custody", {})
