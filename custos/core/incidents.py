@@ -132,14 +132,15 @@ def apply_change(state: dict[str, Any] | None, action: str, payload: Mapping[str
         }
     if state is None:
         raise IntegrityError(f"{action} before OpenIncident")
-    s = copy.deepcopy(state)
+    s = _fresh_lists(state)
+    if action == "DropIncidentAlerts":  # alerts joining an incident that lists MAX_ALERTS already
+        s["alerts_dropped"] += int(payload["count"])
+        return s
     if action == "AddIncidentAlert":
         if len(s["alerts"]) >= MAX_ALERTS:
             s["alerts_dropped"] += 1
         else:
             s["alerts"].append(dict(payload["alert"]))
-    elif action == "DropIncidentAlerts":  # alerts joining an incident that lists MAX_ALERTS already
-        s["alerts_dropped"] += int(payload["count"])
     elif action == "RecordIncidentCopy":
         c = dict(payload["copy"])
         ids = [x["id"] for x in s["copies"]]
@@ -169,9 +170,22 @@ def apply_change(state: dict[str, Any] | None, action: str, payload: Mapping[str
     return s
 
 
+def _fresh_lists(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a record whose own fields and lists can change without changing ``state``; the
+    entries of its lists (an alert, a copy, a status change) are shared: nothing changes one in
+    place, a change replaces it. (A deep copy of a 500-alert record for each of its alerts — and
+    three views each — was most of a fleet's incident storm.)"""
+    s = dict(state)
+    for k, v in s.items():
+        if isinstance(v, list):
+            s[k] = list(v)
+    return s
+
+
 def incident_view(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The record with what derives from it: severity, hosts, artifacts, discovery and deadline."""
-    v = dict(copy.deepcopy(state))
+    """The record with what derives from it: severity, hosts, artifacts, discovery and deadline.
+    The view shares the record's list entries (``_fresh_lists``): read them, do not change them."""
+    v = _fresh_lists(state)
     alerts = v["alerts"]
     v["severity"] = max((a["severity"] for a in alerts), key=SEVERITIES.index, default="low")
     v["hosts"] = sorted({a["host"] for a in alerts if a["host"]})

@@ -62,6 +62,7 @@ log = logging.getLogger("custos.rules")
 
 CURSOR_KEY = "meta/rules-cursor"
 ALERTS_PREFIX = "alerts/"
+EXAMINE_SLICE = 500  # alerts decoded between two returns to the event loop
 HOLDERS_PREFIX = "meta/access-holders/"  # written by custos.controlplane.access_who
 
 
@@ -84,7 +85,7 @@ class RulesEngine:
         self._index_rev = -1
         self._relpaths: dict[str, list[tuple[str, Any]]] = {}
         self._artifact_model: dict[str, str] = {}
-        self._examined: set[str] = set()  # unregistered-weights alerts already checked for tampering
+        self._examined: set[str] = set()  # alerts already looked at for tampering (of any rule)
         self._chain_due_ns = 0
         self._policies: dict[str, list[str]] = {}
         self.vault = None
@@ -245,11 +246,16 @@ class RulesEngine:
         if not self.config.enabled("tampered-weights"):
             return []
         observations = []
-        for e in await self.store.range(ALERTS_PREFIX):
+        # Each alert decoded once, a slice at a time: every alert decoded every tick, at once,
+        # held the event loop for over a second once a fleet's first contact had left 150,000.
+        unseen = [e for e in await self.store.range(ALERTS_PREFIX) if e.key[len(ALERTS_PREFIX):] not in self._examined]
+        for n, e in enumerate(unseen):
+            if n % EXAMINE_SLICE == EXAMINE_SLICE - 1:
+                await asyncio.sleep(0)
+            self._examined.add(e.key[len(ALERTS_PREFIX):])
             a = decode_canonical(e.value)
-            if a.get("rule") != "unregistered-weights" or a["id"] in self._examined:
+            if a.get("rule") != "unregistered-weights":
                 continue
-            self._examined.add(a["id"])
             obs = observation_from_alert(a)
             if obs is not None:
                 observations.append(obs)
