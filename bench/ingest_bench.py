@@ -20,8 +20,10 @@ new); later rounds are the steady state (the same reports again).
     python bench/ingest_bench.py --hosts 10000 --rounds 1 --restart   # the reconnect storm
 
 Every host connects as the agent does: a new channel per attempt with the agent's channel
-options, its wait for the lease (custos.agent.stream.first_message: FIRST_LEASE_TIMEOUT for the
-control plane to take the stream, QUEUED_LEASE_TIMEOUT once it has), and its jittered
+options, its wait for the connection (custos.agent.stream.connection: CONNECT_TIMEOUT for TCP, TLS
+and HTTP/2, a refused or failed one not waited for), for the lease (first_message:
+FIRST_LEASE_TIMEOUT for the control plane to take the stream once connected, QUEUED_LEASE_TIMEOUT
+once it has), and its jittered
 exponential backoff (from 0.5 s) between attempts, or a busy replica's retry hint; at the start
 the hosts begin --connect-rate a second.
 
@@ -66,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 
-from custos.agent.stream import CHANNEL_OPTIONS, Backoff, first_message
+from custos.agent.stream import CHANNEL_OPTIONS, Backoff, connection, first_message
 from custos.client.status import retry_after
 from custos.core.manifest import FileEntry, Manifest
 from custos.v1 import custody_pb2, custody_pb2_grpc, incidents_pb2, incidents_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -143,7 +145,8 @@ class RawServer:
         self.addr = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> RawServer:
+    def start(self, timeout: float = 30) -> RawServer:
+        """Start the raw server (it says "serving" once it is; ``timeout``: as DevServer's, unused)."""
         tls = self.data_dir / "tls"
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("ingest_raw.py")), "--listen", self.addr,
@@ -213,6 +216,12 @@ class Host:
             hint = None
             was_up = up.is_set()
             self.channel = grpc.aio.secure_channel(self.addr, self.creds, options=CHANNEL_OPTIONS)
+            try:
+                await connection(self.channel)
+            except TimeoutError:
+                failed.append((was_up, "not connected in time"))
+                await self.channel.close()
+                continue
             self.call = self.channel.stream_stream(
                 STREAM, request_serializer=None, response_deserializer=custody_pb2.ControlMessage.FromString)()
             try:
@@ -262,8 +271,15 @@ class Host:
         """What the agent does every heartbeat interval, in a round too (its heartbeats run on a
         task of their own); a failure is the reader's to see."""
         if self._reader is not None and not self._reader.done():
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            try:
                 await self.send(HEARTBEAT)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+                pass
+            except asyncio.CancelledError:
+                # A write on a call cancelled meanwhile (the host reconnecting) raises this too.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
 
     async def round(self, inv: bytes, start: asyncio.Event) -> tuple[float, float]:
         """A full report then a heartbeat; done when the report's receipt came."""
@@ -432,10 +448,11 @@ async def storm_progress(hosts: list[Host], back: list[asyncio.Task[Any]], t_up:
               f"{len(back)}; failed attempts {by}; the fleet's RSS {rss} MiB", flush=True)
 
 
-async def restart_storm(server: DevServer, hosts: list[Host], reports: list[bytes], limit: float,
-                        heartbeat: float) -> None:
-    """Stop the control plane, start it again, and let every host reconnect and report."""
-    alerts0, _ = await counts(server)
+async def reconnect_storm(server: DevServer | RawServer, hosts: list[Host], reports: list[bytes], limit: float
+                          ) -> tuple[float, float, float, float, list[Any], list[float]]:
+    """Stop ``server``, start it again, let every host reconnect and send its report. Returns
+    when it was stopped and up again, when the last stream was leased and the last report's
+    receipt came, each host's (leased at, attempts, failed attempts) and the fleet's pauses."""
     gc.collect()
     gc.freeze()  # what the fleet holds now is no garbage: the storm's collections skip it
     collected = asyncio.Event()
@@ -463,6 +480,14 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
     reported = max(e for _, e in spans)
     collected.set()
     await collector
+    return t_stop, t_up, leased, reported, done, pauses
+
+
+async def restart_storm(server: DevServer, hosts: list[Host], reports: list[bytes], limit: float,
+                        heartbeat: float, raw: float | None) -> None:
+    """Stop the control plane, start it again, and let every host reconnect and report."""
+    alerts0, _ = await counts(server)
+    t_stop, t_up, leased, reported, done, pauses = await reconnect_storm(server, hosts, reports, limit)
     cancelled = sum(code == "CANCELLED" for _, _, failed in done for was_up, code in failed if was_up)
     alerts1, incidents1 = await counts(server)
     # An incident the storm caused holds an alert raised during it; the rounds' own alerts may
@@ -476,6 +501,9 @@ async def restart_storm(server: DevServer, hosts: list[Host], reports: list[byte
           f"{len(caused)} (goal 0)")
     print(f"    {beats_answered(hosts, heartbeat)}; the fleet's collections during it: {len(pauses)}, "
           f"longest {max(pauses, default=0) * 1e3:.0f} ms")
+    if raw is not None:
+        print(f"    against the raw server's storm (same fleet, same run): every stream leased "
+              f"{(leased - t_up) / raw:.2f}x its time")
     for i, what in sorted(caused.items()):
         print(f"    incident {i[:12]}: {what}")
 
@@ -508,6 +536,7 @@ async def run(ns: argparse.Namespace) -> None:
         reports = [custody_pb2.AgentMessage(inventory=report(i, manifests, ns.files, ns.matching)).SerializeToString()
                    for i in range(ns.hosts)]
         raw_rates: list[float] = []
+        raw_storm: float | None = None
         if ns.raw_rounds:
             # The stack's limit first, on streams of its own (closed before Custos's open: one
             # connection a host at a time), the same reports, heartbeats and pacing.
@@ -519,6 +548,15 @@ async def run(ns: argparse.Namespace) -> None:
                 await open_streams(rhosts, ns, "raw streams")
                 for r in range(1, ns.raw_rounds + 1):
                     raw_rates.append(await timed_round(rhosts, reports, raw, f"raw round {r}", ns))
+                if ns.restart:
+                    # The stack's own limit for the storm: the raw server restarted under the
+                    # same fleet, every host reconnecting at once as below.
+                    _, r_up, r_leased, r_reported, r_done, _ = await reconnect_storm(
+                        raw, rhosts, reports, ns.connect_timeout)
+                    raw_storm = r_leased - r_up
+                    print(f"  raw restart ({len(rhosts)} hosts reconnect): every stream leased {raw_storm:5.2f} s "
+                          f"after it was up, every report answered {r_reported - r_up:5.2f} s after; "
+                          f"{attempts_summary(r_done, True)}")
                 rstop.set()
                 await rbeats
                 await asyncio.gather(*[h.close() for h in rhosts])
@@ -546,7 +584,7 @@ async def run(ns: argparse.Namespace) -> None:
         lapsed = sum(rule == "lease-lapsed" for rule in alerts.values())
         print(f"  leases lapsed during the rounds            : {lapsed} (goal 0)")
         if ns.restart:
-            await restart_storm(server, hosts, reports, ns.connect_timeout, ns.heartbeat)
+            await restart_storm(server, hosts, reports, ns.connect_timeout, ns.heartbeat, raw_storm)
         stop_beats.set()
         await beats
         await asyncio.gather(*[h.close() for h in hosts])

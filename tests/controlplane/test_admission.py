@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,30 @@ async def test_an_opening_that_would_wait_too_long_is_refused_with_its_wait_as_t
     assert (adm.running, adm.waiting, adm.refused) == (running, waiting, 1)  # nothing queued or held
 
 
+def test_a_restarted_replica_measures_its_rate_over_the_time_it_has_served() -> None:
+    """After a restart (or none for a window) the rate is openings finished over the time spent
+    serving, not over the whole window: 200 openings served in the first second are 200/s, and
+    a refusal then says 5 s for a queue of 1,000, not 25 s. Past the window, the window again."""
+    clock = _Clock()
+    adm = Admission(at_once=1, max_wait_s=1.0, window_s=5.0, min_rate=1.0, clock=clock)
+
+    async def serve(n: int, every: float) -> None:
+        for _ in range(n):
+            async with adm.opening():
+                clock.now += every
+
+    asyncio.run(serve(200, 0.005))  # 200 in the first second
+    assert adm.rate() == pytest.approx(200.0)
+    adm.waiting = 1000
+    assert adm.wait_estimate() == pytest.approx(1000 / 200.0)
+    adm.waiting = 0
+    asyncio.run(serve(200, 0.02))  # then 50/s for 4 s: 400 in 5 s of serving
+    assert adm.rate() == pytest.approx(400 / 5.0)
+    clock.now += 60.0  # idle for a minute, then a burst: measured over its own time again
+    asyncio.run(serve(30, 0.01))
+    assert adm.rate() == pytest.approx(30 / 1.0)
+
+
 @pytest.mark.parametrize(("metadata", "want"), [
     (((RETRY_AFTER_KEY, "1500"),), 1.5),
     ((("other", "x"), (RETRY_AFTER_KEY, "20")), 0.02),
@@ -258,7 +283,17 @@ def test_a_stream_is_taken_at_once_and_leased_when_its_turn_comes(server: Thread
 
     held = _Held(server).__enter__()
     asyncio.run(client(held))
-    assert server.cp.admission.running == 0 and server.cp.admission.waiting == 0
+    _settled(server)
+
+
+def _settled(server: ThreadServer) -> None:
+    """Every admission place back (a cancelled stream's handler ends on the server's loop, soon)."""
+    adm = server.cp.admission
+    for _ in range(100):
+        if (adm.running, adm.waiting) == (0, 0):
+            break
+        server.run(asyncio.sleep(0.05))
+    assert (adm.running, adm.waiting) == (0, 0)
 
 
 def test_a_busy_replica_refuses_with_a_retry_hint_and_changes_nothing(server: ThreadServer) -> None:
@@ -333,14 +368,10 @@ def test_a_storm_of_openings_is_served_a_few_at_a_time_and_every_lease_comes(ser
         custody.renew_lease = real_renew  # type: ignore[method-assign]
     assert got.count("lease") == 50 and got.count("gave up") == 10
     assert most[0] <= 3
-    for _ in range(100):
-        if (adm.running, adm.waiting) == (0, 0):
-            break
-        server.run(asyncio.sleep(0.05))
-    assert (adm.running, adm.waiting) == (0, 0)
+    _settled(server)
 
 
-def _agent_stream(ts: ThreadServer, key: bytes, cert: bytes, **kw: Any) -> CustodyStream:
+def _agent_stream(ts: ThreadServer, key: bytes, cert: bytes, *, addr: str = "", **kw: Any) -> CustodyStream:
     """The real agent's stream for an enrolled host of ``ts``: nothing to send first, and a
     removal fails the test."""
     ca = Path(ts.dev.env["CUSTOS_CA"]).read_bytes()
@@ -352,7 +383,7 @@ def _agent_stream(ts: ThreadServer, key: bytes, cert: bytes, **kw: Any) -> Custo
     async def removed(reason: str) -> None:
         raise AssertionError(reason)
 
-    return CustodyStream(addr=ts.dev.env["CUSTOS_ADDR"], credentials=lambda: creds, initial_messages=initial,
+    return CustodyStream(addr=addr or ts.dev.env["CUSTOS_ADDR"], credentials=lambda: creds, initial_messages=initial,
                          on_lease=lambda g: None, on_removed=removed, **kw)
 
 
@@ -460,3 +491,129 @@ def test_an_idle_connection_is_closed_and_a_stream_is_not(tmp_path: Path) -> Non
         assert (before, after, answer) == (2, 1, "lease")
     finally:
         ts.stop()
+
+
+class _Relay:
+    """A TCP relay on loopback in front of the control plane that holds each new connection
+    ``delay`` s before passing its bytes on — the handshake of a replica in a reconnect storm,
+    completed late — or (``delay=None``) for good: a replica that accepts and never answers."""
+
+    def __init__(self, upstream: str, delay: float | None) -> None:
+        self.host, port = upstream.rsplit(":", 1)
+        self.port = int(port)
+        self.delay = delay
+        self.accepted = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            if self.delay is None:
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.delay)  # type: ignore[arg-type]
+            ur, uw = await asyncio.open_connection(self.host, self.port)
+        except asyncio.CancelledError:
+            writer.close()
+            raise
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+
+        for t in (asyncio.create_task(pipe(reader, uw)), asyncio.create_task(pipe(ur, writer))):
+            self._tasks.add(t)
+
+
+def _watched(ts: ThreadServer, key: bytes, cert: bytes, addr: str, reasons: list[str], n_down: int
+             ) -> tuple[CustodyStream, asyncio.Event]:
+    """The agent's stream to ``addr``, and an event set once it is leased or has gone down
+    ``n_down`` times (each reason in ``reasons``)."""
+    done = asyncio.Event()
+
+    def down(reason: str) -> None:
+        reasons.append(reason)
+        if len(reasons) >= n_down:
+            done.set()
+
+    s = _agent_stream(ts, key, cert, addr=addr, on_connected=done.set, on_disconnected=down,
+                      reconnect_base=0.02, reconnect_max=0.05)
+    return s, done
+
+
+async def _until(s: CustodyStream, done: asyncio.Event) -> None:
+    """Run the agent's stream until ``done``."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(s.run(stop))
+    try:
+        await done.wait()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def test_a_late_handshake_is_waited_for_not_abandoned(server: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection set up late (a replica working through a storm's handshakes) is waited for,
+    up to CONNECT_TIMEOUT, and the wait for the stream to be taken starts once it is up: the
+    agent used to count the handshake into FIRST_LEASE_TIMEOUT, gave up on a handshake the
+    server was about to finish and paid for another — each attempt of a 10,000-host storm."""
+    (key, cert), = _hosts(server, 1, "agent")
+    monkeypatch.setattr(stream_module, "FIRST_LEASE_TIMEOUT", 1.0)  # the handshake takes 2.5 s
+    reasons: list[str] = []
+    relay = _Relay(server.dev.env["CUSTOS_ADDR"], delay=2.5)
+
+    async def agent() -> int:
+        async with relay as addr:
+            s, done = _watched(server, key, cert, addr, reasons, 3)
+            await asyncio.wait_for(_until(s, done), 60)
+            return s.connections
+
+    assert asyncio.run(agent()) == 1 and not reasons, reasons
+    assert relay.accepted == 1, "one connection, one handshake: no attempt abandoned"
+
+
+def test_a_connection_that_never_comes_up_is_given_up_and_a_refused_one_at_once(
+        server: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The longer wait is for a connection under way only: one that never completes is given up
+    after CONNECT_TIMEOUT (then the agent's backoff, and the next replica), and a refused one
+    (nothing listening) fails the attempt at once with the reason — with CONNECT_TIMEOUT an hour
+    the test would hang otherwise."""
+    (key, cert), = _hosts(server, 1, "agent")
+    reasons: list[str] = []
+
+    async def hung() -> None:
+        async with _Relay(server.dev.env["CUSTOS_ADDR"], delay=None) as addr:
+            s, done = _watched(server, key, cert, addr, reasons, 2)
+            await asyncio.wait_for(_until(s, done), 30)
+
+    monkeypatch.setattr(stream_module, "CONNECT_TIMEOUT", 0.5)
+    asyncio.run(hung())
+    assert len(reasons) >= 2 and all("not connected within" in r for r in reasons), reasons
+
+    refused: list[str] = []
+    monkeypatch.setattr(stream_module, "CONNECT_TIMEOUT", 3600.0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+
+        async def nothing_there() -> None:
+            s, done = _watched(server, key, cert, f"127.0.0.1:{port}", refused, 3)
+            await asyncio.wait_for(_until(s, done), 30)
+
+        asyncio.run(nothing_there())
+    assert len(refused) >= 3 and all("UNAVAILABLE" in r for r in refused), refused

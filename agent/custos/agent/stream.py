@@ -65,8 +65,16 @@ CHANNEL_OPTIONS = [
     # This module owns reconnect pacing; keep gRPC's own backoff short.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # gRPC's own limit for one connection attempt (TCP, TLS, HTTP/2 settings; 20 s by default):
+    # the agent's CONNECT_TIMEOUT decides instead.
+    ("grpc.min_reconnect_backoff_ms", 60_000),
 ]
-FIRST_LEASE_TIMEOUT = 15.0  # for the control plane to take a new stream (and, an older one, to lease it)
+# For the connection itself (TCP, the TLS handshake, HTTP/2 settings). A replica in a reconnect
+# storm completes its handshakes late: one given up at 15 s is a handshake both sides paid for
+# and the next attempt pays again (a 10,000-host storm never ended that way). A refused or
+# failed connection is not waited for: the attempt fails at once and the next replica is tried.
+CONNECT_TIMEOUT = 60.0
+FIRST_LEASE_TIMEOUT = 15.0  # once connected: for the control plane to take the stream (an older one: to lease it)
 # Once the control plane has taken the stream (its initial metadata says so), for the lease:
 # its opening may wait in the replica's admission queue, which refuses what it cannot serve
 # within 20 s (custos.controlplane.admission), so a wait this long is a replica gone wrong.
@@ -182,6 +190,21 @@ class _Reconnect(Exception):
     def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after_s = retry_after_s
+
+
+async def connection(channel: grpc.aio.Channel) -> None:
+    """Wait until ``channel`` is connected (READY) or has failed (TRANSIENT_FAILURE, SHUTDOWN:
+    a call made next fails at once with the reason), at most ``CONNECT_TIMEOUT``. Raises
+    TimeoutError while it is still connecting then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_TIMEOUT
+    state = channel.get_state(try_to_connect=True)
+    while state in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING):
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError
+        await asyncio.wait_for(channel.wait_for_state_change(state), left)
+        state = channel.get_state(try_to_connect=True)
 
 
 async def first_message(call: Any) -> Any:
@@ -396,6 +419,10 @@ class CustodyStream:
     async def _connect_once(self, creds: Credentials, stop: asyncio.Event) -> None:
         channel = open_channel(self.addr, creds.channel_credentials(), self.server_name)
         self.channel = channel
+        try:
+            await connection(channel)
+        except TimeoutError:
+            raise _Reconnect(f"not connected within {CONNECT_TIMEOUT:.0f} s (TCP, TLS and HTTP/2 set-up)") from None
         stub = custody_pb2_grpc.CustodyStub(channel)
         self._pending_sent.clear()
         self._conn_leases = 0

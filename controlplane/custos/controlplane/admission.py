@@ -53,13 +53,20 @@ class Admission:
         self.refused = 0  # since start (metrics, tests)
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()  # arrival order
         self._finished: collections.deque[float] = collections.deque()
+        self._busy_since: float | None = None  # when openings began after none for a window
 
     def rate(self) -> float:
-        """Openings finished a second over the last ``window_s`` (at least ``min_rate``)."""
+        """Openings finished a second over the last ``window_s`` (at least ``min_rate``) — or,
+        in the first ``window_s`` of serving after none for a window (a restarted replica), over
+        the time it has served (at least 1 s): dividing the first second's openings by the whole
+        window told a storm's first refused hosts to come back five times too late."""
         now = self.clock()
         while self._finished and self._finished[0] < now - self.window_s:
             self._finished.popleft()
-        return max(self.min_rate, len(self._finished) / self.window_s)
+        span = self.window_s
+        if self._busy_since is not None:
+            span = min(self.window_s, max(1.0, now - self._busy_since))
+        return max(self.min_rate, len(self._finished) / span)
 
     def wait_estimate(self) -> float:
         """Seconds an opening arriving now would wait for its place."""
@@ -70,7 +77,9 @@ class Admission:
     async def opening(self) -> AsyncIterator[float]:
         """Hold one of the ``at_once`` places for the block; yields the seconds waited for
         it. Raises Busy at once (nothing queued) when the wait would exceed ``max_wait_s``."""
-        wait = self.wait_estimate()
+        wait = self.wait_estimate()  # (rate() dropped the finished openings past the window)
+        if not self._finished and self.running == 0 and self.waiting == 0:
+            self._busy_since = self.clock()
         if wait > self.max_wait_s:
             self.refused += 1
             raise Busy(f"control plane busy: {self.waiting} stream openings queued, about {wait:.0f} s "
