@@ -522,7 +522,8 @@ async def run(ns: argparse.Namespace) -> None:
         etcd = EtcdServer(str(data / "etcd"))
         etcd.start()
         ns.store = f"etcd://{etcd.endpoint}/bench"
-    server = DevServer(data / "cp", store=ns.store).start()
+    server = DevServer(data / "cp", store=ns.store,
+                       extra=["--config", ns.server_config] if ns.server_config else None).start()
     renice(os.getpid(), ns.fleet_nice)  # the fleet below the control plane (see the module's doc)
     try:
         print(f"{ns.hosts} simulated agents, {ns.files} files per report ({ns.matching} of a registered "
@@ -617,6 +618,7 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=0, help="seconds the fleet idles (heartbeating) before round 1")
     ap.add_argument("--fleet-nice", type=int, default=10, help="nice value of the simulated fleet (default 10)")
     ap.add_argument("--restart", action="store_true", help="then restart the control plane: the reconnect storm")
+    ap.add_argument("--server-config", default="", help="a TOML config file for the control plane (e.g. [server])")
     ns = ap.parse_args()
     if not 1 <= ns.matching <= ns.files:
         ap.error("want 1 <= --matching <= --files")

@@ -200,3 +200,14 @@ def test_idle_connection_s_is_a_bounded_number(tmp_path: Path, value: str, ok: f
             load_config(cfg)
     else:
         assert load_config(cfg).idle_connection_s == ok
+
+
+def test_the_idle_close_leaves_a_storm_time_to_make_its_first_call() -> None:
+    """The idle timer runs from a connection's set-up: in a 10,000-host reconnect storm the
+    default of 10 s closed connections between their handshake and their first call, each came
+    back for another handshake, and the storm never ended (the same storm with 3600: absorbed in
+    23 s). The default leaves at least the agent's whole wait for a connection and its stream."""
+    import custos.agent.stream as stream
+    from custos.controlplane.config import ServerConfig
+
+    assert ServerConfig().idle_connection_s >= stream.CONNECT_TIMEOUT + stream.FIRST_LEASE_TIMEOUT

@@ -21,7 +21,7 @@ Example (deploy/controlplane.example.toml):
     enroll_listen = "0.0.0.0:7444"   # enrollment only: server-authenticated TLS, one-time tokens
     [server] probe_listen = "0.0.0.0:8080"   # unauthenticated HTTP /healthz, /readyz (off when absent)
              serve = "all"   # or "keys": a key-broker replica, Keys only (docs/scale.md)
-             idle_connection_s = 10   # a connection with no call for this long is closed (1..3600)
+             idle_connection_s = 120   # a connection with no call for this long is closed (1..3600)
     [orders] signer_set_file = ...   # canonical bytes of signer set v1, installed once
              feed_prefix = "orders/feed/"   # orders at quorum published to the blob store ("" = off)
              report_key_file = ...   # DEVELOPMENT ONLY: a local key signs reports ([keys] report_key: Transit)
@@ -96,7 +96,7 @@ class ServerConfig:
     config_dir: Path | None = None
     probe_listen: str = ""  # unauthenticated HTTP /healthz and /readyz; "" = off
     serve: str = "all"  # "keys": this replica serves the Keys service alone (SERVE_CHOICES)
-    idle_connection_s: float = 10.0  # connections with no call for this long are closed (GOAWAY)
+    idle_connection_s: float = 120.0  # connections with no call for this long are closed (GOAWAY; docs/operations.md)
 
 
 SERVE_CHOICES = ("all", "keys")
